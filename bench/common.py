@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmark scripts: machine facts and the results file format (shared/bench/SCHEMA.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+SCIFACT = Path(os.environ.get("GENQ_SCIFACT", Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "scifact"))
+
+
+def machine(gpu: str | None = None) -> dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    except (ValueError, OSError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": gpu}
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_results(name: str, payload: dict[str, Any], gpu: str | None = None) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": name,
+        "machine": machine(gpu),
+        "commit": commit(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **payload,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def print_table(rows: list[dict[str, Any]], metrics: list[str]) -> None:
+    print("| run | backend | " + " | ".join(metrics) + " |")
+    print("|---|---|" + "---|" * len(metrics))
+    for row in rows:
+        cells = " | ".join(f"{100 * row['metrics'][m]:.1f}" for m in metrics)
+        print(f"| {row['name']} | {row['backend']} | {cells} |")

@@ -1,0 +1,320 @@
+"""OpenSearch backend (opensearch-py): index text + nested passage vectors, BM25 / k-NN / hybrid search.
+
+One OpenSearch document per source document; its passages' vectors sit in a ``nested`` ``knn_vector`` field and
+a nested k-NN query with ``score_mode: max`` scores the document by its best passage (as the embedded backend).
+Hybrid: client-side fusion (shared with the embedded backend) or, with ``server_side_hybrid``, the neural-search
+``hybrid`` query with a normalisation search pipeline created by the tool.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from importlib.resources import files
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from genq_search.backends.base import SearchBackend
+from genq_search.config import BackendConfig
+from genq_search.data import Corpus, Queries, Results
+from genq_search.errors import GenqError
+from genq_search.fusion import FusionMethod
+from genq_search.passages import Passage
+
+logger = logging.getLogger(__name__)
+
+VECTOR_FIELD = "passages"
+MSEARCH_BATCH = 64
+
+
+def _require_client() -> Any:
+    try:
+        import opensearchpy
+    except ModuleNotFoundError:
+        raise GenqError("the OpenSearch backend needs opensearch-py: pip install 'genq-search[opensearch]'") from None
+    return opensearchpy
+
+
+def explain_error(exc: Exception, cfg: BackendConfig, action: str) -> GenqError:
+    """Map opensearch-py exceptions to one clear line."""
+    os_ = _require_client()
+    kind, reason = "", ""
+    if isinstance(exc, os_.TransportError):
+        info = exc.info if isinstance(exc.info, dict) else {}
+        error = info.get("error", {}) if isinstance(info.get("error"), dict) else {}
+        kind = str(error.get("type", exc.error))
+        reason = (error.get("root_cause") or [{}])[0].get("reason") or error.get("reason") or str(exc.info)[:300]
+    if kind == "cluster_block_exception":
+        return GenqError(f"index is read-only or blocked while {action}: {reason}")
+    if isinstance(exc, os_.AuthenticationException):
+        return GenqError(f"authentication failed at {cfg.url} while {action}: check --username/--password "
+                         "(or OPENSEARCH_USERNAME/OPENSEARCH_PASSWORD)")
+    if isinstance(exc, os_.AuthorizationException):
+        return GenqError(f"not allowed at {cfg.url} while {action}: the user lacks the needed permissions ({reason})")
+    if isinstance(exc, os_.ConnectionError):
+        return GenqError(f"cannot reach OpenSearch at {cfg.url} while {action} ({type(exc).__name__}); "
+                         "is it running? (scripts/opensearch-local.sh start)")
+    if kind in {"mapper_parsing_exception", "mapper_exception"} or "mapper" in reason:
+        return GenqError(f"mapping conflict while {action}: {reason}")
+    if kind:
+        return GenqError(f"OpenSearch error while {action}: {kind}: {reason}")
+    return GenqError(f"OpenSearch error while {action}: {exc}")
+
+
+def connect(cfg: BackendConfig) -> Any:
+    """A client from the URL, with basic auth, TLS options, timeouts and retries; checked with a ping."""
+    os_ = _require_client()
+    auth = (cfg.username, cfg.password or "") if cfg.username else None
+    client = os_.OpenSearch(
+        hosts=[cfg.url],
+        http_auth=auth,
+        verify_certs=cfg.verify_certs,
+        ca_certs=str(cfg.ca_certs) if cfg.ca_certs else None,
+        ssl_show_warn=cfg.verify_certs,
+        timeout=cfg.timeout_s,
+        max_retries=3,
+        retry_on_timeout=True,
+        http_compress=True,
+    )
+    try:
+        client.info()
+    except Exception as exc:  # noqa: BLE001 - mapped to one line
+        raise explain_error(exc, cfg, "connecting") from None
+    return client
+
+
+def _template(name: str) -> dict[str, Any]:
+    return json.loads(files("genq_search.mappings").joinpath(name).read_text(encoding="utf-8"))
+
+
+def vector_field_mapping(cfg: BackendConfig, dim: int) -> dict[str, Any]:
+    field = _template("passages-field.json")
+    vector = field["properties"]["vector"]
+    vector["dimension"] = dim
+    vector["method"].update({"engine": cfg.engine.value, "space_type": cfg.space_type})
+    vector["method"]["parameters"] = {"m": cfg.hnsw_m, "ef_construction": cfg.ef_construction}
+    return field
+
+
+def index_body(cfg: BackendConfig, dim: int | None) -> dict[str, Any]:
+    """Render ``mappings/passages-index.json`` for this config (no vector field when ``dim`` is None)."""
+    body = _template("passages-index.json")
+    settings = body["settings"]
+    settings["index"].update({
+        "knn.algo_param.ef_search": cfg.ef_search, "number_of_shards": cfg.shards, "number_of_replicas": cfg.replicas,
+    })
+    settings["similarity"]["genq_bm25"].update({"k1": 1.2 if cfg.bm25_k1 is None else cfg.bm25_k1, "b": cfg.bm25_b})
+    properties = body["mappings"]["properties"]
+    if dim is None:
+        properties.pop(VECTOR_FIELD)
+    else:
+        properties[VECTOR_FIELD] = vector_field_mapping(cfg, dim)
+    return body
+
+
+def knn_score_to_similarity(score: float, space_type: str) -> float:
+    """Undo the k-NN plugin's score transform so scores equal raw inner products (or cosine)."""
+    if space_type == "innerproduct":
+        return score - 1.0 if score >= 1.0 else 1.0 - 1.0 / score
+    if space_type == "cosinesimil":
+        return 2.0 * score - 1.0
+    return score  # l2: 1 / (1 + d^2), already monotone
+
+
+class OpenSearchBackend(SearchBackend):
+    name = "opensearch"
+
+    def __init__(self, client: Any, index: str, cfg: BackendConfig):
+        self.client, self.index_name, self.cfg = client, index, cfg
+
+    @classmethod
+    def from_config(cls, cfg: BackendConfig, index_suffix: str = "default") -> OpenSearchBackend:
+        return cls(connect(cfg), cfg.index or f"genq-{index_suffix}", cfg)
+
+    def _call(self, action: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GenqError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped to one line
+            raise explain_error(exc, self.cfg, action) from None
+
+    # -- indexing ----------------------------------------------------------------------------------------
+    def create_index(self, dim: int | None) -> None:
+        """Create the index for a bulk load (no refresh, no replicas); refuse to replace one unless overwrite."""
+        exists = self._call("checking the index", self.client.indices.exists, index=self.index_name)
+        if exists and not self.cfg.overwrite:
+            raise GenqError(f"index '{self.index_name}' already exists; pass --overwrite to replace it")
+        if exists:
+            self._call("deleting the old index", self.client.indices.delete, index=self.index_name)
+        body = index_body(self.cfg, dim)
+        body["settings"]["index"].update({"refresh_interval": "-1", "number_of_replicas": 0})
+        self._call(f"creating index '{self.index_name}'", self.client.indices.create, index=self.index_name, body=body)
+
+    def finish_load(self) -> None:
+        """Restore refresh and replicas after a bulk load, then refresh."""
+        settings = {"index": {"refresh_interval": "1s", "number_of_replicas": self.cfg.replicas}}
+        self._call("restoring index settings", self.client.indices.put_settings, index=self.index_name, body=settings)
+        self._call("refreshing", self.client.indices.refresh, index=self.index_name)
+
+    def bulk(self, actions: Iterable[dict[str, Any]], total: int | None = None, progress: bool = True) -> tuple[int, list[tuple[str, str]]]:
+        """Stream bulk requests (429s retried with exponential backoff); returns (ok count, [(id, reason)])."""
+        helpers = _require_client().helpers
+        ok, failures = 0, []
+        stream = helpers.streaming_bulk(
+            self.client, actions, chunk_size=self.cfg.bulk_docs, max_chunk_bytes=20 * 2**20,
+            raise_on_error=False, max_retries=8, initial_backoff=1, max_backoff=30,
+        )
+        try:
+            for success, item in tqdm(stream, total=total, desc=f"index {self.index_name}", unit="doc", disable=not progress):
+                if success:
+                    ok += 1
+                else:
+                    result = next(iter(item.values()))
+                    error = result.get("error", {})
+                    reason = error.get("reason", str(error)) if isinstance(error, dict) else str(error)
+                    failures.append((str(result.get("_id")), reason))
+        except Exception as exc:  # noqa: BLE001 - mapped to one line
+            raise explain_error(exc, self.cfg, f"bulk indexing into '{self.index_name}'") from None
+        return ok, failures
+
+    def index(self, corpus: Corpus, passages: Sequence[Passage], vectors: np.ndarray | None) -> None:
+        if vectors is not None and len(vectors) != len(passages):
+            raise GenqError(f"{len(vectors)} vectors for {len(passages)} passages")
+        self.create_index(None if vectors is None else int(vectors.shape[1]))
+        by_doc: dict[str, list[int]] = {}
+        for row, passage in enumerate(passages):
+            by_doc.setdefault(passage.doc_id, []).append(row)
+
+        def actions() -> Iterator[dict[str, Any]]:
+            for doc_id, doc in corpus.items():
+                source: dict[str, Any] = {"doc_id": doc_id, "title": doc.get("title") or "", "text": doc["text"]}
+                if vectors is not None:
+                    source[VECTOR_FIELD] = [{"vector": vectors[r].tolist()} for r in by_doc.get(doc_id, [])]
+                yield {"_index": self.index_name, "_id": doc_id, "_source": source}
+
+        ok, failures = self.bulk(actions(), total=len(corpus))
+        self.finish_load()
+        if failures:
+            shown = "; ".join(f"{i}: {r}" for i, r in failures[:5])
+            raise GenqError(f"{len(failures)} of {len(corpus)} documents failed to index into '{self.index_name}': {shown}")
+        if self.count() != len(corpus):
+            raise GenqError(f"index '{self.index_name}' holds {self.count()} documents, expected {len(corpus)}")
+
+    def reusable(self, documents: int, dim: int | None) -> bool:
+        """True when the index already holds ``documents`` documents (and vectors of ``dim``) and may be searched as is."""
+        if self.cfg.overwrite or not self._call("checking the index", self.client.indices.exists, index=self.index_name):
+            return False
+        if dim is not None:
+            have = self.vector_dimension()
+            if have is None:
+                raise GenqError(f"index '{self.index_name}' has no '{VECTOR_FIELD}' vector field; reindex it with vectors or pass --overwrite")
+            if have != dim:
+                raise GenqError(f"vector dimension mismatch: index '{self.index_name}' holds {have}-d vectors, the model gives {dim}")
+        count = self.count()
+        if count != documents:
+            raise GenqError(f"index '{self.index_name}' holds {count} documents but the corpus has {documents}; pass --overwrite to rebuild it")
+        logger.info("searching the existing index '%s' (%d documents)", self.index_name, count)
+        return True
+
+    def vector_dimension(self) -> int | None:
+        mapping = self._call("reading the mapping", self.client.indices.get_mapping, index=self.index_name)
+        for body in mapping.values():
+            field = body["mappings"].get("properties", {}).get(VECTOR_FIELD, {})
+            return field.get("properties", {}).get("vector", {}).get("dimension")
+        return None
+
+    def count(self) -> int:
+        return int(self._call("counting", self.client.count, index=self.index_name)["count"])
+
+    # -- search ------------------------------------------------------------------------------------------
+    def _msearch(self, bodies: list[dict[str, Any]], qids: list[str], desc: str) -> dict[str, list[dict[str, Any]]]:
+        hits: dict[str, list[dict[str, Any]]] = {}
+        for start in tqdm(range(0, len(bodies), MSEARCH_BATCH), desc=desc, leave=False, disable=len(bodies) < 200):
+            lines: list[dict[str, Any]] = []
+            for body in bodies[start : start + MSEARCH_BATCH]:
+                lines += [{"index": self.index_name}, body]
+            response = self._call(desc, self.client.msearch, body=lines)
+            for qid, item in zip(qids[start : start + MSEARCH_BATCH], response["responses"], strict=True):
+                if "error" in item:
+                    error = item["error"]
+                    raise GenqError(f"OpenSearch {desc} failed for query '{qid}': {error.get('type')}: {error.get('reason')}")
+                hits[qid] = item["hits"]["hits"]
+        return hits
+
+    def _lexical_query(self, text: str) -> dict[str, Any]:
+        return {"multi_match": {"query": text, "fields": [f"title^{self.cfg.title_boost}", "text"],
+                                "type": "best_fields", "tie_breaker": 0.5}}
+
+    def _knn_query(self, vector: np.ndarray, k: int) -> dict[str, Any]:
+        return {"nested": {"path": VECTOR_FIELD, "score_mode": "max",
+                           "query": {"knn": {f"{VECTOR_FIELD}.vector": {"vector": vector.tolist(), "k": k}}}}}
+
+    def lexical_search(self, queries: Queries, k: int) -> Results:
+        qids = list(queries)
+        bodies = [{"size": k, "_source": False, "query": self._lexical_query(queries[q])} for q in qids]
+        hits = self._msearch(bodies, qids, "BM25 search")
+        return {q: {h["_id"]: float(h["_score"]) for h in hits[q]} for q in qids}
+
+    def vector_search(self, query_ids: Sequence[str], query_vectors: np.ndarray, k: int) -> Results:
+        qids = list(query_ids)
+        bodies = [{"size": k, "_source": False, "query": self._knn_query(v, k)} for v in query_vectors]
+        hits = self._msearch(bodies, qids, "k-NN search")
+        space = self.cfg.space_type
+        return {q: {h["_id"]: knn_score_to_similarity(float(h["_score"]), space) for h in hits[q]} for q in qids}
+
+    def hybrid_search(self, queries: Queries, query_vectors: np.ndarray, k: int, method: FusionMethod = FusionMethod.RRF,
+                      weights: tuple[float, float] = (0.5, 0.5), rrf_k: int = 60, depth: int = 100) -> Results:
+        if not self.cfg.server_side_hybrid:
+            return super().hybrid_search(queries, query_vectors, k, method, weights, rrf_k, depth)
+        pipeline = self.ensure_hybrid_pipeline(method, weights, rrf_k)
+        results: Results = {}
+        for qid, vector in tqdm(list(zip(queries, query_vectors, strict=True)), desc="hybrid search", leave=False,
+                                disable=len(queries) < 200):  # _msearch takes no search_pipeline parameter
+            body = {"size": k, "_source": False,
+                    "query": {"hybrid": {"queries": [self._lexical_query(queries[qid]), self._knn_query(vector, depth)]}}}
+            response = self._call("hybrid search", self.client.search, index=self.index_name, body=body,
+                                  params={"search_pipeline": pipeline})
+            results[qid] = {h["_id"]: float(h["_score"]) for h in response["hits"]["hits"]}
+        return results
+
+    def ensure_hybrid_pipeline(self, method: FusionMethod, weights: tuple[float, float], rrf_k: int) -> str:
+        """Create (idempotently) the neural-search pipeline for server-side hybrid scoring."""
+        if method is FusionMethod.RRF:
+            name = f"genq-hybrid-rrf-{rrf_k}"
+            processor = {"score-ranker-processor": {"combination": {"technique": "rrf", "rank_constant": rrf_k}}}
+        else:
+            technique = {FusionMethod.MINMAX: "min_max", FusionMethod.ZSCORE: "z_score"}[method]
+            name = f"genq-hybrid-{technique}-{weights[0]:g}-{weights[1]:g}"
+            processor = {"normalization-processor": {
+                "normalization": {"technique": technique},
+                "combination": {"technique": "arithmetic_mean", "parameters": {"weights": list(weights)}},
+            }}
+        body = {"description": "genq-search hybrid scoring", "phase_results_processors": [processor]}
+        self._call("creating the hybrid search pipeline (needs the neural-search plugin)",
+                   self.client.transport.perform_request, "PUT", f"/_search/pipeline/{name}", body=body)
+        return name
+
+    def plugins(self) -> set[str]:
+        rows = self._call("listing plugins", self.client.cat.plugins, format="json")
+        return {row["component"] for row in rows}
+
+
+def copy_mapping_with_vectors(source_mapping: dict[str, Any], cfg: BackendConfig, dim: int) -> dict[str, Any]:
+    """The source index's mappings plus the vector field; refuses a conflicting existing field."""
+    mappings = copy.deepcopy(source_mapping)
+    properties = mappings.setdefault("properties", {})
+    existing = properties.get(VECTOR_FIELD)
+    wanted = vector_field_mapping(cfg, dim)
+    if existing is not None:
+        old_dim = existing.get("properties", {}).get("vector", {}).get("dimension")
+        if existing.get("type") != "nested" or old_dim is None:
+            raise GenqError(f"mapping conflict: the source already has a field '{VECTOR_FIELD}' that is not a genq-search vector field")
+        if old_dim != dim:
+            raise GenqError(f"vector dimension mismatch: the source field '{VECTOR_FIELD}' has dimension {old_dim}, the model gives {dim}")
+    properties[VECTOR_FIELD] = wanted
+    return mappings

@@ -1,0 +1,228 @@
+"""Command line: parsing and error mapping only; the work happens in the stage modules."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from genq_search.config import BackendKind, RunConfig
+from genq_search.errors import GenqError
+
+app = typer.Typer(
+    name="genq-search",
+    help="Adapt a bi-encoder to your documents (GenQ/GPL), export it to ONNX, index vectors and compare BM25, dense and hybrid retrieval.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+logger = logging.getLogger("genq_search")
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config file (TOML or YAML).")]
+RunDirOpt = Annotated[Path | None, typer.Option(help="Run directory holding every artifact.")]
+CorpusOpt = Annotated[Path | None, typer.Option("--corpus", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")]
+SplitOpt = Annotated[str | None, typer.Option(help="Qrels split to evaluate on.")]
+ModelOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model", "-m", help="Bi-encoder as LABEL=ID_OR_PATH (or just ID_OR_PATH); repeatable. 'onnx:<dir>' uses an ONNX bundle."),
+]
+ModeOpt = Annotated[list[str] | None, typer.Option("--mode", help="bm25, dense, hybrid-rrf, hybrid-minmax, hybrid-zscore; repeatable.")]
+BackendOpt = Annotated[BackendKind | None, typer.Option("--backend", help="embedded (in-process) or opensearch.")]
+UrlOpt = Annotated[str | None, typer.Option("--url", envvar="OPENSEARCH_URL", help="OpenSearch URL.")]
+IndexOpt = Annotated[str | None, typer.Option("--index", help="OpenSearch index (or alias) name.")]
+UserOpt = Annotated[str | None, typer.Option("--username", envvar="OPENSEARCH_USERNAME")]
+PasswordOpt = Annotated[str | None, typer.Option("--password", envvar="OPENSEARCH_PASSWORD")]
+CaOpt = Annotated[Path | None, typer.Option("--ca-certs", help="CA bundle for TLS.")]
+VerifyOpt = Annotated[bool | None, typer.Option("--verify-certs/--no-verify-certs")]
+OverwriteOpt = Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing index / artifacts.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
+BatchOpt = Annotated[int | None, typer.Option(help="Encoding batch size.")]
+KOpt = Annotated[int | None, typer.Option("--k", help="Documents retrieved per query.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: F401 - ensures tqdm is importable
+
+    level = logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logger.setLevel(level)
+    for noisy in ("sentence_transformers", "transformers", "httpx", "urllib3", "opensearch"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+_verbose = False
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False) -> None:
+    global _verbose
+    _verbose = verbose
+    _setup_logging(verbose)
+
+
+def user_errors(func: F) -> F:
+    """Turn a GenqError into one line on stderr and exit code 1 (tracebacks only with --verbose)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GenqError as exc:
+            if _verbose:
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: finished artifacts are kept; rerun the same command to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_models(models: list[str] | None) -> dict[str, str] | None:
+    if not models:
+        return None
+    parsed: dict[str, str] = {}
+    for item in models:
+        label, sep, spec = item.partition("=")
+        if not sep:
+            label, spec = Path(item.removeprefix("onnx:").rstrip("/")).name or "model", item
+        parsed[label] = spec
+    return parsed
+
+
+def backend_overrides(backend: BackendKind | None, url: str | None, index: str | None, username: str | None,
+                      password: str | None, ca_certs: Path | None, verify_certs: bool | None,
+                      overwrite: bool | None = None) -> dict[str, Any]:
+    return {"kind": backend, "url": url, "index": index, "username": username, "password": password,
+            "ca_certs": ca_certs, "verify_certs": verify_certs, "overwrite": overwrite}
+
+
+@app.command()
+@user_errors
+def compare(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, split: SplitOpt = None,
+    model: ModelOpt = None, mode: ModeOpt = None, backend: BackendOpt = None, url: UrlOpt = None,
+    index: IndexOpt = None, username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None,
+    verify_certs: VerifyOpt = None, device: DeviceOpt = None, batch_size: BatchOpt = None, k: KOpt = None,
+    fusion_depth: Annotated[int | None, typer.Option(help="Candidates per list fused in hybrid modes.")] = None,
+    rrf_k: Annotated[int | None, typer.Option(help="RRF constant.")] = None,
+    lexical_weight: Annotated[float | None, typer.Option(help="Weight of BM25 in linear fusion (dense gets 1-w).")] = None,
+    passage_tokens: Annotated[int | None, typer.Option(help="Passage length in tokens (0 = no split).")] = None,
+    passage_stride: Annotated[int | None, typer.Option(help="Token overlap between passages.")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Run the significance tests compare against.")] = None,
+    contrast: Annotated[str | None, typer.Option(help="Per-query win/loss between two runs: A,B.")] = None,
+) -> None:
+    """Compare BM25, dense and hybrid retrieval on labelled queries (table, JSON, TREC runs, plots, win/loss)."""
+    from genq_search.pipeline import run_compare
+
+    cfg = RunConfig.load(config, {
+        "run": {"run_dir": run_dir},
+        "corpus": {"path": corpus, "split": split, "passage_tokens": passage_tokens, "passage_stride": passage_stride},
+        "encoder": {"device": device, "batch_size": batch_size},
+        "backend": backend_overrides(backend, url, index, username, password, ca_certs, verify_certs),
+        "compare": {"models": parse_models(model), "modes": mode, "k": k, "fusion_depth": fusion_depth,
+                    "rrf_k": rrf_k, "lexical_weight": lexical_weight, "baseline": baseline,
+                    "contrast": contrast.split(",") if contrast else None},
+    })
+    comparison, summary = run_compare(cfg)
+    typer.echo(comparison.markdown())
+    typer.echo(f"report: {cfg.run_dir / 'compare' / 'report.md'}  ({summary['wall_s']:.1f}s)")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, split: SplitOpt = None,
+    model: ModelOpt = None,
+    mode: Annotated[str, typer.Option("--mode", help="bm25, dense, hybrid-rrf, hybrid-minmax, hybrid-zscore.")] = "dense",
+    backend: BackendOpt = None, url: UrlOpt = None, index: IndexOpt = None, username: UserOpt = None,
+    password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None,
+    device: DeviceOpt = None, batch_size: BatchOpt = None, k: KOpt = None,
+) -> None:
+    """Evaluate one retrieval mode (and one model) on labelled queries."""
+    from genq_search.pipeline import run_compare
+
+    cfg = RunConfig.load(config, {
+        "run": {"run_dir": run_dir},
+        "corpus": {"path": corpus, "split": split},
+        "encoder": {"device": device, "batch_size": batch_size},
+        "backend": backend_overrides(backend, url, index, username, password, ca_certs, verify_certs),
+        "compare": {"models": parse_models(model), "modes": [mode], "k": k},
+    })
+    comparison, _ = run_compare(cfg, cfg.run_dir / "evaluate")
+    typer.echo(comparison.markdown())
+
+
+@app.command("index")
+@user_errors
+def index_command(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Bi-encoder (HF id, path or onnx:<dir>); omit for BM25 only.")] = None,
+    backend: BackendOpt = None, url: UrlOpt = None, index: IndexOpt = None, username: UserOpt = None,
+    password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None, overwrite: OverwriteOpt = None,
+    engine: Annotated[str | None, typer.Option(help="k-NN engine: lucene | faiss | nmslib.")] = None,
+    device: DeviceOpt = None, batch_size: BatchOpt = None,
+) -> None:
+    """Index a collection (BM25 text + passage vectors) into the embedded backend or an OpenSearch index."""
+    from genq_search.encoders import load_encoder
+    from genq_search.pipeline import load_run_collection
+    from genq_search.search import build_index
+
+    cfg = RunConfig.load(config, {
+        "run": {"run_dir": run_dir}, "corpus": {"path": corpus}, "encoder": {"model": model, "device": device, "batch_size": batch_size},
+        "backend": {**backend_overrides(backend, url, index, username, password, ca_certs, verify_certs, overwrite), "engine": engine},
+    })
+    collection = load_run_collection(cfg, with_qrels=False)
+    encoder = load_encoder(cfg.encoder.model, cfg.encoder.device, cfg.encoder.normalize) if model or config else None
+    built, timings = build_index(collection, encoder, cfg.corpus, cfg.encoder, cfg.backend, cfg.run_dir, "index")
+    where = getattr(built, "index_name", cfg.run_dir / "index" / "index")
+    typer.echo(f"indexed {built.count()} documents ({timings.passages} passages) into {where}")
+
+
+@app.command()
+@user_errors
+def reindex(
+    source: Annotated[str, typer.Argument(help="Source index or alias (never modified).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Bi-encoder: HF id, path or onnx:<dir>.")],
+    alias: Annotated[str | None, typer.Option(help="Alias to point at the new index (default: SOURCE when it is an alias).")] = None,
+    text_fields: Annotated[str, typer.Option(help="Comma-separated source fields to embed.")] = "title,text",
+    config: ConfigOpt = None, run_dir: RunDirOpt = None,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None,
+    verify_certs: VerifyOpt = None,
+    engine: Annotated[str | None, typer.Option(help="k-NN engine: lucene | faiss | nmslib.")] = None,
+    read_batch: Annotated[int, typer.Option(help="Documents read (and encoded) per batch.")] = 256,
+    device: DeviceOpt = None, batch_size: BatchOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
+) -> None:
+    """Copy an index into <alias>-v<N> with passage vectors, verify, then switch the alias (resumable)."""
+    from genq_search.encoders import load_encoder
+    from genq_search.index import ReindexPlan, run_reindex
+
+    cfg = RunConfig.load(config, {
+        "run": {"run_dir": run_dir}, "encoder": {"model": model, "device": device, "batch_size": batch_size},
+        "backend": {**backend_overrides(BackendKind.OPENSEARCH, url, None, username, password, ca_certs, verify_certs), "engine": engine},
+    })
+    encoder = load_encoder(cfg.encoder.model, cfg.encoder.device, cfg.encoder.normalize)
+    result = run_reindex(cfg.backend, source, alias, encoder, [f.strip() for f in text_fields.split(",") if f.strip()],
+                         cfg.run_dir, read_batch=read_batch, encode_batch=cfg.encoder.batch_size, dry_run=dry_run)
+    if isinstance(result, ReindexPlan):
+        typer.echo(result.describe())
+        return
+    typer.echo(result.plan.describe())
+    typer.echo(f"done: {result.written} documents in {result.seconds:.1f}s ({result.docs_per_s:.1f} docs/s); "
+               f"{result.without_text} without text; alias '{result.plan.alias}' -> '{result.plan.target}'")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,172 @@
+"""Typed configuration: one model per stage, gathered in ``RunConfig`` (one TOML/YAML file per run).
+
+Precedence: CLI flag > config file > default. Field names are the CLI flag names with ``_`` for ``-``
+(``queries_per_passage`` ↔ ``--queries-per-passage``).
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from genq_search.errors import GenqError
+from genq_search.fusion import FusionMethod
+
+DEFAULT_BI_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_enum_values=False)
+
+
+class CorpusConfig(StageConfig):
+    """Where the documents (and labelled queries) come from."""
+
+    path: Path = Field(Path("data/pydocs"), description="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) ")
+    split: str = "test"
+    id_field: str = "_id"
+    title_field: str = "title"
+    text_field: str = "text"
+    passage_tokens: int | None = Field(None, description="passage length in tokens (default: encoder max; 0 = no split)")
+    passage_stride: int = Field(32, description="tokens shared by consecutive passages")
+
+
+class EncoderConfig(StageConfig):
+    model: str = DEFAULT_BI_ENCODER
+    device: str = "auto"
+    batch_size: int = 64
+    normalize: bool = True
+    max_seq_length: int | None = None
+
+
+class Engine(StrEnum):
+    LUCENE = "lucene"
+    FAISS = "faiss"
+    NMSLIB = "nmslib"
+
+
+class BackendKind(StrEnum):
+    EMBEDDED = "embedded"
+    OPENSEARCH = "opensearch"
+
+
+class BackendConfig(StageConfig):
+    kind: BackendKind = BackendKind.EMBEDDED
+    token_pattern: str = r"\w+"
+    bm25_k1: float | None = Field(None, description="BM25 k1 (default: 1.5 embedded/rank_bm25, 1.2 OpenSearch)")
+    bm25_b: float = 0.75
+    # OpenSearch
+    url: str = "http://127.0.0.1:9200"
+    index: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_certs: Path | None = None
+    verify_certs: bool = True
+    timeout_s: float = 60.0
+    engine: Engine = Engine.LUCENE
+    space_type: str = "innerproduct"
+    shards: int = 1
+    replicas: int = 1
+    bulk_docs: int = 500
+    title_boost: float = 1.0
+    ef_search: int = 256
+    hnsw_m: int = 16
+    ef_construction: int = 256
+    overwrite: bool = False
+    server_side_hybrid: bool = False
+
+
+class CompareConfig(StageConfig):
+    modes: list[str] = Field(default_factory=lambda: ["bm25", "dense", "hybrid-rrf", "hybrid-minmax"])
+    models: dict[str, str] = Field(default_factory=lambda: {"zeroshot": DEFAULT_BI_ENCODER})
+    metrics: list[str] = Field(default_factory=lambda: ["ndcg@10", "recall@10", "recall@100", "mrr@10", "map@100"])
+    k: int = 100
+    fusion_depth: int = 100
+    rrf_k: int = 60
+    lexical_weight: float = 0.5
+    baseline: str | None = None
+    contrast: list[str] | None = None
+
+
+class GenerateConfig(StageConfig):
+    model: str = "BeIR/query-gen-msmarco-t5-base-v1"
+    kind: str = Field("auto", description="seq2seq | causal | auto (from the model config)")
+    queries_per_passage: str = Field("3", description="an integer, or 'auto' (GPL rule: ~250K queries in total)")
+    max_passages: int | None = None
+    batch_size: int = 8
+    max_input_tokens: int = 350
+    max_new_tokens: int = 64
+    top_p: float = 0.95
+    top_k: int = 25
+    temperature: float = 1.0
+    min_query_words: int = 2
+    max_query_words: int = 32
+    prompt_template: str | None = None
+    seed: int = 42
+    chunk_size: int = 64
+    device: str = "auto"
+
+
+class TrainConfig(StageConfig):
+    method: str = "genq"
+    base_model: str = DEFAULT_BI_ENCODER
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.1
+    max_seq_length: int = 256
+    seed: int = 42
+    checkpoint_steps: int = 500
+    device: str = "auto"
+
+
+class RunConfig(StageConfig):
+    """Everything one ``genq-search adapt`` run needs; each section maps to one stage's CLI flags."""
+
+    run_dir: Path = Path("runs/default")
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    compare: CompareConfig = Field(default_factory=CompareConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @classmethod
+    def load(cls, path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
+        """Read a TOML/YAML/JSON config (or start from defaults) and apply non-None CLI overrides."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise GenqError(f"{path}: config file not found")
+            text = path.read_text(encoding="utf-8")
+            try:
+                if path.suffix == ".toml":
+                    data = tomllib.loads(text)
+                elif path.suffix in {".yaml", ".yml"}:
+                    data = yaml.safe_load(text) or {}
+                else:
+                    data = json.loads(text)
+            except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
+                raise GenqError(f"{path}: cannot parse config: {exc}") from None
+        for section, values in (overrides or {}).items():
+            given = {k: v for k, v in values.items() if v is not None}
+            if section == "run":
+                data.update(given)
+            elif given:
+                data.setdefault(section, {}).update(given)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise GenqError(f"{path or 'config'}: {where}: {first['msg']}") from None
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")

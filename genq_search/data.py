@@ -1,0 +1,251 @@
+"""BEIR-shaped data I/O: corpus, queries and qrels readers with validation, atomic writes, stage manifests.
+
+Shapes (as in BEIR): corpus ``dict[doc_id, {"title", "text"}]``, queries ``dict[qid, text]``,
+qrels ``dict[qid, dict[doc_id, int]]``, results ``dict[qid, dict[doc_id, float]]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from genq_search.errors import GenqError, InputError
+
+logger = logging.getLogger(__name__)
+
+Corpus = dict[str, dict[str, str]]
+Queries = dict[str, str]
+Qrels = dict[str, dict[str, int]]
+Results = dict[str, dict[str, float]]
+
+QRELS_HEADER = ["query-id", "corpus-id", "score"]
+
+
+@dataclass(frozen=True)
+class Document:
+    id: str
+    title: str
+    text: str
+
+
+@dataclass
+class Collection:
+    """A corpus with (optionally) labelled queries."""
+
+    corpus: Corpus
+    queries: Queries
+    qrels: Qrels
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line; malformed JSON names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenqError(f"{path}: file not found")
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(path, f"malformed JSON ({exc.msg} at column {exc.colno})", line_no) from None
+            if not isinstance(obj, dict):
+                raise InputError(path, "expected a JSON object", line_no)
+            yield line_no, obj
+
+
+def _required_str(path: Path, line_no: int, obj: dict[str, Any], field: str, allow_empty: bool = False) -> str:
+    if field not in obj or obj[field] is None:
+        raise InputError(path, "missing", line_no, field)
+    value = obj[field]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise InputError(path, f"expected a string, got {type(value).__name__}", line_no, field)
+    if not allow_empty and not value.strip():
+        raise InputError(path, "is empty", line_no, field)
+    return value
+
+
+def iter_documents(
+    path: Path, id_field: str = "_id", title_field: str = "title", text_field: str = "text"
+) -> Iterator[Document]:
+    """Stream documents from a JSONL file (title optional, text required, ids unique)."""
+    seen: set[str] = set()
+    for line_no, obj in iter_jsonl(path):
+        doc_id = _required_str(path, line_no, obj, id_field)
+        if doc_id in seen:
+            raise InputError(path, f"duplicate id '{doc_id}'", line_no, id_field)
+        seen.add(doc_id)
+        title = obj.get(title_field) or ""
+        if not isinstance(title, str):
+            raise InputError(path, f"expected a string, got {type(title).__name__}", line_no, title_field)
+        yield Document(doc_id, title, _required_str(path, line_no, obj, text_field))
+
+
+def read_corpus(path: Path, id_field: str = "_id", title_field: str = "title", text_field: str = "text") -> Corpus:
+    corpus = {d.id: {"title": d.title, "text": d.text} for d in iter_documents(path, id_field, title_field, text_field)}
+    if not corpus:
+        raise InputError(path, "no documents")
+    return corpus
+
+
+def read_queries(path: Path, id_field: str = "_id", text_field: str = "text") -> Queries:
+    queries: Queries = {}
+    for line_no, obj in iter_jsonl(path):
+        qid = _required_str(path, line_no, obj, id_field)
+        if qid in queries:
+            raise InputError(path, f"duplicate id '{qid}'", line_no, id_field)
+        queries[qid] = _required_str(path, line_no, obj, text_field)
+    return queries
+
+
+def read_qrels(path: Path) -> Qrels:
+    """Read a BEIR qrels TSV (header ``query-id corpus-id score``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenqError(f"{path}: file not found")
+    qrels: Qrels = {}
+    with path.open(encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n").split("\t")
+        if header != QRELS_HEADER:
+            expected, got = "<TAB>".join(QRELS_HEADER), "<TAB>".join(header)
+            raise InputError(path, f"expected the header {expected!r}, got {got!r}", 1)
+        for line_no, line in enumerate(handle, start=2):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 3:
+                raise InputError(path, f"expected 3 tab-separated columns, got {len(parts)}", line_no)
+            qid, doc_id, score = parts
+            try:
+                qrels.setdefault(qid, {})[doc_id] = int(score)
+            except ValueError:
+                raise InputError(path, f"score {score!r} is not an integer", line_no, "score") from None
+    return qrels
+
+
+def check_qrels(qrels: Qrels, corpus_ids: Iterable[str], queries: Queries, path: Path) -> Qrels:
+    """Fail on qrels pointing at unknown documents; keep only judged queries that exist."""
+    known = set(corpus_ids)
+    for qid, judged in qrels.items():
+        unknown = [d for d in judged if d not in known]
+        if unknown:
+            raise InputError(path, f"query '{qid}' judges unknown document id(s) {unknown[:3]}")
+    missing = [q for q in qrels if q not in queries]
+    if missing:
+        raise InputError(path, f"{len(missing)} judged query id(s) are not in the queries file, e.g. {missing[:3]}")
+    return qrels
+
+
+def load_collection(
+    path: Path,
+    split: str = "test",
+    id_field: str = "_id",
+    title_field: str = "title",
+    text_field: str = "text",
+    with_qrels: bool = True,
+) -> Collection:
+    """Load a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``).
+
+    Only queries that have judgements in the split are kept, as BEIR does.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise GenqError(f"{path}: not a directory (expected a BEIR folder with corpus.jsonl)")
+    corpus = read_corpus(path / "corpus.jsonl", id_field, title_field, text_field)
+    if not with_qrels:
+        return Collection(corpus, {}, {})
+    queries = read_queries(path / "queries.jsonl")
+    qrels_path = path / "qrels" / f"{split}.tsv"
+    qrels = check_qrels(read_qrels(qrels_path), corpus, queries, qrels_path)
+    queries = {q: queries[q] for q in qrels}
+    return Collection(corpus, queries, qrels)
+
+
+# --- atomic artifacts and stage manifests -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Write to a temporary file beside ``path`` and rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with atomic_write(path) as handle:
+        json.dump(obj, handle, indent=2, ensure_ascii=False, default=str)
+        handle.write("\n")
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    with atomic_write(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_qrels(path: Path, qrels: Qrels) -> None:
+    with atomic_write(path) as handle:
+        handle.write("\t".join(QRELS_HEADER) + "\n")
+        for qid, judged in qrels.items():
+            for doc_id, score in judged.items():
+                handle.write(f"{qid}\t{doc_id}\t{score}\n")
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable short hash of a JSON-able object (stage settings, inputs)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_fingerprint(path: Path) -> str:
+    """Hash of a file's bytes (streamed)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+MANIFEST = "manifest.json"
+
+
+def stage_is_complete(stage_dir: Path, settings_hash: str) -> bool:
+    """True when ``stage_dir`` holds a manifest written for exactly these settings."""
+    manifest = Path(stage_dir) / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text())["settings_hash"] == settings_hash
+    except (json.JSONDecodeError, KeyError):
+        return False
+
+
+def mark_stage_complete(stage_dir: Path, settings_hash: str, summary: dict[str, Any]) -> None:
+    """Write the manifest last, so its presence means every artifact of the stage is in place."""
+    write_json(Path(stage_dir) / MANIFEST, {"settings_hash": settings_hash, **summary})
+
+
+def read_manifest(stage_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(stage_dir) / MANIFEST).read_text())

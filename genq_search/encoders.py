@@ -1,0 +1,127 @@
+"""Bi-encoders behind one small interface (sentence-transformers now, ONNX bundles via ``onnx:<dir>``),
+plus an on-disk embedding cache keyed by (model, texts)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from genq_search.data import atomic_write, fingerprint
+from genq_search.errors import GenqError
+from genq_search.models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+class Encoder(Protocol):
+    """What indexing and search need from an encoder."""
+
+    name: str
+    dim: int
+    max_seq_length: int
+    tokenizer: Any
+
+    def encode_queries(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray: ...
+
+    def encode_passages(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray: ...
+
+    def fingerprint(self) -> str: ...
+
+
+def pick_device(device: str = "auto") -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_fingerprint(path: str) -> str:
+    """Cheap identity of a model folder/file: names, sizes and modification times of its files."""
+    root = Path(path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    return fingerprint([(str(p.relative_to(root.parent)), p.stat().st_size, int(p.stat().st_mtime)) for p in files])
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers bi-encoder (any HF id or local path); batches are length-sorted by the library."""
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "auto",
+        normalize: bool = True,
+        max_seq_length: int | None = None,
+        query_prefix: str = "",
+        passage_prefix: str = "",
+    ):
+        from sentence_transformers import SentenceTransformer
+
+        self.path = resolve_model(model, "bi-encoder")
+        self.name = model
+        self.normalize = normalize
+        self.query_prefix, self.passage_prefix = query_prefix, passage_prefix
+        try:
+            self.model = SentenceTransformer(self.path, device=pick_device(device))
+        except (OSError, ValueError) as exc:
+            raise GenqError(f"cannot load bi-encoder '{model}' from {self.path}: {exc}") from None
+        if max_seq_length:
+            self.model.max_seq_length = max_seq_length
+        self.max_seq_length = int(self.model.max_seq_length or 512)
+        self.dim = int(self.model.get_embedding_dimension())
+        self.tokenizer = self.model.tokenizer
+
+    def _encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        vectors = self.model.encode(
+            texts,
+            batch_size=batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=self.normalize,
+        )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def encode_queries(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        return self._encode([self.query_prefix + t for t in texts], batch_size, progress)
+
+    def encode_passages(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
+        return self._encode([self.passage_prefix + t for t in texts], batch_size, progress)
+
+    def fingerprint(self) -> str:
+        settings = [self.normalize, self.max_seq_length, self.query_prefix, self.passage_prefix]
+        return fingerprint([model_fingerprint(self.path), settings])
+
+
+def load_encoder(spec: str, device: str = "auto", normalize: bool = True, max_seq_length: int | None = None) -> Encoder:
+    """``spec`` is a HF id / local sentence-transformers folder, or ``onnx:<bundle dir>``."""
+    if spec.startswith("onnx:"):
+        from genq_search.export import OnnxEncoder
+
+        return OnnxEncoder(spec.removeprefix("onnx:"), provider=device)
+    return SentenceTransformerEncoder(spec, device=device, normalize=normalize, max_seq_length=max_seq_length)
+
+
+def encode_passages_cached(
+    encoder: Encoder, texts: list[str], cache_dir: Path | None, batch_size: int = 64
+) -> np.ndarray:
+    """Encode passages once per (encoder, texts); later calls load the ``.npy`` from ``cache_dir``."""
+    if cache_dir is None:
+        return encoder.encode_passages(texts, batch_size=batch_size)
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    path = Path(cache_dir) / f"{encoder.fingerprint()}-{digest.hexdigest()[:16]}.npy"
+    if path.is_file():
+        vectors = np.load(path)
+        if vectors.shape == (len(texts), encoder.dim):
+            logger.info("loaded %d cached embeddings from %s", len(texts), path)
+            return vectors
+    vectors = encoder.encode_passages(texts, batch_size=batch_size)
+    with atomic_write(path, "wb") as handle:
+        np.save(handle, vectors)
+    return vectors

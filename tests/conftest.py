@@ -1,0 +1,99 @@
+"""Session fixtures: tiny random models built on the fly (no network), sample data, OpenSearch URL."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "data" / "pydocs"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def sample_texts(limit: int = 400) -> list[str]:
+    rows = [json.loads(line) for line in (SAMPLE / "corpus.jsonl").open()][:limit]
+    return [f"{r['title']} {r['text']}" for r in rows] + [json.loads(l)["text"] for l in (SAMPLE / "queries.jsonl").open()]
+
+
+@pytest.fixture(scope="session")
+def wordpiece_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BERT WordPiece tokenizer trained on the sample corpus (vocabulary ~2K)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("wordpiece")
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=2000, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    tok.train_from_iterator(sample_texts(), trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    fast = BertTokenizerFast(tokenizer_object=tok, model_max_length=128)
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_encoder(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer_dir: Path) -> Path:
+    """A random 2-layer BERT with mean pooling + normalisation saved as a sentence-transformers folder."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import models as st_models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(wordpiece_tokenizer_dir)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    hf_dir = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(config).save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    transformer = st_models.Transformer(str(hf_dir), max_seq_length=64)
+    model = SentenceTransformer(modules=[transformer, st_models.Pooling(32, "mean"), st_models.Normalize()])
+    out = tmp_path_factory.mktemp("tiny-bi-encoder")
+    model.save(str(out))
+    return out
+
+
+@pytest.fixture
+def beir_dir(tmp_path: Path) -> Path:
+    """A 6-document BEIR folder with 3 judged queries."""
+    docs = [
+        ("d1", "Cats", "Cats are small domesticated carnivorous mammals that purr."),
+        ("d2", "Dogs", "Dogs are loyal companions and were domesticated from wolves."),
+        ("d3", "Python", "Python is a programming language with dynamic typing."),
+        ("d4", "", "Rust is a systems programming language focused on memory safety."),
+        ("d5", "Tea", "Green tea is made from unoxidised leaves of Camellia sinensis."),
+        ("d6", "Coffee", "Coffee is brewed from roasted beans and contains caffeine. " * 30),
+    ]
+    (tmp_path / "qrels").mkdir()
+    with (tmp_path / "corpus.jsonl").open("w") as f:
+        for doc_id, title, text in docs:
+            f.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+    queries = [("q1", "which animal purrs"), ("q2", "memory safe programming language"), ("q3", "caffeine drink")]
+    with (tmp_path / "queries.jsonl").open("w") as f:
+        for qid, text in queries:
+            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td4\t1\nq3\td6\t1\n")
+    return tmp_path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="no CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)

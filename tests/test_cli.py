@@ -1,0 +1,66 @@
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from genq_search.cli import app
+
+from conftest import SAMPLE
+
+runner = CliRunner()
+
+
+def test_compare_end_to_end_on_the_sample_collection(tmp_path: Path, tiny_bi_encoder: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = ["compare", "--corpus", str(SAMPLE), "--run-dir", str(run_dir), "--model", f"tiny={tiny_bi_encoder}",
+            "--mode", "bm25", "--mode", "dense", "--mode", "hybrid-rrf", "--mode", "hybrid-minmax"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "| bm25 |" in result.output and "| hybrid-minmax-tiny |" in result.output
+    metrics = json.loads((run_dir / "compare" / "metrics.json").read_text())
+    by_name = {r["name"]: r["metrics"]["ndcg@10"] for r in metrics["runs"]}
+    assert set(by_name) == {"bm25", "dense-tiny", "hybrid-rrf-tiny", "hybrid-minmax-tiny"}
+    assert by_name["bm25"] > 0.5  # BM25 on the hand-labelled sample is strong
+    assert by_name["dense-tiny"] < by_name["bm25"]  # a random encoder is not
+    assert (run_dir / "compare" / "plots" / "ndcg10.png").stat().st_size > 1000
+    # the rerun reuses the persisted index and cached embeddings
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0
+    assert json.loads((run_dir / "compare" / "metrics.json").read_text()) == metrics
+
+
+def test_config_file_maps_to_the_same_run(tmp_path: Path, tiny_bi_encoder: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'run_dir = "{tmp_path / "run"}"\n[corpus]\npath = "{SAMPLE}"\n'
+        f'[compare]\nmodes = ["bm25"]\nk = 20\n'
+    )
+    result = runner.invoke(app, ["compare", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "compare" / "report.md").is_file()
+
+
+def test_user_errors_are_one_line_with_exit_code_1(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    (bad / "qrels").mkdir(parents=True)
+    (bad / "corpus.jsonl").write_text('{"_id": "a", "text": "ok"}\n{"_id": "a", "text": "dup"}\n')
+    result = runner.invoke(app, ["compare", "--corpus", str(bad), "--run-dir", str(tmp_path / "r"), "--mode", "bm25"])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {bad / 'corpus.jsonl'}:2: field '_id': duplicate id 'a'"
+    assert not (tmp_path / "r").exists()
+
+    result = runner.invoke(app, ["compare", "--corpus", str(SAMPLE), "--mode", "sparse"])
+    assert result.exit_code == 1 and "unknown retrieval mode 'sparse'" in result.output
+
+    config = tmp_path / "c.toml"
+    config.write_text("[compare]\nk = 'many'\n")
+    result = runner.invoke(app, ["compare", "--config", str(config)])
+    assert result.exit_code == 1 and "compare.k" in result.output
+
+
+def test_unfetchable_model_says_how_to_fix_it(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["compare", "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--mode", "dense",
+                                 "--model", "x=some-org/not-a-real-model"])
+    assert result.exit_code == 1
+    assert "cannot load bi-encoder 'some-org/not-a-real-model'" in result.output
+    assert "huggingface-cli download" in result.output

@@ -1,0 +1,72 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genq_search.backends.embedded import EmbeddedBackend, _exact_top_k
+from genq_search.data import load_collection
+from genq_search.errors import GenqError
+from genq_search.passages import Passage
+
+
+def random_index(n_docs: int = 50, dim: int = 8, seed: int = 0) -> tuple[EmbeddedBackend, np.ndarray, list[Passage]]:
+    rng = np.random.default_rng(seed)
+    corpus = {f"d{i}": {"title": "", "text": f"document number {i} word{i % 7}"} for i in range(n_docs)}
+    passages = [Passage(f"d{i}#{j}", f"d{i}", "x") for i in range(n_docs) for j in range(2)]
+    vectors = rng.normal(size=(len(passages), dim)).astype(np.float32)
+    backend = EmbeddedBackend()
+    backend.index(corpus, passages, vectors)
+    return backend, vectors, passages
+
+
+def test_exact_top_k_matches_brute_force_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import genq_search.backends.embedded as embedded
+
+    monkeypatch.setattr(embedded, "SCORE_CHUNK_ROWS", 7)  # force many chunks
+    rng = np.random.default_rng(1)
+    matrix, queries = rng.normal(size=(53, 4)).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32)
+    scores, rows = _exact_top_k(queries, matrix, 10)
+    brute = np.argsort(-(queries @ matrix.T), axis=1)[:, :10]
+    np.testing.assert_array_equal(rows, brute)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ matrix.T, brute, axis=1), rtol=1e-6)
+
+
+def test_vector_search_is_max_passage_and_exact() -> None:
+    backend, vectors, passages = random_index()
+    query = np.random.default_rng(5).normal(size=(1, vectors.shape[1])).astype(np.float32)
+    results = backend.vector_search(["q"], query, k=5)["q"]
+    per_doc: dict[str, float] = {}
+    for p, s in zip(passages, (vectors @ query[0]).tolist(), strict=True):
+        per_doc[p.doc_id] = max(per_doc.get(p.doc_id, -np.inf), s)
+    expected = sorted(per_doc.items(), key=lambda x: -x[1])[:5]
+    assert list(results) == [d for d, _ in expected]
+    assert list(results.values()) == pytest.approx([s for _, s in expected], rel=1e-5)
+
+
+def test_bm25_finds_the_matching_document(beir_dir: Path) -> None:
+    collection = load_collection(beir_dir)
+    backend = EmbeddedBackend()
+    backend.index(collection.corpus, [], None)
+    results = backend.lexical_search({"q": "memory safety rust"}, k=3)
+    assert next(iter(results["q"])) == "d4"
+    assert len(results["q"]) == 3
+
+
+def test_persistence_round_trip(tmp_path: Path) -> None:
+    backend, vectors, _ = random_index()
+    backend.save(tmp_path / "idx", {"model": "m"})
+    loaded = EmbeddedBackend.load(tmp_path / "idx")
+    query = vectors[:3] + 0.01
+    assert loaded.vector_search(["a", "b", "c"], query, 10) == backend.vector_search(["a", "b", "c"], query, 10)
+    assert loaded.lexical_search({"q": "word3 number"}, 5) == backend.lexical_search({"q": "word3 number"}, 5)
+    assert loaded.count() == 50
+
+
+def test_wrong_dimension_and_missing_index_are_clear_errors(tmp_path: Path) -> None:
+    backend, _, _ = random_index(dim=8)
+    with pytest.raises(GenqError, match="dimension 4 but the index holds 8"):
+        backend.vector_search(["q"], np.ones((1, 4), dtype=np.float32), 3)
+    with pytest.raises(GenqError, match="not an embedded index"):
+        EmbeddedBackend.load(tmp_path)
+    with pytest.raises(GenqError, match="no vectors"):
+        EmbeddedBackend().vector_search(["q"], np.ones((1, 4), dtype=np.float32), 3)

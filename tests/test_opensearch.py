@@ -1,0 +1,260 @@
+"""Integration tests against a real OpenSearch (scripts/opensearch-local.sh; OPENSEARCH_URL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genq_search.backends.embedded import EmbeddedBackend
+from genq_search.config import BackendConfig
+from genq_search.data import load_collection
+from genq_search.errors import GenqError
+from genq_search.fusion import FusionMethod, fuse
+from genq_search.passages import Passage
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cfg() -> BackendConfig:
+    url = os.environ.get("OPENSEARCH_URL")
+    if not url:
+        pytest.skip("OPENSEARCH_URL is not set (scripts/test.sh starts a local OpenSearch)")
+    return BackendConfig(kind="opensearch", url=url, replicas=0, ef_search=512)
+
+
+@pytest.fixture
+def names(cfg: BackendConfig) -> Iterator[list[str]]:
+    """Fresh index names, deleted (with their aliases) after the test."""
+    from genq_search.backends.opensearch import connect
+
+    created: list[str] = []
+    yield created
+    client = connect(cfg)
+    for name in created:
+        client.indices.delete(index=f"{name}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
+
+
+def new_name(names: list[str], prefix: str = "t") -> str:
+    name = f"genq-test-{prefix}-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    return name
+
+
+def backend_for(cfg: BackendConfig, index: str, **changes: object):
+    from genq_search.backends.opensearch import OpenSearchBackend, connect
+
+    config = cfg.model_copy(update=changes)
+    return OpenSearchBackend(connect(config), index, config)
+
+
+def random_collection(n_docs: int = 60, dim: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    corpus = {f"d{i:03d}": {"title": f"title {i}", "text": f"alpha beta word{i % 9} gamma{i % 4}"} for i in range(n_docs)}
+    passages = [Passage(f"d{i:03d}#{j}", f"d{i:03d}", "") for i in range(n_docs) for j in range(1 + i % 3)]
+    vectors = np.abs(rng.normal(size=(len(passages), dim))).astype(np.float32)  # positive dots: affine k-NN scores
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return corpus, passages, vectors
+
+
+def test_index_and_bm25_round_trip(cfg: BackendConfig, names: list[str], beir_dir: Path) -> None:
+    collection = load_collection(beir_dir)
+    backend = backend_for(cfg, new_name(names))
+    backend.index(collection.corpus, [], None)
+    assert backend.count() == 6
+    results = backend.lexical_search(collection.queries, k=3)
+    assert next(iter(results["q2"])) == "d4"
+    assert next(iter(results["q3"])) == "d6"
+    settings = backend.client.indices.get_settings(index=backend.index_name)[backend.index_name]["settings"]["index"]
+    assert settings["refresh_interval"] == "1s"  # restored after the load
+
+
+def test_knn_returns_the_exact_nearest_documents(cfg: BackendConfig, names: list[str]) -> None:
+    corpus, passages, vectors = random_collection()
+    remote = backend_for(cfg, new_name(names))
+    remote.index(corpus, passages, vectors)
+    local = EmbeddedBackend()
+    local.index(corpus, passages, vectors)
+    queries = np.abs(np.random.default_rng(7).normal(size=(5, vectors.shape[1]))).astype(np.float32)
+    qids = [f"q{i}" for i in range(5)]
+    got, expected = remote.vector_search(qids, queries, 10), local.vector_search(qids, queries, 10)
+    for qid in qids:
+        assert list(got[qid]) == list(expected[qid])
+        assert list(got[qid].values()) == pytest.approx(list(expected[qid].values()), abs=1e-4)
+
+
+def test_hybrid_uses_the_shared_fusion_and_matches_server_side(cfg: BackendConfig, names: list[str]) -> None:
+    corpus, passages, vectors = random_collection()
+    index = new_name(names)
+    remote = backend_for(cfg, index)
+    remote.index(corpus, passages, vectors)
+    queries = {"q0": "word3 gamma1", "q1": "alpha word5", "q2": "title 17 gamma2"}
+    qvecs = np.abs(np.random.default_rng(3).normal(size=(3, vectors.shape[1]))).astype(np.float32)
+    qvecs /= np.linalg.norm(qvecs, axis=1, keepdims=True)
+    depth = 20
+    lexical, dense = remote.lexical_search(queries, depth), remote.vector_search(list(queries), qvecs, depth)
+    client_side = remote.hybrid_search(queries, qvecs, depth, FusionMethod.MINMAX, (0.3, 0.7), depth=depth)
+    assert client_side == fuse([lexical, dense], FusionMethod.MINMAX, [0.3, 0.7], k=depth)
+    if "opensearch-neural-search" not in remote.plugins():
+        pytest.skip("neural-search plugin not installed: server-side hybrid not available")
+    server = backend_for(cfg, index, server_side_hybrid=True)
+    server_side = server.hybrid_search(queries, qvecs, depth, FusionMethod.MINMAX, (0.3, 0.7), depth=depth)
+    for qid in queries:
+        top_server, top_client = list(server_side[qid])[:5], list(client_side[qid])[:5]
+        assert top_server == top_client, qid
+        assert [server_side[qid][d] for d in top_server] == pytest.approx([client_side[qid][d] for d in top_client], abs=1e-3)  # Lucene scores are float32
+
+
+def test_safety_errors(cfg: BackendConfig, names: list[str], beir_dir: Path) -> None:
+    from genq_search.backends.opensearch import connect
+
+    collection = load_collection(beir_dir)
+    index = new_name(names)
+    backend_for(cfg, index).index(collection.corpus, [], None)
+    with pytest.raises(GenqError, match=f"index '{index}' already exists; pass --overwrite"):
+        backend_for(cfg, index).index(collection.corpus, [], None)
+    backend_for(cfg, index, overwrite=True).index(collection.corpus, [], None)  # explicit overwrite works
+    with pytest.raises(GenqError, match="cannot reach OpenSearch at http://127.0.0.1:1"):
+        connect(cfg.model_copy(update={"url": "http://127.0.0.1:1", "timeout_s": 2}))
+    vec_index = new_name(names)
+    corpus, passages, vectors = random_collection(n_docs=5, dim=8)
+    backend = backend_for(cfg, vec_index)
+    backend.index(corpus, passages, vectors)
+    with pytest.raises(GenqError, match="vector dimension mismatch: index .* holds 8-d vectors, the model gives 4"):
+        backend.reusable(5, 4)
+    # a document whose vector has the wrong dimension fails alone, reported with its id
+    ok, failures = backend.bulk([
+        {"_index": vec_index, "_id": "good", "_source": {"title": "", "text": "x", "passages": [{"vector": [0.1] * 8}]}},
+        {"_index": vec_index, "_id": "bad", "_source": {"title": "", "text": "y", "passages": [{"vector": [0.1] * 3}]}},
+    ], progress=False)
+    assert ok == 1 and [i for i, _ in failures] == ["bad"]
+    # a read-only index gives a clear message
+    from genq_search.backends.opensearch import explain_error
+
+    backend.client.indices.put_settings(index=vec_index, body={"index.blocks.write": True})
+    try:
+        with pytest.raises(GenqError, match="index is read-only or blocked while writing"):
+            try:
+                backend.client.index(index=vec_index, id="z", body={"text": "z"})
+            except Exception as exc:  # noqa: BLE001
+                raise explain_error(exc, cfg, "writing") from None
+    finally:
+        backend.client.indices.put_settings(index=vec_index, body={"index.blocks.write": False})
+
+
+def make_source(cfg: BackendConfig, name: str, n_docs: int) -> dict[str, dict[str, object]]:
+    """A plain 'existing' index with its own analyser: unicode, a large doc and docs with no title."""
+    from genq_search.backends.opensearch import connect
+
+    client = connect(cfg)
+    client.indices.create(index=name, body={
+        "settings": {"index": {"number_of_shards": 2, "number_of_replicas": 0},
+                     "analysis": {"analyzer": {"folded": {"type": "custom", "tokenizer": "standard", "filter": ["lowercase"]}}}},
+        "mappings": {"properties": {"title": {"type": "text", "analyzer": "folded"}, "text": {"type": "text"},
+                                    "year": {"type": "integer"}}},
+    })
+    docs: dict[str, dict[str, object]] = {}
+    for i in range(n_docs):
+        doc: dict[str, object] = {"text": f"document {i} about topic{i % 11} — naïve café 東京 {i}", "year": 2000 + i % 20}
+        if i % 5:
+            doc["title"] = f"Title {i} ünïcödé"
+        if i == 7:
+            doc["text"] = "long " * 5000
+        docs[f"id-{i:04d}"] = doc
+    from opensearchpy import helpers
+
+    helpers.bulk(client, ({"_index": name, "_id": k, "_source": v} for k, v in docs.items()), refresh=True)
+    return docs
+
+
+def test_reindex_moves_everything_and_switches_the_alias(cfg: BackendConfig, names: list[str], tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    from genq_search.backends.opensearch import connect
+    from genq_search.encoders import load_encoder
+    from genq_search.index import ReindexPlan, run_reindex
+
+    source, alias = new_name(names, "src"), new_name(names, "live")
+    docs = make_source(cfg, source, 120)
+    encoder = load_encoder(str(tiny_bi_encoder), device="cpu")
+    plan = run_reindex(cfg, source, alias, encoder, ["title", "text"], tmp_path, dry_run=True)
+    assert isinstance(plan, ReindexPlan) and plan.target == f"{alias}-v1" and plan.documents == 120
+    client = connect(cfg)
+    assert not client.indices.exists(index=plan.target)  # dry run changes nothing
+    result = run_reindex(cfg, source, alias, encoder, ["title", "text"], tmp_path, read_batch=32)
+    assert result.written == 120
+    assert sorted(client.indices.get_alias(name=alias)) == [f"{alias}-v1"]
+    assert client.count(index=alias)["count"] == 120
+    for doc_id in ["id-0000", "id-0007", "id-0013"]:
+        got = client.get(index=alias, id=doc_id)["_source"]
+        vectors = got.pop("passages")
+        assert got == docs[doc_id]
+        assert vectors and len(vectors[0]["vector"]) == encoder.dim
+    assert len(client.get(index=alias, id="id-0007")["_source"]["passages"]) > 1  # the long doc was split
+    mapping = client.indices.get_mapping(index=f"{alias}-v1")[f"{alias}-v1"]["mappings"]["properties"]
+    assert mapping["title"]["analyzer"] == "folded" and mapping["year"]["type"] == "integer"
+    assert client.count(index=source)["count"] == 120 and "passages" not in client.get(index=source, id="id-0001")["_source"]
+    # a second run builds v2 from the alias and swaps atomically
+    again = run_reindex(cfg, alias, None, encoder, ["title", "text"], tmp_path, read_batch=64)
+    assert again.plan.target == f"{alias}-v2"
+    assert sorted(client.indices.get_alias(name=alias)) == [f"{alias}-v2"]
+    assert not list(tmp_path.glob("reindex-*.json"))  # checkpoint removed on success
+
+
+def test_reindex_killed_half_way_resumes_without_loss_or_duplicates(cfg: BackendConfig, names: list[str], tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    from genq_search.backends.opensearch import connect
+
+    source, alias = new_name(names, "src"), new_name(names, "live")
+    docs = make_source(cfg, source, 1500)
+    command = [sys.executable, "-m", "genq_search.cli", "reindex", source, "--alias", alias, "--model", str(tiny_bi_encoder),
+               "--url", cfg.url, "--run-dir", str(tmp_path), "--read-batch", "50", "--device", "cpu"]
+    checkpoint = tmp_path / f"reindex-{alias}.json"
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if checkpoint.is_file() and json.loads(checkpoint.read_text()).get("written", 0) >= 300:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"reindex ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = json.loads(checkpoint.read_text())
+    client = connect(cfg)
+    assert not client.indices.exists_alias(name=alias)  # nothing switched half-way
+    assert 300 <= state["written"] < 1500
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resume      after _id" in resumed.stdout
+    client.indices.refresh(index=alias)
+    assert client.count(index=alias)["count"] == 1500
+    ids = sorted(h["_id"] for h in client.search(index=alias, body={"size": 2000, "_source": False})["hits"]["hits"])
+    assert ids == sorted(docs)
+
+
+def test_compare_against_the_cluster(cfg: BackendConfig, names: list[str], tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from genq_search.cli import app
+    from conftest import SAMPLE
+
+    index = new_name(names)
+    result = CliRunner().invoke(app, ["compare", "--backend", "opensearch", "--url", cfg.url, "--index", index,
+                                      "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--model", f"tiny={tiny_bi_encoder}",
+                                      "--mode", "bm25", "--mode", "dense", "--mode", "hybrid-rrf"])
+    assert result.exit_code == 0, result.output
+    metrics = {r["name"]: r for r in json.loads((tmp_path / "compare" / "metrics.json").read_text())["runs"]}
+    assert metrics["bm25"]["backend"] == "opensearch" and metrics["bm25"]["metrics"]["ndcg@10"] > 0.5
+    # the same index is reused by a second run
+    again = CliRunner().invoke(app, ["compare", "--backend", "opensearch", "--url", cfg.url, "--index", index,
+                                     "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--model", f"tiny={tiny_bi_encoder}",
+                                     "--mode", "bm25"])
+    assert again.exit_code == 0, again.output
