@@ -1,6 +1,6 @@
 """Typed configuration: one model per stage, gathered in ``RunConfig`` (one TOML/YAML file per run).
 
-Precedence: CLI flag > config file > default. Field names are the CLI flag names with ``_`` for ``-``
+Precedence: CLI flag > config file > default. Relative paths in a config file are relative to that file. Field names are the CLI flag names with ``_`` for ``-``
 (``queries_per_passage`` ↔ ``--queries-per-passage``).
 """
 
@@ -155,6 +155,7 @@ class RunConfig(StageConfig):
                     data = json.loads(text)
             except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
                 raise GenqError(f"{path}: cannot parse config: {exc}") from None
+            _resolve_relative_paths(data, path.parent)
         for section, values in (overrides or {}).items():
             given = {k: v for k, v in values.items() if v is not None}
             if section == "run":
@@ -170,3 +171,11 @@ class RunConfig(StageConfig):
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
+    """Make the path-valued settings of a config file relative to the file's own folder."""
+    targets = [(data, "run_dir"), (data.get("corpus", {}), "path"), (data.get("backend", {}), "ca_certs")]
+    for section, key in targets:
+        if isinstance(section, dict) and isinstance(section.get(key), str) and not Path(section[key]).is_absolute():
+            section[key] = str((base / section[key]).resolve())
