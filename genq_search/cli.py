@@ -224,5 +224,36 @@ def reindex(
                f"{result.without_text} without text; alias '{result.plan.alias}' -> '{result.plan.target}'")
 
 
+@app.command()
+@user_errors
+def export(
+    model: Annotated[str, typer.Option("--model", "-m", help="sentence-transformers bi-encoder: HF id or path.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create.")],
+    profile: Annotated[str, typer.Option(help="Export profile from export/profiles.json: cpu (fp32+int8), gpu (fp32+fp16), all.")] = "cpu",
+    corpus: Annotated[Path | None, typer.Option("--corpus", help="BEIR folder whose passages are the parity sample.")] = None,
+    sample: Annotated[int, typer.Option(help="Passages used for the parity check.")] = 256,
+    overwrite: OverwriteOpt = None,
+) -> None:
+    """Export a bi-encoder to a verified ONNX bundle (fp32 / fp16 / int8) usable as --model onnx:<dir>."""
+    from genq_search.export import export_bundle
+
+    texts = None
+    if corpus is not None:
+        from genq_search.data import iter_documents
+        from genq_search.passages import document_text
+
+        texts = []
+        for doc in iter_documents(corpus / "corpus.jsonl" if corpus.is_dir() else corpus):
+            texts.append(document_text({"title": doc.title, "text": doc.text}))
+            if len(texts) >= sample:
+                break
+    manifest = export_bundle(model, out, profile, texts, overwrite=bool(overwrite))
+    for variant, entry in manifest["variants"].items():
+        parity = entry["parity"]
+        typer.echo(f"{variant:>5}: mean cosine {parity['mean_cosine']:.5f} (min {parity['min_cosine']:.5f}) "
+                   f"{parity['cpu_docs_per_s']:.1f} docs/s on CPU, {entry['bytes'] / 2**20:.1f} MiB")
+    typer.echo(f"bundle: {out}  (use --model onnx:{out})")
+
+
 if __name__ == "__main__":
     app()

@@ -101,7 +101,7 @@ def load_encoder(spec: str, device: str = "auto", normalize: bool = True, max_se
     if spec.startswith("onnx:"):
         from genq_search.export import OnnxEncoder
 
-        return OnnxEncoder(spec.removeprefix("onnx:"), provider=device)
+        return OnnxEncoder(spec.removeprefix("onnx:"), provider="cpu" if device == "cpu" else device)
     return SentenceTransformerEncoder(spec, device=device, normalize=normalize, max_seq_length=max_seq_length)
 
 

@@ -1,0 +1,1 @@
+"""ONNX export profiles shipped as package data (profiles.json)."""

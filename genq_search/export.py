@@ -1,0 +1,318 @@
+"""ONNX export of a sentence-transformers bi-encoder and an ONNX Runtime encoder for the exported bundle.
+
+The bundle is a directory: ``model.<variant>.onnx`` files (the whole embedding function: transformer, pooling,
+normalisation; dynamic batch and sequence axes), the tokenizer files and ``manifest.json`` (dimension, max length,
+pooling, normalisation, similarity, source model, variants with SHA-256 checksums, parity and speed on a sample).
+Variants: ``fp32`` (graph-optimised with ONNX Runtime's transformer fusions), ``fp16`` (for CUDA) and ``int8``
+(dynamic quantisation, per-channel weights, MatMul/Attention only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from genq_search.data import fingerprint, write_json
+from genq_search.errors import GenqError
+from genq_search.models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("fp32", "fp16", "int8")
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ModuleNotFoundError:
+        raise GenqError("ONNX export and inference need onnx and onnxruntime: pip install 'genq-search[onnx]' "
+                        "(or 'genq-search[gpu]' for onnxruntime-gpu)") from None
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    profiles = json.loads(files("genq_search.export_profiles").joinpath("profiles.json").read_text())
+    if name not in profiles or name.startswith("_"):
+        raise GenqError(f"unknown export profile '{name}' (choose from {', '.join(k for k in profiles if not k.startswith('_'))})")
+    return profiles[name]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _EmbeddingGraph:
+    """Wraps a SentenceTransformer as ``forward(input_ids, attention_mask, token_type_ids) -> embedding``."""
+
+    @staticmethod
+    def build(model: Any) -> Any:
+        import torch
+
+        class Wrapper(torch.nn.Module):
+            def __init__(self, st: Any):
+                super().__init__()
+                self.st = st
+
+            def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+                features = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+                return self.st(features)["sentence_embedding"]
+
+        return Wrapper(model).eval()
+
+
+def _describe(model: Any) -> dict[str, Any]:
+    from sentence_transformers import models as st_models
+
+    modules = list(model)
+    if not modules or not isinstance(modules[0], st_models.Transformer):
+        raise GenqError("only sentence-transformers bi-encoders (Transformer + Pooling [+ Normalize]) can be exported")
+    pooling = next((m for m in modules if isinstance(m, st_models.Pooling)), None)
+    if pooling is None:
+        raise GenqError("the model has no Pooling module: it is not a sentence-transformers bi-encoder")
+    extra = [type(m).__name__ for m in modules[1:] if not isinstance(m, st_models.Pooling | st_models.Normalize)]
+    if extra:
+        raise GenqError(f"cannot export modules {extra}: only Transformer, Pooling and Normalize are supported")
+    return {
+        "pooling": pooling.get_config_dict().get("pooling_mode", "mean"),
+        "normalize": any(isinstance(m, st_models.Normalize) for m in modules),
+        "similarity": str(getattr(model, "similarity_fn_name", None) or "cosine"),
+    }
+
+
+def export_bundle(
+    model_name: str,
+    out_dir: Path,
+    profile: str = "cpu",
+    sample_texts: list[str] | None = None,
+    overwrite: bool = False,
+    opset: int | None = None,
+) -> dict[str, Any]:
+    """Export ``model_name`` to an ONNX bundle in ``out_dir`` and check parity against PyTorch on ``sample_texts``.
+
+    Raises GenqError (and leaves nothing behind) when a variant misses its parity threshold.
+    """
+    _require_onnx()
+    import onnx
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    settings = load_profile(profile)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise GenqError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
+    path = resolve_model(model_name, "bi-encoder")
+    try:
+        model = SentenceTransformer(path, device="cpu", model_kwargs={"attn_implementation": "eager"})
+    except (OSError, ValueError) as exc:
+        raise GenqError(f"cannot load bi-encoder '{model_name}': {exc}") from None
+    info = _describe(model)
+    max_length = int(model.max_seq_length)
+    texts = sample_texts or ["a short query", "a somewhat longer passage about retrieval with several words in it"]
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    try:
+        tokenizer = model.tokenizer
+        example = tokenizer(texts[:2], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        if "token_type_ids" not in example:
+            example["token_type_ids"] = torch.zeros_like(example["input_ids"])
+        raw = work / "model.raw.onnx"
+        axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS} | {"sentence_embedding": {0: "batch"}}
+        with torch.no_grad():
+            torch.onnx.export(
+                _EmbeddingGraph.build(model), tuple(example[n] for n in INPUTS), str(raw), input_names=list(INPUTS),
+                output_names=["sentence_embedding"], dynamic_axes=axes, opset_version=opset or settings["opset"], dynamo=False,
+            )
+        onnx.checker.check_model(str(raw))
+        config = model[0].auto_model.config
+        built = {"fp32": _optimise(raw, work / "model.fp32.onnx", config)}
+        if "fp16" in settings["variants"]:
+            built["fp16"] = _to_fp16(work / "model.fp32.onnx", work / "model.fp16.onnx", config)
+        if "int8" in settings["variants"]:
+            built["int8"] = _quantise(work / "model.fp32.onnx", work / "model.int8.onnx")
+        raw.unlink()
+        tokenizer.save_pretrained(str(work / "tokenizer"))
+        reference = model.encode(texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=info["normalize"])
+        manifest: dict[str, Any] = {
+            "format": "genq-search-onnx/1", "source_model": model_name, "source_fingerprint": fingerprint(path),
+            "dimension": int(reference.shape[1]), "max_length": max_length, **info,
+            "inputs": [n for n in INPUTS], "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "variants": {},
+        }
+        for variant in settings["variants"]:
+            file = built[variant]
+            encoder = OnnxEncoder(work, variant=variant, provider="cpu", verify=False, manifest=manifest | {"variants": {variant: {"file": file.name}}})
+            encoder.encode_passages(texts[:8], progress=False)  # warm-up: session initialisation is not throughput
+            start = time.perf_counter()
+            vectors = encoder.encode_passages(texts, progress=False)
+            seconds = time.perf_counter() - start
+            cosine = (vectors * reference).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1))
+            threshold = settings["min_mean_cosine"][variant]
+            parity = {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "threshold": threshold,
+                      "sample": len(texts), "cpu_docs_per_s": len(texts) / seconds, "passed": bool(cosine.mean() >= threshold)}
+            manifest["variants"][variant] = {"file": file.name, "sha256": sha256(file), "bytes": file.stat().st_size, "parity": parity}
+            logger.info("%s: mean cosine %.5f (min %.5f), %.1f docs/s on CPU", variant, parity["mean_cosine"], parity["min_cosine"], parity["cpu_docs_per_s"])
+        failed = {v: m["parity"]["mean_cosine"] for v, m in manifest["variants"].items() if not m["parity"]["passed"]}
+        if failed:
+            raise GenqError(f"parity check failed for {failed} (mean cosine to PyTorch below the threshold); nothing written")
+        manifest["tokenizer_files"] = {p.name: sha256(p) for p in sorted((work / "tokenizer").iterdir())}
+        write_json(work / "manifest.json", manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+        return manifest
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _optimise(raw: Path, out: Path, config: Any) -> Path:
+    from onnxruntime.transformers import optimizer
+
+    heads = int(getattr(config, "num_attention_heads", 0) or 0)
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    model_type = "bert" if getattr(config, "model_type", "bert") in {"bert", "distilbert", "roberta", "xlm-roberta", "mpnet"} else "bert"
+    optimised = optimizer.optimize_model(str(raw), model_type=model_type, num_heads=heads, hidden_size=hidden)
+    logger.info("ONNX Runtime fusions: %s", {k: v for k, v in optimised.get_fused_operator_statistics().items() if v})
+    optimised.save_model_to_file(str(out))
+    return out
+
+
+def _to_fp16(fp32: Path, out: Path, config: Any) -> Path:
+    from onnxruntime.transformers.onnx_model import OnnxModel
+    import onnx
+
+    model = OnnxModel(onnx.load(str(fp32)))
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(out))
+    return out
+
+
+def _quantise(fp32: Path, out: Path) -> Path:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True,
+        op_types_to_quantize=["MatMul", "Attention"],
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    return out
+
+
+def pick_providers(provider: str) -> list[str]:
+    """ORT providers for ``auto`` (CUDA/TensorRT when available), ``cpu``, ``cuda`` or ``tensorrt``."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider in {"cpu"}:
+        return ["CPUExecutionProvider"]
+    wanted = {"cuda": ["CUDAExecutionProvider"], "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"]}
+    if provider in wanted:
+        if wanted[provider][0] not in available:
+            raise GenqError(f"ONNX Runtime provider '{wanted[provider][0]}' is not available (have {available}); "
+                            "install onnxruntime-gpu on a machine with a GPU, or use --device cpu/auto")
+        return wanted[provider] + ["CPUExecutionProvider"]
+    if provider == "auto":
+        return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
+    raise GenqError(f"unknown ONNX provider '{provider}' (auto, cpu, cuda, tensorrt)")
+
+
+class OnnxEncoder:
+    """The Encoder interface over an exported bundle (``onnx:<dir>``): length-sorted batches, ORT session."""
+
+    def __init__(self, bundle: str | Path, variant: str | None = None, provider: str = "auto", verify: bool = True,
+                 manifest: dict[str, Any] | None = None, threads: int | None = None):
+        _require_onnx()
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.bundle = Path(bundle)
+        manifest_path = self.bundle / "manifest.json"
+        if manifest is None:
+            if not manifest_path.is_file():
+                raise GenqError(f"{self.bundle}: not an ONNX bundle (no manifest.json); create one with `genq-search export`")
+            manifest = json.loads(manifest_path.read_text())
+        self.manifest = manifest
+        providers = pick_providers("cuda" if provider.startswith("cuda") else provider)
+        on_gpu = providers[0] != "CPUExecutionProvider"
+        self.variant = variant or self._fastest_passing(on_gpu)
+        if self.variant not in manifest["variants"]:
+            raise GenqError(f"{self.bundle}: no '{self.variant}' variant (have {', '.join(manifest['variants'])})")
+        entry = manifest["variants"][self.variant]
+        model_file = self.bundle / entry["file"]
+        if verify:
+            self._verify(model_file, entry)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_file), options, providers=providers)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.bundle / "tokenizer"))
+        self.name = f"onnx:{self.bundle}"
+        self.dim = int(manifest["dimension"])
+        self.max_seq_length = int(manifest["max_length"])
+        self.normalize = bool(manifest.get("normalize", True))
+        self.truncated = 0
+
+    def _fastest_passing(self, on_gpu: bool) -> str:
+        variants = self.manifest["variants"]
+        if on_gpu and "fp16" in variants:
+            return "fp16"
+        passing = {v: m for v, m in variants.items() if v != "fp16" and m.get("parity", {}).get("passed", True)}
+        if not passing:
+            raise GenqError(f"{self.bundle}: no CPU variant passed its parity check")
+        return max(passing, key=lambda v: passing[v].get("parity", {}).get("cpu_docs_per_s", 0.0))
+
+    def _verify(self, model_file: Path, entry: dict[str, Any]) -> None:
+        if not model_file.is_file():
+            raise GenqError(f"{self.bundle}: missing {model_file.name}")
+        if sha256(model_file) != entry["sha256"]:
+            raise GenqError(f"{self.bundle}: checksum mismatch for {model_file.name} (modified or corrupt); re-export it")
+        for name, digest in self.manifest.get("tokenizer_files", {}).items():
+            file = self.bundle / "tokenizer" / name
+            if not file.is_file() or sha256(file) != digest:
+                raise GenqError(f"{self.bundle}: tokenizer file {name} is missing or modified; re-export the bundle")
+
+    def _encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: similar lengths share a batch
+        for start in tqdm(range(0, len(texts), batch_size), desc="Batches", disable=not progress):
+            rows = order[start : start + batch_size]
+            batch = [texts[i] for i in rows]
+            features = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="np",
+                                      return_overflowing_tokens=False, return_length=False)
+            lengths = self.tokenizer(batch, add_special_tokens=True, truncation=False, return_length=True)["length"]
+            self.truncated += int(sum(1 for n in lengths if n > self.max_seq_length))
+            feeds = {name: features[name].astype(np.int64) for name in self.input_names if name in features}
+            if "token_type_ids" in self.input_names and "token_type_ids" not in feeds:
+                feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+            vectors = self.session.run(None, feeds)[0].astype(np.float32)
+            if self.normalize:
+                vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            out[rows] = vectors
+        return out
+
+    def encode_queries(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        return self._encode(texts, batch_size, progress)
+
+    def encode_passages(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
+        return self._encode(texts, batch_size, progress)
+
+    def fingerprint(self) -> str:
+        return fingerprint([self.manifest.get("source_fingerprint"), self.variant,
+                            self.manifest["variants"][self.variant].get("sha256")])

@@ -1,0 +1,96 @@
+"""ONNX export: real torch.onnx export, ONNX Runtime sessions and parity against PyTorch on a tiny bi-encoder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genq_search.backends.embedded import EmbeddedBackend
+from genq_search.encoders import load_encoder
+from genq_search.errors import GenqError
+from genq_search.export import OnnxEncoder, export_bundle
+from genq_search.passages import Passage
+
+from conftest import sample_texts
+
+TEXTS = sample_texts(60)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bi_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(str(tiny_bi_encoder), out, profile="all", sample_texts=TEXTS)
+    return out
+
+
+def test_bundle_layout_and_manifest(bundle: Path) -> None:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert set(manifest["variants"]) == {"fp32", "fp16", "int8"}
+    assert manifest["dimension"] == 32 and manifest["pooling"] == "mean" and manifest["normalize"] is True
+    for variant, entry in manifest["variants"].items():
+        assert (bundle / entry["file"]).is_file()
+        assert entry["parity"]["passed"] and entry["parity"]["sample"] == len(TEXTS)
+    assert manifest["variants"]["fp32"]["parity"]["mean_cosine"] >= 0.9999
+    assert (bundle / "tokenizer" / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize(("variant", "tolerance"), [("fp32", 0.9999), ("fp16", 0.99), ("int8", 0.99)])
+def test_every_variant_matches_pytorch(bundle: Path, tiny_bi_encoder: Path, variant: str, tolerance: float) -> None:
+    reference = load_encoder(str(tiny_bi_encoder), device="cpu").encode_passages(TEXTS, progress=False)
+    onnx = OnnxEncoder(bundle, variant=variant, provider="cpu")
+    vectors = onnx.encode_passages(TEXTS, batch_size=7, progress=False)
+    cosine = (vectors * reference).sum(1)
+    assert cosine.mean() >= tolerance and cosine.min() >= tolerance - 0.02
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+
+
+def test_bundle_reloads_from_another_directory_and_counts_truncation(bundle: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(bundle, moved)
+    encoder = load_encoder(f"onnx:{moved}", device="cpu")
+    a = encoder.encode_queries(["json parse string"])
+    b = OnnxEncoder(bundle, variant=encoder.variant, provider="cpu").encode_queries(["json parse string"])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    encoder.encode_passages(["word " * 500], progress=False)
+    assert encoder.truncated == 1
+
+
+def test_checksums_catch_a_modified_file(bundle: Path, tmp_path: Path) -> None:
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    with (tampered / "model.int8.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(GenqError, match="checksum mismatch for model.int8.onnx"):
+        OnnxEncoder(tampered, variant="int8", provider="cpu")
+    (tampered / "tokenizer" / "tokenizer.json").unlink()
+    with pytest.raises(GenqError, match="tokenizer file tokenizer.json is missing or modified"):
+        OnnxEncoder(tampered, variant="fp32", provider="cpu")
+
+
+def test_onnx_encoder_gives_the_same_ranking_in_the_embedded_backend(bundle: Path, tiny_bi_encoder: Path) -> None:
+    corpus = {f"d{i}": {"title": "", "text": t} for i, t in enumerate(TEXTS[:40])}
+    passages = [Passage(d, d, v["text"]) for d, v in corpus.items()]
+    queries = TEXTS[40:45]
+    rankings = []
+    for encoder in (load_encoder(str(tiny_bi_encoder), device="cpu"), OnnxEncoder(bundle, variant="fp32", provider="cpu")):
+        backend = EmbeddedBackend()
+        backend.index(corpus, passages, encoder.encode_passages([p.text for p in passages], progress=False))
+        results = backend.vector_search([str(i) for i in range(5)], encoder.encode_queries(queries), 5)
+        rankings.append({q: list(r) for q, r in results.items()})
+    assert rankings[0] == rankings[1]
+
+
+def test_bad_exports_fail_clearly(tmp_path: Path, bundle: Path) -> None:
+    with pytest.raises(GenqError, match="exists and is not empty; pass --overwrite"):
+        export_bundle("unused", bundle)
+    with pytest.raises(GenqError, match="unknown export profile 'tpu'"):
+        export_bundle("unused", tmp_path / "x", profile="tpu")
+    with pytest.raises(GenqError, match="not an ONNX bundle"):
+        OnnxEncoder(tmp_path, provider="cpu")
+    with pytest.raises(GenqError, match="provider 'CUDAExecutionProvider' is not available"):
+        OnnxEncoder(bundle, provider="cuda")
+    assert not (tmp_path / "x").exists()
