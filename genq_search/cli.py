@@ -164,6 +164,80 @@ def evaluate(
     typer.echo(comparison.markdown())
 
 
+GenOpt = Annotated[str | None, typer.Option("--generator", help="Query generator: seq2seq (T5/BART) or causal LM id, path or .gguf file.")]
+QppOpt = Annotated[str | None, typer.Option(help="Queries per passage: an integer or 'auto' (GPL rule).")]
+MaxPassagesOpt = Annotated[int | None, typer.Option(help="Generate for a random subset of at most this many documents.")]
+BaseOpt = Annotated[str | None, typer.Option("--base-model", help="Bi-encoder to adapt.")]
+EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs.")]
+TrainBatchOpt = Annotated[int | None, typer.Option("--train-batch-size", help="Training batch size (in-batch negatives).")]
+LrOpt = Annotated[float | None, typer.Option(help="Learning rate.")]
+
+
+def _adapt_overrides(run_dir: Path | None, corpus: Path | None, generator: str | None, queries_per_passage: str | None,
+                     max_passages: int | None, base_model: str | None, epochs: int | None, train_batch_size: int | None,
+                     learning_rate: float | None, device: str | None) -> dict[str, dict[str, Any]]:
+    return {
+        "run": {"run_dir": run_dir}, "corpus": {"path": corpus},
+        "generate": {"model": generator, "queries_per_passage": queries_per_passage, "max_passages": max_passages, "device": device},
+        "train": {"base_model": base_model, "epochs": epochs, "batch_size": train_batch_size, "learning_rate": learning_rate, "device": device},
+    }
+
+
+@app.command()
+@user_errors
+def generate(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, generator: GenOpt = None,
+    queries_per_passage: QppOpt = None, max_passages: MaxPassagesOpt = None, device: DeviceOpt = None,
+    overwrite: OverwriteOpt = None,
+) -> None:
+    """Generate synthetic queries for the corpus (resumable; output in <run-dir>/generate)."""
+    from genq_search.generate import run_generate
+    from genq_search.pipeline import load_run_collection
+
+    cfg = RunConfig.load(config, _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, None, None, None, None, device))
+    summary = run_generate(cfg.generate, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate", overwrite=bool(overwrite))
+    typer.echo(f"{summary['queries']} queries for {summary['documents']} documents (dropped: {summary['dropped']}) "
+               f"-> {cfg.run_dir / 'generate' / 'gen-queries.jsonl'}")
+
+
+@app.command()
+@user_errors
+def train(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, base_model: BaseOpt = None,
+    epochs: EpochsOpt = None, train_batch_size: TrainBatchOpt = None, learning_rate: LrOpt = None,
+    method: Annotated[str | None, typer.Option(help="genq (MultipleNegativesRankingLoss).")] = None,
+    device: DeviceOpt = None, overwrite: OverwriteOpt = None,
+) -> None:
+    """Fine-tune the bi-encoder on the generated queries (resumes from the last checkpoint)."""
+    from genq_search.pipeline import load_run_collection
+    from genq_search.train import run_train
+
+    overrides = _adapt_overrides(run_dir, corpus, None, None, None, base_model, epochs, train_batch_size, learning_rate, device)
+    overrides["train"]["method"] = method
+    cfg = RunConfig.load(config, overrides)
+    summary = run_train(cfg.train, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate",
+                        cfg.run_dir / "train", overwrite=bool(overwrite))
+    typer.echo(f"trained {summary['steps']} steps on {summary['pairs']} pairs (loss {summary['train_loss']:.4f}) -> {summary['model']}")
+
+
+@app.command()
+@user_errors
+def adapt(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, generator: GenOpt = None,
+    queries_per_passage: QppOpt = None, max_passages: MaxPassagesOpt = None, base_model: BaseOpt = None,
+    epochs: EpochsOpt = None, train_batch_size: TrainBatchOpt = None, learning_rate: LrOpt = None,
+    device: DeviceOpt = None, overwrite: OverwriteOpt = None,
+) -> None:
+    """The whole run: generate queries, train, and compare BM25 / zero-shot / adapted dense / hybrids."""
+    from genq_search.pipeline import run_adapt
+
+    cfg = RunConfig.load(config, _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, base_model,
+                                                  epochs, train_batch_size, learning_rate, device))
+    comparison, summary = run_adapt(cfg, overwrite=bool(overwrite))
+    typer.echo(comparison.markdown())
+    typer.echo(f"report: {cfg.run_dir / 'compare' / 'report.md'}")
+
+
 @app.command("index")
 @user_errors
 def index_command(

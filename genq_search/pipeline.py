@@ -62,3 +62,24 @@ def _timed_search(
     metrics = comparison.add(name, results, backend=backend.name, model=model)
     summary["runs"][name] = {"search_s": elapsed, "metrics": metrics}
     logger.info("%s: nDCG@10 %.4f (%.1fs)", name, metrics.get("ndcg@10", float("nan")), elapsed)
+
+
+def run_adapt(cfg: RunConfig, overwrite: bool = False) -> tuple[Comparison, dict[str, Any]]:
+    """corpus -> generate -> train -> compare (BM25, zero-shot dense, adapted dense, hybrids); finished stages are skipped."""
+    from genq_search.generate import run_generate
+    from genq_search.train import run_train
+
+    collection = load_run_collection(cfg, with_qrels=True)
+    stages: dict[str, Any] = {}
+    start = time.perf_counter()
+    stages["generate"] = run_generate(cfg.generate, collection.corpus, cfg.run_dir / "generate", overwrite=overwrite)
+    stages["generate_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    stages["train"] = run_train(cfg.train, collection.corpus, cfg.run_dir / "generate", cfg.run_dir / "train", overwrite=overwrite)
+    stages["train_s"] = time.perf_counter() - start
+    models = {"zeroshot": cfg.train.base_model, cfg.train.method: str(cfg.run_dir / "train" / "model")}
+    compare_cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"models": models})})
+    comparison, summary = run_compare(compare_cfg)
+    summary["adapt"] = stages
+    write_json(cfg.run_dir / "adapt-summary.json", summary)
+    return comparison, summary

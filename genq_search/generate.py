@@ -1,0 +1,253 @@
+"""Synthetic query generation (GenQ / GPL stage 1): a seq2seq doc2query model or a few-shot causal LM.
+
+Output in BEIR style inside the stage directory: ``gen-queries.jsonl`` and ``gen-qrels/train.tsv`` (query -> source
+document). Work is done in chunks written atomically to ``chunks/``; each chunk is generated with its own seed
+(``seed + chunk index``), so an interrupted run resumes where it stopped and gives exactly the output of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tqdm.auto import tqdm
+
+from genq_search.config import GenerateConfig
+from genq_search.data import Corpus, atomic_write, fingerprint, mark_stage_complete, read_manifest, stage_is_complete, write_json, write_qrels
+from genq_search.encoders import pick_device
+from genq_search.errors import GenqError
+from genq_search.models import resolve_model
+from genq_search.passages import document_text
+
+logger = logging.getLogger(__name__)
+
+GPL_TOTAL_QUERIES = 250_000
+DEFAULT_PROMPT = (
+    "Example 1:\nDocument: The Manhattan Project was a research and development undertaking during World War II that "
+    "produced the first nuclear weapons.\nRelevant query: who led the development of the first nuclear weapons\n\n"
+    "Example 2:\nDocument: Vitamin D helps the body absorb calcium; deficiency can lead to soft, weak bones "
+    "(rickets in children, osteomalacia in adults).\nRelevant query: what does vitamin d deficiency cause\n\n"
+    "Example 3:\nDocument: {document}\nRelevant query:"
+)
+
+
+class QueryGenerator(Protocol):
+    def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]: ...
+
+
+def _sampling(cfg: GenerateConfig) -> dict[str, Any]:
+    return {"do_sample": True, "top_p": cfg.top_p, "top_k": cfg.top_k, "temperature": cfg.temperature,
+            "max_new_tokens": cfg.max_new_tokens}
+
+
+class Seq2SeqGenerator:
+    """doc2query T5/BART (default ``BeIR/query-gen-msmarco-t5-base-v1``)."""
+
+    def __init__(self, path: str, cfg: GenerateConfig):
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.cfg, self.device = cfg, pick_device(cfg.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(path).to(self.device).eval()
+
+    def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+        import torch
+
+        torch.manual_seed(seed)
+        inputs = self.tokenizer(documents, truncation=True, max_length=self.cfg.max_input_tokens, padding=True,
+                                return_tensors="pt", return_token_type_ids=False).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, num_return_sequences=per_document, **_sampling(self.cfg))
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return [texts[i * per_document : (i + 1) * per_document] for i in range(len(documents))]
+
+
+class CausalGenerator:
+    """InPars-style few-shot prompting of a decoder-only LM (HF id, folder, or a ``.gguf`` file)."""
+
+    def __init__(self, path: str, cfg: GenerateConfig):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg, self.device = cfg, pick_device(cfg.device)
+        kwargs: dict[str, Any] = {}
+        location = Path(path)
+        if location.suffix == ".gguf":
+            kwargs["gguf_file"], path = location.name, str(location.parent)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(self.device).eval()
+        probe = self.tokenizer.decode(self.tokenizer("a\nb", add_special_tokens=False)["input_ids"])
+        self.stop = {"stop_strings": ["\n"], "tokenizer": self.tokenizer} if "\n" in probe else {}  # end at the line break
+        self.template = cfg.prompt_template or DEFAULT_PROMPT
+        if "{document}" not in self.template:
+            raise GenqError("the prompt template must contain '{document}'")
+
+    def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+        import torch
+
+        torch.manual_seed(seed)
+        truncated = [self._truncate(d) for d in documents]
+        prompts = [self.template.replace("{document}", d) for d in truncated]
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, num_return_sequences=per_document, pad_token_id=self.tokenizer.pad_token_id,
+                                      **self.stop, **_sampling(self.cfg))
+        texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts = [t.split("\n")[0] for t in texts]  # the query ends at the first line break
+        return [texts[i * per_document : (i + 1) * per_document] for i in range(len(documents))]
+
+    def _truncate(self, text: str) -> str:
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.cfg.max_input_tokens)["input_ids"]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_generator(cfg: GenerateConfig) -> QueryGenerator:
+    path = resolve_model(cfg.model, "query generator")
+    kind = cfg.kind
+    if kind == "auto":
+        if path.endswith(".gguf"):
+            kind = "causal"
+        else:
+            from transformers import AutoConfig
+
+            kind = "seq2seq" if AutoConfig.from_pretrained(path).is_encoder_decoder else "causal"
+    if kind not in {"seq2seq", "causal"}:
+        raise GenqError(f"unknown generator kind '{cfg.kind}' (seq2seq, causal or auto)")
+    return Seq2SeqGenerator(path, cfg) if kind == "seq2seq" else CausalGenerator(path, cfg)
+
+
+def plan_documents(corpus: Corpus, cfg: GenerateConfig) -> tuple[list[str], int]:
+    """Documents to generate for and queries per document (GPL rule for ``auto``), reproducible for a seed."""
+    ids = sorted(corpus)
+    if cfg.queries_per_passage == "auto":
+        per_document = max(3, math.ceil(GPL_TOTAL_QUERIES / len(ids)))
+        if 3 * len(ids) > GPL_TOTAL_QUERIES:
+            ids = sorted(random.Random(cfg.seed).sample(ids, GPL_TOTAL_QUERIES // 3))
+    else:
+        try:
+            per_document = int(cfg.queries_per_passage)
+        except ValueError:
+            raise GenqError(f"queries_per_passage must be an integer or 'auto', got {cfg.queries_per_passage!r}") from None
+        if per_document < 1:
+            raise GenqError("queries_per_passage must be at least 1")
+    if cfg.max_passages is not None and len(ids) > cfg.max_passages:
+        ids = sorted(random.Random(cfg.seed).sample(ids, cfg.max_passages))
+    return ids, per_document
+
+
+@dataclass
+class CleanStats:
+    kept: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: {"empty": 0, "too_short": 0, "too_long": 0, "duplicate": 0, "degenerate": 0})
+
+
+def clean_queries(candidates: list[str], cfg: GenerateConfig, stats: CleanStats) -> list[str]:
+    """Strip, drop empty / too short / too long / degenerate (repetitive) and duplicate queries of one document."""
+    kept: list[str] = []
+    seen: set[str] = set()
+    for raw in candidates:
+        query = " ".join(raw.replace("Relevant query:", "").split()).strip(" \"'")
+        words = query.split()
+        reason = None
+        if not query:
+            reason = "empty"
+        elif len(words) < cfg.min_query_words:
+            reason = "too_short"
+        elif len(words) > cfg.max_query_words:
+            reason = "too_long"
+        elif len(words) >= 4 and len({w.lower() for w in words}) / len(words) < 0.5:
+            reason = "degenerate"
+        elif re.sub(r"\W+", " ", query.lower()).strip() in seen:
+            reason = "duplicate"
+        if reason:
+            stats.dropped[reason] += 1
+            continue
+        seen.add(re.sub(r"\W+", " ", query.lower()).strip())
+        kept.append(query)
+        stats.kept += 1
+    return kept
+
+
+def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator: QueryGenerator | None = None,
+                 overwrite: bool = False) -> dict[str, Any]:
+    """Generate queries for the corpus into ``stage_dir``; finished chunks are reused on a rerun."""
+    stage_dir = Path(stage_dir)
+    ids, per_document = plan_documents(corpus, cfg)
+    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), fingerprint(sorted(corpus.items()))])
+    if stage_is_complete(stage_dir, settings) and not overwrite:
+        logger.info("generate: complete in %s, skipping", stage_dir)
+        return read_manifest(stage_dir)
+    chunk_dir = stage_dir / "chunks"
+    settings_file = stage_dir / "settings.json"
+    if settings_file.is_file() and json.loads(settings_file.read_text()).get("settings_hash") != settings or overwrite:
+        for old in chunk_dir.glob("chunk-*.jsonl"):
+            old.unlink()  # other settings: earlier chunks cannot be reused
+    write_json(settings_file, {"settings_hash": settings, "config": cfg.model_dump(mode="json")})
+    chunks = [ids[i : i + cfg.chunk_size] for i in range(0, len(ids), cfg.chunk_size)]
+    todo = [n for n in range(len(chunks)) if not (chunk_dir / f"chunk-{n:05d}.jsonl").is_file()]
+    started, generated_docs = time.perf_counter(), 0
+    if todo:
+        generator = generator or load_generator(cfg)
+        progress = tqdm(total=len(ids), initial=sum(len(chunks[n]) for n in range(len(chunks)) if n not in todo),
+                        desc="generate queries", unit="doc")
+        for n in todo:
+            rows = []
+            for start in range(0, len(chunks[n]), cfg.batch_size):
+                batch = chunks[n][start : start + cfg.batch_size]
+                seed = cfg.seed + n * 100_003 + start
+                outputs = _generate_with_oom_retry(generator, [document_text(corpus[d]) for d in batch], per_document, seed)
+                rows += [{"doc_id": d, "candidates": qs} for d, qs in zip(batch, outputs, strict=True)]
+                progress.update(len(batch))
+            with atomic_write(chunk_dir / f"chunk-{n:05d}.jsonl") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            generated_docs += len(chunks[n])
+        progress.close()
+    seconds = time.perf_counter() - started
+    stats = CleanStats()
+    qrels: dict[str, dict[str, int]] = {}
+    with atomic_write(stage_dir / "gen-queries.jsonl") as handle:
+        for n in range(len(chunks)):
+            for line in (chunk_dir / f"chunk-{n:05d}.jsonl").open(encoding="utf-8"):
+                row = json.loads(line)
+                for i, query in enumerate(clean_queries(row["candidates"], cfg, stats)):
+                    qid = f"genq-{row['doc_id']}-{i}"
+                    handle.write(json.dumps({"_id": qid, "text": query}, ensure_ascii=False) + "\n")
+                    qrels[qid] = {row["doc_id"]: 1}
+    write_qrels(stage_dir / "gen-qrels" / "train.tsv", qrels)
+    summary = {
+        "documents": len(ids), "queries_per_passage": per_document, "queries": stats.kept, "dropped": stats.dropped,
+        "generator": cfg.model, "seconds_this_run": seconds,
+        "passages_per_s": generated_docs / seconds if generated_docs and seconds else None,
+        "queries_per_s": generated_docs * per_document / seconds if generated_docs and seconds else None,
+    }
+    if not qrels:
+        raise GenqError(f"no query survived clean-up ({stats.dropped}); check the generator and the length bounds")
+    mark_stage_complete(stage_dir, settings, summary)
+    return summary
+
+
+def _generate_with_oom_retry(generator: QueryGenerator, texts: list[str], per_document: int, seed: int) -> list[list[str]]:
+    """On CUDA out-of-memory, halve the batch (same seed per half) and say so."""
+    try:
+        return generator.generate(texts, per_document, seed)
+    except RuntimeError as exc:
+        if "out of memory" not in str(exc).lower() or len(texts) == 1:
+            raise
+        import torch
+
+        torch.cuda.empty_cache()
+        half = len(texts) // 2
+        logger.warning("out of memory generating %d documents at once; retrying in batches of %d (lower --batch-size)", len(texts), half)
+        return _generate_with_oom_retry(generator, texts[:half], per_document, seed) + \
+            _generate_with_oom_retry(generator, texts[half:], per_document, seed + 1)

@@ -1,0 +1,160 @@
+"""GenQ: generation with real (tiny, random) T5 and causal LMs, resume, clean-up, training, and adapt end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from genq_search.config import GenerateConfig, RunConfig, TrainConfig
+from genq_search.data import load_collection, read_qrels, read_queries
+from genq_search.errors import GenqError
+from genq_search.generate import CleanStats, clean_queries, plan_documents, run_generate
+
+from conftest import SAMPLE
+
+
+def small_corpus(n: int = 24) -> dict[str, dict[str, str]]:
+    corpus = load_collection(SAMPLE, with_qrels=False).corpus
+    return {d: corpus[d] for d in sorted(corpus)[:n]}
+
+
+def gen_cfg(model: Path, **changes: object) -> GenerateConfig:
+    settings: dict[str, object] = {"queries_per_passage": "2", "batch_size": 4, "chunk_size": 8, "max_new_tokens": 8,
+                                   "max_input_tokens": 48, "min_query_words": 1, "device": "cpu"}
+    return GenerateConfig(model=str(model), **(settings | changes))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_t5", "tiny_causal_lm"])
+def test_generation_writes_beir_queries_and_qrels(fixture: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    model = request.getfixturevalue(fixture)
+    corpus = small_corpus(10)
+    summary = run_generate(gen_cfg(model), corpus, tmp_path)
+    queries = read_queries(tmp_path / "gen-queries.jsonl")
+    qrels = read_qrels(tmp_path / "gen-qrels" / "train.tsv")
+    assert summary["documents"] == 10 and summary["queries"] == len(queries) > 0
+    assert set(qrels) == set(queries)
+    assert {d for judged in qrels.values() for d in judged} <= set(corpus)
+    assert sum(summary["dropped"].values()) + summary["queries"] == 10 * 2
+
+
+def test_interrupted_generation_resumes_to_identical_output(tiny_t5: Path, tmp_path: Path) -> None:
+    corpus = small_corpus(24)
+    cfg = gen_cfg(tiny_t5)
+    run_generate(cfg, corpus, tmp_path / "full")
+    # simulate a crash after two of three chunks: their files exist, nothing else does
+    partial = tmp_path / "partial"
+    (partial / "chunks").mkdir(parents=True)
+    for name in ["chunk-00000.jsonl", "chunk-00001.jsonl"]:
+        (partial / "chunks" / name).write_bytes((tmp_path / "full" / "chunks" / name).read_bytes())
+    (partial / "settings.json").write_bytes((tmp_path / "full" / "settings.json").read_bytes())
+    calls: list[int] = []
+
+    class CountingGenerator:
+        def __init__(self) -> None:
+            from genq_search.generate import load_generator
+
+            self.inner = load_generator(cfg)
+
+        def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+            calls.append(len(documents))
+            return self.inner.generate(documents, per_document, seed)
+
+    run_generate(cfg, corpus, partial, generator=CountingGenerator())
+    assert sum(calls) == 8  # only the missing chunk was generated
+    for name in ["gen-queries.jsonl", "gen-qrels/train.tsv"]:
+        assert (partial / name).read_text() == (tmp_path / "full" / name).read_text()
+    # a finished stage is skipped entirely
+    calls.clear()
+    run_generate(cfg, corpus, partial, generator=CountingGenerator())
+    assert calls == []
+
+
+def test_queries_per_passage_auto_follows_the_gpl_rule() -> None:
+    corpus = {f"d{i}": {"title": "", "text": "x"} for i in range(1000)}
+    ids, qpp = plan_documents(corpus, GenerateConfig(queries_per_passage="auto"))
+    assert qpp == 250 and len(ids) == 1000
+    big = {f"d{i}": {"title": "", "text": "x"} for i in range(100_000)}
+    ids, qpp = plan_documents(big, GenerateConfig(queries_per_passage="auto", seed=1))
+    assert qpp == 3 and len(ids) == 250_000 // 3 and ids == plan_documents(big, GenerateConfig(queries_per_passage="auto", seed=1))[0]
+    with pytest.raises(GenqError, match="integer or 'auto'"):
+        plan_documents(corpus, GenerateConfig(queries_per_passage="many"))
+
+
+def test_clean_up_counts_what_it_drops() -> None:
+    stats = CleanStats()
+    cfg = GenerateConfig(min_query_words=2, max_query_words=6)
+    kept = clean_queries(["  what is json ", "What is JSON?", "", "json", "a b c d e f g h", "the the the the the x",
+                          "Relevant query: how to parse json"], cfg, stats)
+    assert kept == ["what is json", "how to parse json"]
+    assert stats.dropped == {"empty": 1, "too_short": 1, "too_long": 1, "duplicate": 1, "degenerate": 1}
+
+
+def test_unfetchable_generator_fails_fast(tmp_path: Path) -> None:
+    with pytest.raises(GenqError, match="cannot load query generator 'BeIR/not-a-model'.*huggingface-cli download"):
+        run_generate(GenerateConfig(model="BeIR/not-a-model"), small_corpus(3), tmp_path)
+    assert not (tmp_path / "gen-queries.jsonl").exists()
+
+
+def test_training_reduces_the_loss_with_no_duplicate_batches(tiny_t5: Path, tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    from sentence_transformers.sampler import NoDuplicatesBatchSampler
+
+    from genq_search.train import run_train, training_pairs
+
+    corpus = small_corpus(24)
+    run_generate(gen_cfg(tiny_t5, queries_per_passage="3"), corpus, tmp_path / "generate")
+    pairs = training_pairs(tmp_path / "generate", corpus)
+    # the sampler the trainer uses never puts two pairs of the same passage in one batch
+    from datasets import Dataset
+
+    sampler = NoDuplicatesBatchSampler(Dataset.from_list(pairs), batch_size=8, drop_last=False, valid_label_columns=[], seed=0)
+    for batch in sampler:
+        passages = [pairs[i]["positive"] for i in batch]
+        assert len(passages) == len(set(passages))
+    cfg = TrainConfig(base_model=str(tiny_bi_encoder), epochs=8, batch_size=8, learning_rate=5e-3, device="cpu",
+                      max_seq_length=48, checkpoint_steps=1000)
+    summary = run_train(cfg, corpus, tmp_path / "generate", tmp_path / "train")
+    losses = summary["losses"]
+    assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+    model_dir = Path(summary["model"])
+    assert (model_dir / "modules.json").is_file()
+    card = json.loads((model_dir / "GENQ_TRAINING.json").read_text())
+    assert card["base_model"] == str(tiny_bi_encoder) and card["hyper_parameters"]["learning_rate"] == 5e-3
+
+
+def test_adapt_runs_end_to_end_and_skips_finished_stages(tiny_t5: Path, tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from genq_search.cli import app
+
+    config = tmp_path / "adapt.toml"
+    config.write_text(f"""
+run_dir = "{tmp_path / 'run'}"
+[corpus]
+path = "{SAMPLE}"
+[generate]
+model = "{tiny_t5}"
+queries_per_passage = "2"
+max_passages = 16
+batch_size = 8
+chunk_size = 8
+max_new_tokens = 8
+min_query_words = 1
+[train]
+base_model = "{tiny_bi_encoder}"
+batch_size = 8
+max_seq_length = 48
+[compare]
+modes = ["bm25", "dense", "hybrid-rrf"]
+""")
+    result = CliRunner().invoke(app, ["adapt", "--config", str(config), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    for name in ["| bm25 |", "| dense-zeroshot |", "| dense-genq |", "| hybrid-rrf-genq |"]:
+        assert name in result.output
+    summary = json.loads((tmp_path / "run" / "adapt-summary.json").read_text())
+    assert summary["adapt"]["generate"]["documents"] == 16
+    stamp = (tmp_path / "run" / "train" / "model" / "modules.json").stat().st_mtime_ns
+    again = CliRunner().invoke(app, ["adapt", "--config", str(config), "--device", "cpu"])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "run" / "train" / "model" / "modules.json").stat().st_mtime_ns == stamp  # not retrained
