@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/genq-search compare --config examples/pydocs.toml
+	$(VENV)/bin/genq-search adapt --config examples/pydocs-demo.toml
 
 test: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/test.sh

@@ -108,6 +108,8 @@ class GenerateConfig(StageConfig):
     min_query_words: int = 2
     max_query_words: int = 32
     prompt_template: str | None = None
+    filter_top_k: int | None = Field(None, description="round-trip filter: keep a query only if its source ranks in the top k")
+    filter_model: str = DEFAULT_BI_ENCODER
     seed: int = 42
     chunk_size: int = 64
     device: str = "auto"

@@ -30,6 +30,7 @@ from genq_search.passages import document_text
 logger = logging.getLogger(__name__)
 
 GPL_TOTAL_QUERIES = 250_000
+POST_PROCESSING = {"min_query_words", "max_query_words", "filter_top_k", "filter_model"}
 DEFAULT_PROMPT = (
     "Example 1:\nDocument: The Manhattan Project was a research and development undertaking during World War II that "
     "produced the first nuclear weapons.\nRelevant query: who led the development of the first nuclear weapons\n\n"
@@ -151,6 +152,26 @@ class CleanStats:
     dropped: dict[str, int] = field(default_factory=lambda: {"empty": 0, "too_short": 0, "too_long": 0, "duplicate": 0, "degenerate": 0})
 
 
+def round_trip_filter(generated: list[tuple[str, str, str]], corpus: Corpus, cfg: GenerateConfig, cache_dir: Path,
+                      stats: CleanStats) -> list[tuple[str, str, str]]:
+    """Keep a query only if its source document ranks in the top ``filter_top_k`` for it under ``filter_model``
+    (round-trip consistency, Alberti et al. 2019; Promptagator)."""
+    from genq_search.backends.embedded import EmbeddedBackend
+    from genq_search.encoders import encode_passages_cached, load_encoder
+    from genq_search.passages import split_documents
+
+    encoder = load_encoder(cfg.filter_model, cfg.device)
+    passages = split_documents(corpus, encoder.tokenizer, encoder.max_seq_length, 32)
+    backend = EmbeddedBackend()
+    backend.index(corpus, passages, encode_passages_cached(encoder, [p.text for p in passages], cache_dir))
+    qids = [qid for qid, _, _ in generated]
+    hits = backend.vector_search(qids, encoder.encode_queries([q for _, q, _ in generated], progress=True), cfg.filter_top_k or 1)
+    kept = [row for row in generated if row[2] in hits[row[0]]]
+    stats.dropped["round_trip"] = len(generated) - len(kept)
+    stats.kept = len(kept)
+    return kept
+
+
 def clean_queries(candidates: list[str], cfg: GenerateConfig, stats: CleanStats) -> list[str]:
     """Strip, drop empty / too short / too long / degenerate (repetitive) and duplicate queries of one document."""
     kept: list[str] = []
@@ -183,16 +204,19 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
     """Generate queries for the corpus into ``stage_dir``; finished chunks are reused on a rerun."""
     stage_dir = Path(stage_dir)
     ids, per_document = plan_documents(corpus, cfg)
-    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), fingerprint(sorted(corpus.items()))])
+    corpus_hash = fingerprint(sorted(corpus.items()))
+    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), corpus_hash])
+    # chunks hold raw generations: clean-up and filter settings may change without regenerating them
+    chunk_settings = fingerprint([cfg.model_dump(mode="json", exclude=POST_PROCESSING | {"device", "batch_size"}), corpus_hash])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("generate: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
     chunk_dir = stage_dir / "chunks"
     settings_file = stage_dir / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()).get("settings_hash") != settings or overwrite:
+    if settings_file.is_file() and json.loads(settings_file.read_text()).get("chunk_settings_hash") != chunk_settings or overwrite:
         for old in chunk_dir.glob("chunk-*.jsonl"):
-            old.unlink()  # other settings: earlier chunks cannot be reused
-    write_json(settings_file, {"settings_hash": settings, "config": cfg.model_dump(mode="json")})
+            old.unlink()  # other generation settings: earlier chunks cannot be reused
+    write_json(settings_file, {"chunk_settings_hash": chunk_settings, "config": cfg.model_dump(mode="json")})
     chunks = [ids[i : i + cfg.chunk_size] for i in range(0, len(ids), cfg.chunk_size)]
     todo = [n for n in range(len(chunks)) if not (chunk_dir / f"chunk-{n:05d}.jsonl").is_file()]
     started, generated_docs = time.perf_counter(), 0
@@ -215,15 +239,18 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
         progress.close()
     seconds = time.perf_counter() - started
     stats = CleanStats()
-    qrels: dict[str, dict[str, int]] = {}
+    generated: list[tuple[str, str, str]] = []  # (qid, query, doc_id)
+    for n in range(len(chunks)):
+        for line in (chunk_dir / f"chunk-{n:05d}.jsonl").open(encoding="utf-8"):
+            row = json.loads(line)
+            for i, query in enumerate(clean_queries(row["candidates"], cfg, stats)):
+                generated.append((f"genq-{row['doc_id']}-{i}", query, row["doc_id"]))
+    if cfg.filter_top_k:
+        generated = round_trip_filter(generated, corpus, cfg, stage_dir.parent / "embeddings", stats)
+    qrels: dict[str, dict[str, int]] = {qid: {doc_id: 1} for qid, _, doc_id in generated}
     with atomic_write(stage_dir / "gen-queries.jsonl") as handle:
-        for n in range(len(chunks)):
-            for line in (chunk_dir / f"chunk-{n:05d}.jsonl").open(encoding="utf-8"):
-                row = json.loads(line)
-                for i, query in enumerate(clean_queries(row["candidates"], cfg, stats)):
-                    qid = f"genq-{row['doc_id']}-{i}"
-                    handle.write(json.dumps({"_id": qid, "text": query}, ensure_ascii=False) + "\n")
-                    qrels[qid] = {row["doc_id"]: 1}
+        for qid, query, _ in generated:
+            handle.write(json.dumps({"_id": qid, "text": query}, ensure_ascii=False) + "\n")
     write_qrels(stage_dir / "gen-qrels" / "train.tsv", qrels)
     summary = {
         "documents": len(ids), "queries_per_passage": per_document, "queries": stats.kept, "dropped": stats.dropped,

@@ -158,3 +158,23 @@ modes = ["bm25", "dense", "hybrid-rrf"]
     again = CliRunner().invoke(app, ["adapt", "--config", str(config), "--device", "cpu"])
     assert again.exit_code == 0, again.output
     assert (tmp_path / "run" / "train" / "model" / "modules.json").stat().st_mtime_ns == stamp  # not retrained
+
+
+def test_round_trip_filter_keeps_only_queries_whose_source_ranks_high(tiny_t5: Path, tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    corpus = small_corpus(16)
+    unfiltered = run_generate(gen_cfg(tiny_t5), corpus, tmp_path / "all" / "generate")
+    summary = run_generate(gen_cfg(tiny_t5, filter_top_k=2, filter_model=str(tiny_bi_encoder)), corpus, tmp_path / "f" / "generate")
+    assert summary["dropped"]["round_trip"] + summary["queries"] == unfiltered["queries"]
+    assert summary["queries"] < unfiltered["queries"]  # a random encoder cannot rank most sources in its top 2
+    from genq_search.backends.embedded import EmbeddedBackend
+    from genq_search.encoders import load_encoder
+    from genq_search.passages import split_documents
+
+    encoder = load_encoder(str(tiny_bi_encoder), device="cpu")
+    passages = split_documents(corpus, encoder.tokenizer, encoder.max_seq_length, 32)
+    backend = EmbeddedBackend()
+    backend.index(corpus, passages, encoder.encode_passages([p.text for p in passages], progress=False))
+    queries = read_queries(tmp_path / "f" / "generate" / "gen-queries.jsonl")
+    qrels = read_qrels(tmp_path / "f" / "generate" / "gen-qrels" / "train.tsv")
+    hits = backend.vector_search(list(queries), encoder.encode_queries(list(queries.values())), 2)
+    assert all(next(iter(qrels[q])) in hits[q] for q in queries)
