@@ -47,8 +47,6 @@ KOpt = Annotated[int | None, typer.Option("--k", help="Documents retrieved per q
 
 
 def _setup_logging(verbose: bool) -> None:
-    from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: F401 - ensures tqdm is importable
-
     level = logging.DEBUG if verbose else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
