@@ -219,13 +219,13 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def file_fingerprint(path: Path) -> str:
-    """Hash of a file's bytes (streamed)."""
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (streamed)."""
     digest = hashlib.sha256()
     with Path(path).open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 MANIFEST = "manifest.json"

@@ -9,7 +9,6 @@ Variants: ``fp32`` (graph-optimised with ONNX Runtime's transformer fusions), ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from genq_search.data import fingerprint, write_json
+from genq_search.data import file_sha256, fingerprint, write_json
 from genq_search.errors import GenqError
 from genq_search.models import resolve_model
 
@@ -47,14 +46,6 @@ def load_profile(name: str) -> dict[str, Any]:
     if name not in profiles or name.startswith("_"):
         raise GenqError(f"unknown export profile '{name}' (choose from {', '.join(k for k in profiles if not k.startswith('_'))})")
     return profiles[name]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _EmbeddingGraph:
@@ -141,7 +132,7 @@ def export_bundle(
         config = model[0].auto_model.config
         built = {"fp32": _optimise(raw, work / "model.fp32.onnx", config)}
         if "fp16" in settings["variants"]:
-            built["fp16"] = _to_fp16(work / "model.fp32.onnx", work / "model.fp16.onnx", config)
+            built["fp16"] = _to_fp16(work / "model.fp32.onnx", work / "model.fp16.onnx")
         if "int8" in settings["variants"]:
             built["int8"] = _quantise(work / "model.fp32.onnx", work / "model.int8.onnx")
         raw.unlink()
@@ -164,12 +155,12 @@ def export_bundle(
             threshold = settings["min_mean_cosine"][variant]
             parity = {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "threshold": threshold,
                       "sample": len(texts), "cpu_docs_per_s": len(texts) / seconds, "passed": bool(cosine.mean() >= threshold)}
-            manifest["variants"][variant] = {"file": file.name, "sha256": sha256(file), "bytes": file.stat().st_size, "parity": parity}
+            manifest["variants"][variant] = {"file": file.name, "sha256": file_sha256(file), "bytes": file.stat().st_size, "parity": parity}
             logger.info("%s: mean cosine %.5f (min %.5f), %.1f docs/s on CPU", variant, parity["mean_cosine"], parity["min_cosine"], parity["cpu_docs_per_s"])
         failed = {v: m["parity"]["mean_cosine"] for v, m in manifest["variants"].items() if not m["parity"]["passed"]}
         if failed:
             raise GenqError(f"parity check failed for {failed} (mean cosine to PyTorch below the threshold); nothing written")
-        manifest["tokenizer_files"] = {p.name: sha256(p) for p in sorted((work / "tokenizer").iterdir())}
+        manifest["tokenizer_files"] = {p.name: file_sha256(p) for p in sorted((work / "tokenizer").iterdir())}
         write_json(work / "manifest.json", manifest)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -185,14 +176,14 @@ def _optimise(raw: Path, out: Path, config: Any) -> Path:
 
     heads = int(getattr(config, "num_attention_heads", 0) or 0)
     hidden = int(getattr(config, "hidden_size", 0) or 0)
-    model_type = "bert" if getattr(config, "model_type", "bert") in {"bert", "distilbert", "roberta", "xlm-roberta", "mpnet"} else "bert"
-    optimised = optimizer.optimize_model(str(raw), model_type=model_type, num_heads=heads, hidden_size=hidden)
+    # "bert" fusions cover the BERT-family encoders sentence-transformers models are built on
+    optimised = optimizer.optimize_model(str(raw), model_type="bert", num_heads=heads, hidden_size=hidden)
     logger.info("ONNX Runtime fusions: %s", {k: v for k, v in optimised.get_fused_operator_statistics().items() if v})
     optimised.save_model_to_file(str(out))
     return out
 
 
-def _to_fp16(fp32: Path, out: Path, config: Any) -> Path:
+def _to_fp16(fp32: Path, out: Path) -> Path:
     from onnxruntime.transformers.onnx_model import OnnxModel
     import onnx
 
@@ -281,11 +272,11 @@ class OnnxEncoder:
     def _verify(self, model_file: Path, entry: dict[str, Any]) -> None:
         if not model_file.is_file():
             raise GenqError(f"{self.bundle}: missing {model_file.name}")
-        if sha256(model_file) != entry["sha256"]:
+        if file_sha256(model_file) != entry["sha256"]:
             raise GenqError(f"{self.bundle}: checksum mismatch for {model_file.name} (modified or corrupt); re-export it")
         for name, digest in self.manifest.get("tokenizer_files", {}).items():
             file = self.bundle / "tokenizer" / name
-            if not file.is_file() or sha256(file) != digest:
+            if not file.is_file() or file_sha256(file) != digest:
                 raise GenqError(f"{self.bundle}: tokenizer file {name} is missing or modified; re-export the bundle")
 
     def _encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
