@@ -200,37 +200,105 @@ def generate(
 
 @app.command()
 @user_errors
+def pretrain(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, base_model: BaseOpt = None,
+    epochs: EpochsOpt = None, device: DeviceOpt = None, overwrite: OverwriteOpt = None,
+) -> None:
+    """TSDAE domain pre-training of the base bi-encoder on the corpus (output in <run-dir>/pretrain-tsdae)."""
+    from genq_search.pipeline import load_run_collection
+    from genq_search.pretrain import run_pretrain
+
+    cfg = RunConfig.load(config, {"run": {"run_dir": run_dir}, "corpus": {"path": corpus}, "train": {"base_model": base_model},
+                                  "pretrain": {"epochs": epochs, "device": device}})
+    summary = run_pretrain(cfg.pretrain, load_run_collection(cfg, with_qrels=False).corpus, cfg.train.base_model,
+                           cfg.run_dir / "pretrain-tsdae", overwrite=bool(overwrite))
+    typer.echo(f"TSDAE: {summary['steps']} steps on {summary['sentences']} sentences (loss {summary['train_loss']:.4f}) -> {summary['model']}")
+
+
+@app.command()
+@user_errors
+def mine(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None,
+    retriever: Annotated[list[str] | None, typer.Option(help="Dense retriever (id or path) to mine with; repeatable.")] = None,
+    bm25: Annotated[bool | None, typer.Option("--bm25/--no-bm25", help="Also mine BM25 negatives (configured backend).")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Negatives per query and retriever.")] = None,
+    backend: BackendOpt = None, url: UrlOpt = None, index: IndexOpt = None, device: DeviceOpt = None,
+    overwrite: OverwriteOpt = None,
+) -> None:
+    """GPL: mine hard negatives for the generated queries (resumable; output in <run-dir>/mine)."""
+    from genq_search.mine import run_mine
+    from genq_search.pipeline import lexical_backend, load_run_collection
+
+    cfg = RunConfig.load(config, {"run": {"run_dir": run_dir}, "corpus": {"path": corpus},
+                                  "backend": backend_overrides(backend, url, index, None, None, None, None),
+                                  "mine": {"retrievers": retriever, "bm25": bm25, "top_k": top_k, "device": device}})
+    collection = load_run_collection(cfg, with_qrels=False)
+    summary = run_mine(cfg.mine, collection.corpus, cfg.run_dir / "generate", cfg.run_dir / "mine",
+                       lexical_backend(cfg, collection) if cfg.mine.bm25 else None, overwrite=bool(overwrite))
+    typer.echo(f"{summary['queries']} queries, {summary['mean_distinct_negatives']:.1f} distinct negatives each "
+               f"-> {cfg.run_dir / 'mine' / 'hard-negatives.jsonl'}")
+
+
+@app.command()
+@user_errors
+def label(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None,
+    teacher: Annotated[str | None, typer.Option(help="Cross-encoder id/path, or lm:<causal LM> for query likelihood.")] = None,
+    tuples_per_query: Annotated[int | None, typer.Option(help="Training tuples per query (fresh negative each).")] = None,
+    device: DeviceOpt = None, overwrite: OverwriteOpt = None,
+) -> None:
+    """GPL: pseudo-label (query, positive, negative) tuples with teacher margins (resumable; output in <run-dir>/label)."""
+    from genq_search.label import run_label
+    from genq_search.pipeline import load_run_collection
+
+    cfg = RunConfig.load(config, {"run": {"run_dir": run_dir}, "corpus": {"path": corpus},
+                                  "label": {"teacher": teacher, "tuples_per_query": tuples_per_query, "device": device}})
+    summary = run_label(cfg.label, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate",
+                        cfg.run_dir / "mine", cfg.run_dir / "label", overwrite=bool(overwrite))
+    typer.echo(f"{summary['tuples']} tuples labelled by {summary['teacher']} (mean margin {summary['margin_mean']:.3f}) "
+               f"-> {cfg.run_dir / 'label' / 'gpl-training.jsonl'}")
+
+
+@app.command()
+@user_errors
 def train(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, base_model: BaseOpt = None,
     epochs: EpochsOpt = None, train_batch_size: TrainBatchOpt = None, learning_rate: LrOpt = None,
-    method: Annotated[str | None, typer.Option(help="genq (MultipleNegativesRankingLoss).")] = None,
+    method: Annotated[str | None, typer.Option(help="genq (MultipleNegativesRankingLoss) or gpl (MarginMSE on the label stage).")] = None,
     device: DeviceOpt = None, overwrite: OverwriteOpt = None,
 ) -> None:
     """Fine-tune the bi-encoder on the generated queries (resumes from the last checkpoint)."""
-    from genq_search.pipeline import load_run_collection
+    from genq_search.pipeline import eval_collection, load_run_collection
     from genq_search.train import run_train
 
     overrides = _adapt_overrides(run_dir, corpus, None, None, None, base_model, epochs, train_batch_size, learning_rate, device)
     overrides["train"]["method"] = method
     cfg = RunConfig.load(config, overrides)
+    gpl = cfg.train.method == "gpl"
     summary = run_train(cfg.train, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate",
-                        cfg.run_dir / "train", overwrite=bool(overwrite))
-    typer.echo(f"trained {summary['steps']} steps on {summary['pairs']} pairs (loss {summary['train_loss']:.4f}) -> {summary['model']}")
+                        cfg.run_dir / ("train-gpl" if gpl else "train"), label_dir=cfg.run_dir / "label" if gpl else None,
+                        eval_collection=eval_collection(cfg), overwrite=bool(overwrite))
+    typer.echo(f"trained {summary['steps']} steps on {summary['pairs']} examples (loss {summary['train_loss']:.4f}) -> {summary['model']}")
 
 
 @app.command()
 @user_errors
 def adapt(
-    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, generator: GenOpt = None,
-    queries_per_passage: QppOpt = None, max_passages: MaxPassagesOpt = None, base_model: BaseOpt = None,
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None,
+    method: Annotated[str | None, typer.Option(help="genq, gpl or tsdae+gpl.")] = None,
+    generator: GenOpt = None, queries_per_passage: QppOpt = None, max_passages: MaxPassagesOpt = None, base_model: BaseOpt = None,
+    teacher: Annotated[str | None, typer.Option(help="GPL teacher: cross-encoder id/path or lm:<causal LM>.")] = None,
     epochs: EpochsOpt = None, train_batch_size: TrainBatchOpt = None, learning_rate: LrOpt = None,
     device: DeviceOpt = None, overwrite: OverwriteOpt = None,
 ) -> None:
-    """The whole run: generate queries, train, and compare BM25 / zero-shot / adapted dense / hybrids."""
+    """The whole run: generate queries, (pre-train,) mine + label (GPL), train, then compare BM25 / zero-shot / adapted / hybrids."""
     from genq_search.pipeline import run_adapt
 
-    cfg = RunConfig.load(config, _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, base_model,
-                                                  epochs, train_batch_size, learning_rate, device))
+    overrides = _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, base_model,
+                                 epochs, train_batch_size, learning_rate, device)
+    overrides["run"]["method"] = method
+    overrides.update({"label": {"teacher": teacher, "device": device}, "mine": {"device": device}, "pretrain": {"device": device}})
+    cfg = RunConfig.load(config, overrides)
     comparison, summary = run_adapt(cfg, overwrite=bool(overwrite))
     typer.echo(comparison.markdown())
     typer.echo(f"report: {cfg.run_dir / 'compare' / 'report.md'}")

@@ -115,14 +115,59 @@ class GenerateConfig(StageConfig):
     device: str = "auto"
 
 
+class MineConfig(StageConfig):
+    """GPL hard-negative mining: top-k passages per generated query from dense retrievers (and optionally BM25)."""
+
+    retrievers: list[str] = Field(
+        default_factory=lambda: ["sentence-transformers/msmarco-distilbert-base-v3", "sentence-transformers/msmarco-MiniLM-L-6-v3"])
+    bm25: bool = Field(False, description="also mine BM25 negatives through the configured backend")
+    top_k: int = Field(50, description="negatives kept per query and retriever")
+    batch_size: int = 64
+    chunk_size: int = Field(1000, description="queries per resumable chunk")
+    device: str = "auto"
+
+
+class LabelConfig(StageConfig):
+    """GPL pseudo-labels: margin teacher(q, p+) - teacher(q, p-) for (query, positive, sampled negative) tuples."""
+
+    teacher: str = Field("cross-encoder/ms-marco-MiniLM-L-6-v2",
+                         description="cross-encoder id/path, or 'lm:<causal LM id/path/.gguf>' for query likelihood")
+    tuples_per_query: int = Field(1, description="training tuples per query, each with a freshly sampled negative")
+    max_length: int = Field(350, description="teacher input length in tokens (longer passages are truncated)")
+    batch_size: int = 32
+    chunk_size: int = Field(512, description="tuples per resumable chunk")
+    lm_prompt: str = Field("Document: {document}\nRelevant query:", description="query-likelihood prompt ('lm:' teachers)")
+    seed: int = 42
+    device: str = "auto"
+
+
+class PretrainConfig(StageConfig):
+    """TSDAE domain pre-training (denoising auto-encoder on the corpus' sentences)."""
+
+    method: str = "tsdae"
+    epochs: int = 1
+    batch_size: int = 8
+    learning_rate: float = 3e-5
+    deletion_ratio: float = 0.6
+    max_sentences: int | None = Field(None, description="sample at most this many sentences")
+    max_seq_length: int = 256
+    seed: int = 42
+    checkpoint_steps: int = 500
+    device: str = "auto"
+
+
 class TrainConfig(StageConfig):
-    method: str = "genq"
+    method: str = Field("genq", description="genq (MultipleNegativesRankingLoss) or gpl (MarginMSE on pseudo-labels)")
     base_model: str = DEFAULT_BI_ENCODER
     epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 2e-5
     warmup_ratio: float = 0.1
     max_seq_length: int = 256
+    score_scale: float | None = Field(
+        None, description="gpl: student score = scale * dot product (default 20 for normalised encoders, else 1)")
+    eval_split: str | None = Field(None, description="evaluate on these qrels every eval_steps and keep the best checkpoint")
+    eval_steps: int = 200
     seed: int = 42
     checkpoint_steps: int = 500
     device: str = "auto"
@@ -132,11 +177,15 @@ class RunConfig(StageConfig):
     """Everything one ``genq-search adapt`` run needs; each section maps to one stage's CLI flags."""
 
     run_dir: Path = Path("runs/default")
+    method: str = Field("genq", description="adapt method: genq, gpl or tsdae+gpl")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     compare: CompareConfig = Field(default_factory=CompareConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    mine: MineConfig = Field(default_factory=MineConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @classmethod

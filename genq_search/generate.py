@@ -71,22 +71,27 @@ class Seq2SeqGenerator:
         return [texts[i * per_document : (i + 1) * per_document] for i in range(len(documents))]
 
 
+def load_causal_lm(path: str, device: str) -> tuple[Any, Any]:
+    """Tokenizer (left padding) and model of a decoder-only LM from a folder or a ``.gguf`` file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    location = Path(path)
+    if location.suffix == ".gguf":
+        kwargs["gguf_file"], path = location.name, str(location.parent)
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
+
+
 class CausalGenerator:
     """InPars-style few-shot prompting of a decoder-only LM (HF id, folder, or a ``.gguf`` file)."""
 
     def __init__(self, path: str, cfg: GenerateConfig):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         self.cfg, self.device = cfg, pick_device(cfg.device)
-        kwargs: dict[str, Any] = {}
-        location = Path(path)
-        if location.suffix == ".gguf":
-            kwargs["gguf_file"], path = location.name, str(location.parent)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs).to(self.device).eval()
+        self.tokenizer, self.model = load_causal_lm(path, self.device)
         probe = self.tokenizer.decode(self.tokenizer("a\nb", add_special_tokens=False)["input_ids"])
         self.stop = {"stop_strings": ["\n"], "tokenizer": self.tokenizer} if "\n" in probe else {}  # end at the line break
         self.template = cfg.prompt_template or DEFAULT_PROMPT

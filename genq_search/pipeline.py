@@ -9,6 +9,7 @@ from typing import Any
 
 from genq_search.config import RunConfig
 from genq_search.data import Collection, load_collection, write_json
+from genq_search.errors import GenqError
 from genq_search.evaluate import Comparison
 from genq_search.search import Mode, build_index, load_encoders, parse_modes, search
 
@@ -64,20 +65,79 @@ def _timed_search(
     logger.info("%s: nDCG@10 %.4f (%.1fs)", name, metrics.get("ndcg@10", float("nan")), elapsed)
 
 
-def run_adapt(cfg: RunConfig, overwrite: bool = False) -> tuple[Comparison, dict[str, Any]]:
-    """corpus -> generate -> train -> compare (BM25, zero-shot dense, adapted dense, hybrids); finished stages are skipped."""
-    from genq_search.generate import run_generate
+ADAPT_METHODS = ("genq", "gpl", "tsdae+gpl")
+
+
+def lexical_backend(cfg: RunConfig, collection: Collection) -> Any:
+    """A BM25-only index of the corpus in the configured backend (for mining BM25 negatives)."""
+    bm25_collection = Collection(collection.corpus, {}, {})
+    corpus_cfg = cfg.corpus.model_copy(update={"passage_tokens": 0})
+    return build_index(bm25_collection, None, corpus_cfg, cfg.encoder, cfg.backend, cfg.run_dir, "lexical")[0]
+
+
+def run_gpl_stages(cfg: RunConfig, collection: Collection, base_model: str, overwrite: bool = False) -> dict[str, Any]:
+    """mine -> label -> train (MarginMSE) on the generated queries in ``run_dir/generate``."""
+    from genq_search.label import run_label
+    from genq_search.mine import run_mine
     from genq_search.train import run_train
 
-    collection = load_run_collection(cfg, with_qrels=True)
     stages: dict[str, Any] = {}
+    generate_dir = cfg.run_dir / "generate"
+    start = time.perf_counter()
+    bm25 = lexical_backend(cfg, collection) if cfg.mine.bm25 else None
+    stages["mine"] = run_mine(cfg.mine, collection.corpus, generate_dir, cfg.run_dir / "mine", bm25, overwrite=overwrite)
+    stages["mine_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    stages["label"] = run_label(cfg.label, collection.corpus, generate_dir, cfg.run_dir / "mine", cfg.run_dir / "label", overwrite=overwrite)
+    stages["label_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    train_cfg = cfg.train.model_copy(update={"method": "gpl", "base_model": base_model})
+    stages["train"] = run_train(train_cfg, collection.corpus, generate_dir, cfg.run_dir / "train-gpl", label_dir=cfg.run_dir / "label",
+                                eval_collection=eval_collection(cfg), overwrite=overwrite)
+    stages["train_s"] = time.perf_counter() - start
+    return stages
+
+
+def eval_collection(cfg: RunConfig) -> Collection | None:
+    """Labelled queries for evaluation during training (``train.eval_split``), if configured."""
+    if not cfg.train.eval_split:
+        return None
+    c = cfg.corpus
+    return load_collection(c.path, cfg.train.eval_split, c.id_field, c.title_field, c.text_field)
+
+
+def run_adapt(cfg: RunConfig, overwrite: bool = False) -> tuple[Comparison, dict[str, Any]]:
+    """corpus -> generate -> [TSDAE] -> train (GenQ) or mine -> label -> train (GPL) -> compare; finished stages are skipped.
+
+    The comparison covers BM25, the zero-shot base model, the adapted model(s) and their hybrids with BM25.
+    """
+    from genq_search.generate import run_generate
+    from genq_search.pretrain import run_pretrain
+    from genq_search.train import run_train
+
+    if cfg.method not in ADAPT_METHODS:
+        raise GenqError(f"unknown adapt method '{cfg.method}' ({', '.join(ADAPT_METHODS)})")
+    collection = load_run_collection(cfg, with_qrels=True)
+    stages: dict[str, Any] = {"method": cfg.method}
     start = time.perf_counter()
     stages["generate"] = run_generate(cfg.generate, collection.corpus, cfg.run_dir / "generate", overwrite=overwrite)
     stages["generate_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    stages["train"] = run_train(cfg.train, collection.corpus, cfg.run_dir / "generate", cfg.run_dir / "train", overwrite=overwrite)
-    stages["train_s"] = time.perf_counter() - start
-    models = {"zeroshot": cfg.train.base_model, cfg.train.method: str(cfg.run_dir / "train" / "model")}
+    models = {"zeroshot": cfg.train.base_model}
+    base = cfg.train.base_model
+    if cfg.method.startswith("tsdae+"):
+        start = time.perf_counter()
+        stages["pretrain"] = run_pretrain(cfg.pretrain, collection.corpus, base, cfg.run_dir / "pretrain-tsdae", overwrite=overwrite)
+        stages["pretrain_s"] = time.perf_counter() - start
+        base = models["tsdae"] = stages["pretrain"]["model"]
+    if cfg.method == "genq":
+        start = time.perf_counter()
+        train_cfg = cfg.train.model_copy(update={"method": "genq"})
+        stages["train"] = run_train(train_cfg, collection.corpus, cfg.run_dir / "generate", cfg.run_dir / "train",
+                                    eval_collection=eval_collection(cfg), overwrite=overwrite)
+        stages["train_s"] = time.perf_counter() - start
+    else:
+        stages.update(run_gpl_stages(cfg, collection, base, overwrite))
+    models[cfg.method.replace("+", "-")] = stages["train"]["model"]
     compare_cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"models": models})})
     comparison, summary = run_compare(compare_cfg)
     summary["adapt"] = stages

@@ -1,5 +1,11 @@
-"""GenQ training: fine-tune a bi-encoder on (generated query, source passage) pairs with
-MultipleNegativesRankingLoss and the no-duplicates batch sampler (sentence-transformers v3+ trainer)."""
+"""Bi-encoder training with the sentence-transformers v3+ trainer.
+
+- ``genq``: (generated query, source passage) pairs, MultipleNegativesRankingLoss, no-duplicates batches.
+- ``gpl``: (query, positive, negative, teacher margin) tuples from the label stage, MarginMSE on dot-product scores.
+
+Checkpoints go to ``<stage>/checkpoints`` and a rerun resumes from the last one; the final model is a normal
+sentence-transformers folder with a model card and ``GENQ_TRAINING.json``.
+"""
 
 from __future__ import annotations
 
@@ -11,85 +17,157 @@ from pathlib import Path
 from typing import Any
 
 from genq_search.config import TrainConfig
-from genq_search.data import Corpus, fingerprint, mark_stage_complete, read_manifest, read_qrels, read_queries, stage_is_complete
+from genq_search.data import Collection, Corpus, fingerprint, iter_jsonl, mark_stage_complete, read_manifest, stage_is_complete
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
+from genq_search.mine import read_generated
 from genq_search.models import resolve_model
 from genq_search.passages import document_text
 
 logger = logging.getLogger(__name__)
 
+METHODS = {"genq": "GenQ (MultipleNegativesRankingLoss, no-duplicates batches)",
+           "gpl": "GPL (MarginMSE on teacher margins, dot-product scores)"}
+
 
 def training_pairs(generate_dir: Path, corpus: Corpus) -> list[dict[str, str]]:
     """(query, passage) pairs from the generate stage; queries whose document is missing are an error."""
-    queries = read_queries(Path(generate_dir) / "gen-queries.jsonl")
-    qrels = read_qrels(Path(generate_dir) / "gen-qrels" / "train.tsv")
-    pairs = []
-    for qid, judged in qrels.items():
-        for doc_id in judged:
-            if doc_id not in corpus:
-                raise GenqError(f"{generate_dir}: generated query '{qid}' points at unknown document '{doc_id}'")
-            pairs.append({"anchor": queries[qid], "positive": document_text(corpus[doc_id])})
-    return pairs
+    queries, qrels = read_generated(generate_dir, corpus)
+    return [{"anchor": queries[qid], "positive": document_text(corpus[doc_id])} for qid, judged in qrels.items() for doc_id in judged]
 
 
-def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: Path, overwrite: bool = False) -> dict[str, Any]:
+def training_tuples(generate_dir: Path, label_dir: Path, corpus: Corpus) -> list[dict[str, Any]]:
+    """(query, positive, negative, margin) rows from the label stage."""
+    queries, _ = read_generated(generate_dir, corpus)
+    path = Path(label_dir) / "gpl-training.jsonl"
+    rows = []
+    for line_no, row in iter_jsonl(path):
+        for field in ("qid", "positive", "negative", "margin"):
+            if field not in row:
+                raise GenqError(f"{path}:{line_no}: field '{field}' is missing")
+        if row["qid"] not in queries or row["positive"] not in corpus or row["negative"] not in corpus:
+            raise GenqError(f"{path}:{line_no}: unknown query or document id (was the label stage run on another corpus?)")
+        rows.append({"query": queries[row["qid"]], "positive": document_text(corpus[row["positive"]]),
+                     "negative": document_text(corpus[row["negative"]]), "label": float(row["margin"])})
+    return rows
+
+
+def set_max_seq_length(model: Any, wanted: int) -> None:
+    """Use ``wanted`` tokens, capped by the transformer's position embeddings (and said so when capped)."""
+    limit = getattr(getattr(model[0], "auto_model", None), "config", None)
+    limit = getattr(limit, "max_position_embeddings", None) or wanted
+    if wanted > limit:
+        logger.warning("max_seq_length %d exceeds the model's %d positions; using %d", wanted, limit, limit)
+    model.max_seq_length = min(wanted, limit)
+
+
+class ScaledDotScore:
+    """``scale * <a, b>``: MarginMSE on a normalised encoder needs scores on the teacher's scale, not in [-1, 1]."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+        self.__name__ = f"pairwise_dot_score_x{scale:g}"
+
+    def __call__(self, a: Any, b: Any) -> Any:
+        from sentence_transformers.util import pairwise_dot_score
+
+        return self.scale * pairwise_dot_score(a, b)
+
+
+def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: Path, label_dir: Path | None = None,
+              eval_collection: Collection | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train into ``stage_dir/model`` (checkpoints in ``stage_dir/checkpoints``; resumes from the last one)."""
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers import losses
+    from sentence_transformers.models import Normalize
     from sentence_transformers.training_args import BatchSamplers
 
-    if cfg.method != "genq":
-        raise GenqError(f"training method '{cfg.method}' is not available yet (genq)")
+    if cfg.method not in METHODS:
+        raise GenqError(f"unknown training method '{cfg.method}' ({', '.join(METHODS)})")
+    if cfg.method == "gpl" and label_dir is None:
+        raise GenqError("gpl training needs the label stage's output (run `genq-search label` first)")
     stage_dir = Path(stage_dir)
-    pairs = training_pairs(generate_dir, corpus)
-    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device"}), read_manifest(generate_dir).get("settings_hash")])
+    inputs = [read_manifest(generate_dir).get("settings_hash")]
+    if cfg.method == "gpl":
+        inputs.append(read_manifest(label_dir).get("settings_hash"))  # type: ignore[arg-type]
+    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device"}), inputs, bool(eval_collection)])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("train: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
-    distinct_passages = len({p["positive"] for p in pairs})
+    rows = training_pairs(generate_dir, corpus) if cfg.method == "genq" else training_tuples(generate_dir, label_dir, corpus)  # type: ignore[arg-type]
     batch_size = cfg.batch_size
-    if distinct_passages < 2:
-        raise GenqError(f"only {distinct_passages} distinct passage(s) to train on: in-batch negatives need at least 2")
-    if batch_size > distinct_passages:
-        batch_size = distinct_passages
-        logger.warning("batch size %d exceeds the %d distinct passages; using %d", cfg.batch_size, distinct_passages, batch_size)
+    distinct_passages = len({r["positive"] for r in rows})
+    if cfg.method == "genq":
+        if distinct_passages < 2:
+            raise GenqError(f"only {distinct_passages} distinct passage(s) to train on: in-batch negatives need at least 2")
+        if batch_size > distinct_passages:
+            batch_size = distinct_passages
+            logger.warning("batch size %d exceeds the %d distinct passages; using %d", cfg.batch_size, distinct_passages, batch_size)
+    elif not rows:
+        raise GenqError(f"{label_dir}: no training tuples")
     device = pick_device(cfg.device)
     model = SentenceTransformer(resolve_model(cfg.base_model, "base bi-encoder"), device=device)
-    model.max_seq_length = cfg.max_seq_length
+    set_max_seq_length(model, cfg.max_seq_length)
+    if cfg.method == "genq":
+        loss, sampler, scale = losses.MultipleNegativesRankingLoss(model), BatchSamplers.NO_DUPLICATES, None
+    else:
+        scale = cfg.score_scale or (20.0 if any(isinstance(m, Normalize) for m in model) else 1.0)
+        loss, sampler = losses.MarginMSELoss(model, similarity_fct=ScaledDotScore(scale)), BatchSamplers.BATCH_SAMPLER
     checkpoints = stage_dir / "checkpoints"
     if overwrite and checkpoints.exists():
         shutil.rmtree(checkpoints)
-    cuda = device.startswith("cuda")
     import torch
 
+    cuda = device.startswith("cuda")
+    evaluator, eval_args = _evaluator(eval_collection, cfg)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints), num_train_epochs=cfg.epochs, per_device_train_batch_size=batch_size,
-        learning_rate=cfg.learning_rate, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES, save_strategy="steps", save_steps=cfg.checkpoint_steps,
-        save_total_limit=2, logging_steps=max(1, min(50, math.ceil(len(pairs) / batch_size / 10))),
+        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
+        batch_sampler=sampler, save_strategy="steps", save_steps=cfg.eval_steps if evaluator else cfg.checkpoint_steps,
+        save_total_limit=2, logging_steps=max(1, min(50, math.ceil(len(rows) / batch_size / 10))),
         bf16=cuda and torch.cuda.is_bf16_supported(), fp16=cuda and not torch.cuda.is_bf16_supported(),
-        report_to="none", use_cpu=not cuda, dataloader_drop_last=False,
+        report_to="none", use_cpu=not cuda, dataloader_drop_last=False, **eval_args,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
-                                         loss=MultipleNegativesRankingLoss(model))
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss,
+                                         evaluator=evaluator)
     resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.exists() else False
     result = trainer.train(resume_from_checkpoint=True if resume else None)
-    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    out = stage_dir / "model"
-    tmp = stage_dir / "model.tmp"
+    history = trainer.state.log_history
+    losses_seen = [row["loss"] for row in history if "loss" in row]
+    out, tmp = stage_dir / "model", stage_dir / "model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.model_card_data.model_id = None
     model.save(str(tmp))
     (tmp / "GENQ_TRAINING.json").write_text(json.dumps({
-        "method": "GenQ (MultipleNegativesRankingLoss, no-duplicates batches)", "base_model": cfg.base_model,
-        "training_pairs": len(pairs), "distinct_passages": distinct_passages, "generated_queries": str(generate_dir),
-        "hyper_parameters": {**cfg.model_dump(mode="json"), "batch_size": batch_size},
+        "method": METHODS[cfg.method], "base_model": cfg.base_model, "training_examples": len(rows),
+        "distinct_passages": distinct_passages, "generated_queries": str(generate_dir),
+        "pseudo_labels": str(label_dir) if label_dir else None,
+        "hyper_parameters": {**cfg.model_dump(mode="json"), "batch_size": batch_size, "score_scale": scale},
+        "best_checkpoint": trainer.state.best_model_checkpoint,
     }, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
-    summary = {"model": str(out), "pairs": len(pairs), "batch_size": batch_size, "steps": result.global_step,
-               "train_loss": result.training_loss, "losses": losses, "resumed": resume, "device": device}
+    summary = {"model": str(out), "method": cfg.method, "pairs": len(rows), "batch_size": batch_size, "steps": result.global_step,
+               "train_loss": result.training_loss, "losses": losses_seen, "resumed": resume, "device": device,
+               "evaluations": [{k: v for k, v in row.items() if "ndcg" in k or k == "step"} for row in history if any("ndcg" in k for k in row)],
+               "best_checkpoint": trainer.state.best_model_checkpoint}
     mark_stage_complete(stage_dir, settings, summary)
     return summary
+
+
+def _evaluator(collection: Collection | None, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+    """nDCG@10 on labelled queries every ``eval_steps``; the best checkpoint is loaded at the end."""
+    if collection is None:
+        return None, {}
+    from sentence_transformers.evaluation import InformationRetrievalEvaluator
+
+    name = cfg.eval_split or "eval"
+    evaluator = InformationRetrievalEvaluator(
+        queries=collection.queries, corpus={d: document_text(doc) for d, doc in collection.corpus.items()},
+        relevant_docs={q: {d for d, s in judged.items() if s > 0} for q, judged in collection.qrels.items()},
+        name=name, ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1], precision_recall_at_k=[100], map_at_k=[100],
+        show_progress_bar=False)
+    metric = f"eval_{name}_cosine_ndcg@10"
+    return evaluator, {"eval_strategy": "steps", "eval_steps": cfg.eval_steps, "load_best_model_at_end": True,
+                       "metric_for_best_model": metric, "greater_is_better": True}

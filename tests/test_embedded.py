@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genq_search.backends.embedded import EmbeddedBackend, _exact_top_k
+from genq_search.backends.embedded import EmbeddedBackend, exact_top_k
 from genq_search.data import load_collection
 from genq_search.errors import GenqError
 from genq_search.passages import Passage
@@ -25,7 +25,7 @@ def test_exact_top_k_matches_brute_force_across_chunks(monkeypatch: pytest.Monke
     monkeypatch.setattr(embedded, "SCORE_CHUNK_ROWS", 7)  # force many chunks
     rng = np.random.default_rng(1)
     matrix, queries = rng.normal(size=(53, 4)).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32)
-    scores, rows = _exact_top_k(queries, matrix, 10)
+    scores, rows = exact_top_k(queries, matrix, 10)
     brute = np.argsort(-(queries @ matrix.T), axis=1)[:, :10]
     np.testing.assert_array_equal(rows, brute)
     np.testing.assert_allclose(scores, np.take_along_axis(queries @ matrix.T, brute, axis=1), rtol=1e-6)

@@ -91,7 +91,7 @@ class EmbeddedBackend(SearchBackend):
                 " (was it built with another model?)"
             )
         depth = min(len(self.passage_ids), k * self._passages_per_doc())
-        best_scores, best_rows = _exact_top_k(query_vectors.astype(np.float32), self.vectors, depth)
+        best_scores, best_rows = exact_top_k(query_vectors.astype(np.float32), self.vectors, depth)
         hits = {
             qid: {self.passage_ids[r]: float(s) for r, s in zip(rows, scores, strict=True)}
             for qid, rows, scores in zip(query_ids, best_rows, best_scores, strict=True)
@@ -149,7 +149,7 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return candidates[np.lexsort((candidates, -scores[candidates]))]
 
 
-def _exact_top_k(queries: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def exact_top_k(queries: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` inner products of each query against all rows, scanning ``matrix`` in bounded chunks."""
     n_queries = len(queries)
     best_scores = np.full((n_queries, 0), -np.inf, dtype=np.float32)

@@ -1,0 +1,127 @@
+"""GPL stage 2: hard-negative mining. For every generated query, the top-k documents of one or more dense retrievers
+(and optionally BM25 through the configured backend), minus the query's own positive, are stored as candidate
+negatives (ids only) in ``hard-negatives.jsonl``. Work is chunked and written atomically, so a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from genq_search.backends.base import SearchBackend
+from genq_search.backends.embedded import exact_top_k
+from genq_search.config import MineConfig
+from genq_search.data import (Corpus, Qrels, Queries, atomic_write, fingerprint, mark_stage_complete, read_manifest,
+                              read_qrels, read_queries, stage_is_complete, write_json)
+from genq_search.encoders import Encoder, encode_passages_cached, load_encoder
+from genq_search.errors import GenqError
+from genq_search.passages import document_text
+
+logger = logging.getLogger(__name__)
+
+
+def read_generated(generate_dir: Path, corpus: Corpus) -> tuple[Queries, Qrels]:
+    """Generated queries and their source documents; a source missing from the corpus is an error naming the query."""
+    qrels_path = Path(generate_dir) / "gen-qrels" / "train.tsv"
+    queries = read_queries(Path(generate_dir) / "gen-queries.jsonl")
+    qrels = read_qrels(qrels_path)
+    for qid, judged in qrels.items():
+        if qid not in queries:
+            raise GenqError(f"{qrels_path}: query '{qid}' is not in gen-queries.jsonl")
+        missing = [d for d in judged if d not in corpus]
+        if missing:
+            raise GenqError(f"{qrels_path}: the positive {missing[0]!r} of query '{qid}' is not in the corpus")
+    return queries, qrels
+
+
+def run_mine(cfg: MineConfig, corpus: Corpus, generate_dir: Path, stage_dir: Path,
+             bm25_backend: SearchBackend | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Mine ``top_k`` negatives per query and retriever into ``stage_dir/hard-negatives.jsonl``."""
+    stage_dir = Path(stage_dir)
+    queries, qrels = read_generated(generate_dir, corpus)
+    if cfg.bm25 and bm25_backend is None:
+        raise GenqError("mine.bm25 is set but no lexical backend was given")
+    if len(corpus) < 2:
+        raise GenqError("mining needs at least 2 documents (a positive and a negative)")
+    top_k = cfg.top_k
+    if top_k > len(corpus) - 1:
+        top_k = len(corpus) - 1
+        logger.warning("top_k %d exceeds the %d other documents of the corpus; mining %d negatives per query",
+                       cfg.top_k, len(corpus) - 1, top_k)
+    sources = [*cfg.retrievers, *(["bm25"] if cfg.bm25 else [])]
+    if not sources:
+        raise GenqError("no retriever to mine with: set mine.retrievers and/or mine.bm25")
+    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), top_k,
+                            read_manifest(generate_dir).get("settings_hash"), fingerprint(sorted(corpus.items()))])
+    if stage_is_complete(stage_dir, settings) and not overwrite:
+        logger.info("mine: complete in %s, skipping", stage_dir)
+        return read_manifest(stage_dir)
+    chunk_dir = stage_dir / "chunks"
+    settings_file = stage_dir / "settings.json"
+    if overwrite or (settings_file.is_file() and json.loads(settings_file.read_text()).get("settings_hash") != settings):
+        for old in chunk_dir.glob("chunk-*.jsonl"):
+            old.unlink()
+    write_json(settings_file, {"settings_hash": settings, "config": cfg.model_dump(mode="json")})
+
+    qids = list(qrels)
+    chunks = [qids[i : i + cfg.chunk_size] for i in range(0, len(qids), cfg.chunk_size)]
+    todo = [n for n in range(len(chunks)) if not (chunk_dir / f"chunk-{n:05d}.jsonl").is_file()]
+    started = time.perf_counter()
+    if todo:
+        doc_ids = sorted(corpus)
+        dense = _load_dense(cfg, corpus, doc_ids, stage_dir.parent / "embeddings")
+        for n in tqdm(todo, desc="mine negatives", unit="chunk"):
+            rows = _mine_chunk(chunks[n], queries, qrels, dense, doc_ids, bm25_backend if cfg.bm25 else None, top_k, cfg.batch_size)
+            with atomic_write(chunk_dir / f"chunk-{n:05d}.jsonl") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    seconds = time.perf_counter() - started
+    pool_sizes = []
+    with atomic_write(stage_dir / "hard-negatives.jsonl") as out:
+        for n in range(len(chunks)):
+            for line in (chunk_dir / f"chunk-{n:05d}.jsonl").open(encoding="utf-8"):
+                pool_sizes.append(len(negative_pool(json.loads(line))))
+                out.write(line)
+    summary = {"queries": len(qids), "retrievers": sources, "top_k": top_k, "seconds_this_run": seconds,
+               "mean_distinct_negatives": float(np.mean(pool_sizes)) if pool_sizes else 0.0,
+               "queries_without_negatives": int(sum(1 for s in pool_sizes if s == 0))}
+    mark_stage_complete(stage_dir, settings, summary)
+    return summary
+
+
+def negative_pool(row: dict[str, Any]) -> list[str]:
+    """The distinct negatives of one mined row across retrievers, in retriever order."""
+    return list(dict.fromkeys(doc for ranked in row["negatives"].values() for doc in ranked))
+
+
+def _load_dense(cfg: MineConfig, corpus: Corpus, doc_ids: list[str], cache_dir: Path) -> list[tuple[str, Encoder, np.ndarray]]:
+    """Each retriever with its document matrix (one truncated passage per document, as in GPL); cached on disk."""
+    texts = [document_text(corpus[d]) for d in doc_ids]
+    dense = []
+    for spec in cfg.retrievers:
+        encoder = load_encoder(spec, cfg.device)
+        dense.append((spec, encoder, encode_passages_cached(encoder, texts, cache_dir, cfg.batch_size)))
+    return dense
+
+
+def _mine_chunk(qids: list[str], queries: Queries, qrels: Qrels, dense: list[tuple[str, Encoder, np.ndarray]],
+                doc_ids: list[str], bm25: SearchBackend | None, top_k: int, batch_size: int) -> list[dict[str, Any]]:
+    depth = top_k + max(len(qrels[q]) for q in qids)  # room for the positives that get removed
+    ranked: dict[str, dict[str, list[str]]] = {q: {} for q in qids}
+    for name, encoder, matrix in dense:
+        vectors = encoder.encode_queries([queries[q] for q in qids], batch_size=batch_size)
+        _, rows = exact_top_k(vectors.astype(np.float32), matrix, min(depth, len(doc_ids)))
+        for qid, hit_rows in zip(qids, rows, strict=True):
+            ranked[qid][name] = [doc_ids[r] for r in hit_rows]
+    if bm25 is not None:
+        hits = bm25.lexical_search({q: queries[q] for q in qids}, depth)
+        for qid in qids:
+            ranked[qid]["bm25"] = [d for d, _ in sorted(hits.get(qid, {}).items(), key=lambda kv: (-kv[1], kv[0]))]
+    return [{"qid": q, "positives": sorted(qrels[q]),
+             "negatives": {name: [d for d in docs if d not in qrels[q]][:top_k] for name, docs in ranked[q].items()}}
+            for q in qids]

@@ -1,0 +1,282 @@
+"""GPL: mining, pseudo-labelling (cross-encoder and query-likelihood teachers), MarginMSE training, TSDAE, adapt."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genq_search.config import LabelConfig, MineConfig, PretrainConfig, TrainConfig
+from genq_search.errors import GenqError
+from genq_search.generate import run_generate
+from genq_search.label import QueryLikelihoodTeacher, run_label
+from genq_search.mine import negative_pool, run_mine
+
+from conftest import SAMPLE
+from test_genq import gen_cfg, small_corpus
+
+
+@pytest.fixture(scope="module")
+def generated(tiny_t5: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, dict[str, str]], Path]:
+    """24 documents with 2 generated queries each (tiny T5)."""
+    corpus = small_corpus(24)
+    out = tmp_path_factory.mktemp("gpl-generated") / "generate"
+    run_generate(gen_cfg(tiny_t5), corpus, out)
+    return corpus, out
+
+
+def mine_cfg(encoder: Path, **changes: object) -> MineConfig:
+    return MineConfig(**({"retrievers": [str(encoder)], "top_k": 5, "chunk_size": 8, "device": "cpu"} | changes))
+
+
+def lexical(corpus: dict[str, dict[str, str]]):  # noqa: ANN201
+    from genq_search.backends.embedded import EmbeddedBackend
+    from genq_search.passages import split_documents
+
+    backend = EmbeddedBackend()
+    backend.index(corpus, split_documents(corpus, None, 0, 0), None)
+    return backend
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.open()]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_mining_excludes_the_positive_and_resumes_to_identical_output(generated, tiny_bi_encoder: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import genq_search.mine as mine
+
+    corpus, gen_dir = generated
+    cfg = mine_cfg(tiny_bi_encoder, bm25=True)
+    full = run_mine(cfg, corpus, gen_dir, tmp_path / "full" / "mine", lexical(corpus))
+    mined = rows(tmp_path / "full" / "mine" / "hard-negatives.jsonl")
+    assert full["queries"] == len(mined) > 8
+    for row in mined:
+        assert set(row["negatives"]) == {str(tiny_bi_encoder), "bm25"}
+        assert len(row["negatives"][str(tiny_bi_encoder)]) == 5
+        assert not set(row["positives"]) & set(negative_pool(row))  # the positive is never its own negative
+
+    calls = {"n": 0}
+    original = mine._mine_chunk
+
+    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Interrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(mine, "_mine_chunk", interrupted)
+    with pytest.raises(Interrupt):
+        run_mine(cfg, corpus, gen_dir, tmp_path / "resumed" / "mine", lexical(corpus))
+    assert not (tmp_path / "resumed" / "mine" / "hard-negatives.jsonl").exists()
+    assert len(list((tmp_path / "resumed" / "mine" / "chunks").glob("chunk-*.jsonl"))) == 1
+    monkeypatch.setattr(mine, "_mine_chunk", original)
+    resumed = run_mine(cfg, corpus, gen_dir, tmp_path / "resumed" / "mine", lexical(corpus))
+    assert resumed["queries"] == full["queries"]
+    assert (tmp_path / "resumed" / "mine" / "hard-negatives.jsonl").read_bytes() == \
+        (tmp_path / "full" / "mine" / "hard-negatives.jsonl").read_bytes()
+
+
+def test_mining_asks_for_no_more_negatives_than_the_corpus_has(tiny_t5: Path, tiny_bi_encoder: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    corpus = small_corpus(4)
+    run_generate(gen_cfg(tiny_t5), corpus, tmp_path / "generate")
+    summary = run_mine(mine_cfg(tiny_bi_encoder, top_k=50), corpus, tmp_path / "generate", tmp_path / "mine")
+    assert summary["top_k"] == 3 and "exceeds the 3 other documents" in caplog.text
+    assert all(len(negative_pool(r)) == 3 for r in rows(tmp_path / "mine" / "hard-negatives.jsonl"))
+
+
+def test_a_query_whose_positive_is_missing_is_named(generated, tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    corpus, gen_dir = generated
+    first_doc = sorted(corpus)[0]
+    smaller = {d: v for d, v in corpus.items() if d != first_doc}
+    with pytest.raises(GenqError, match=rf"train.tsv: the positive '{first_doc}' of query 'genq-{first_doc}-0' is not in the corpus"):
+        run_mine(mine_cfg(tiny_bi_encoder), smaller, gen_dir, tmp_path / "mine")
+    assert not (tmp_path / "mine" / "manifest.json").exists()
+
+
+def test_margins_are_cross_encoder_differences_and_labelling_resumes(generated, tiny_bi_encoder: Path, tiny_cross_encoder: Path,
+                                                                     tmp_path: Path) -> None:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    from genq_search.label import load_teacher
+    from genq_search.passages import document_text
+
+    corpus, gen_dir = generated
+    run_mine(mine_cfg(tiny_bi_encoder), corpus, gen_dir, tmp_path / "mine")
+    cfg = LabelConfig(teacher=str(tiny_cross_encoder), tuples_per_query=2, chunk_size=10, batch_size=8, max_length=64, device="cpu")
+    summary = run_label(cfg, corpus, gen_dir, tmp_path / "mine", tmp_path / "full")
+    labelled = rows(tmp_path / "full" / "gpl-training.jsonl")
+    mined = {r["qid"]: r for r in rows(tmp_path / "mine" / "hard-negatives.jsonl")}
+    assert summary["tuples"] == len(labelled) == 2 * len(mined)
+    assert summary["truncated_this_run"] > 0  # pydocs docstrings are longer than 64 tokens
+    queries = {json.loads(l)["_id"]: json.loads(l)["text"] for l in (gen_dir / "gen-queries.jsonl").open()}
+    model = CrossEncoder(str(tiny_cross_encoder), device="cpu", max_length=64)
+    for row in labelled[:12]:
+        assert row["negative"] in negative_pool(mined[row["qid"]]) and row["positive"] in mined[row["qid"]]["positives"]
+        direct = model.predict([[queries[row["qid"]], document_text(corpus[row["positive"]])],
+                                [queries[row["qid"]], document_text(corpus[row["negative"]])]], activation_fn=torch.nn.Identity())
+        assert row["margin"] == pytest.approx(float(direct[0] - direct[1]), abs=1e-5)
+    per_query = {}
+    for row in labelled:
+        per_query.setdefault(row["qid"], []).append(row["negative"])
+    assert all(len(set(negs)) == 2 for negs in per_query.values())  # a fresh negative per tuple
+
+    teacher = load_teacher(cfg)
+    calls = {"n": 0}
+    original = teacher.score
+
+    def interrupted(pairs):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Interrupt
+        return original(pairs)
+
+    teacher.score = interrupted  # type: ignore[method-assign]
+    with pytest.raises(Interrupt):
+        run_label(cfg, corpus, gen_dir, tmp_path / "mine", tmp_path / "resumed", teacher=teacher)
+    assert not (tmp_path / "resumed" / "gpl-training.jsonl").exists()
+    run_label(cfg, corpus, gen_dir, tmp_path / "mine", tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "gpl-training.jsonl").read_bytes() == (tmp_path / "full" / "gpl-training.jsonl").read_bytes()
+
+
+def test_query_likelihood_teacher_equals_unbatched_log_likelihood(tiny_causal_lm: Path) -> None:
+    import torch
+
+    cfg = LabelConfig(teacher=f"lm:{tiny_causal_lm}", batch_size=3, max_length=40, device="cpu")
+    teacher = QueryLikelihoodTeacher(str(tiny_causal_lm), cfg)
+    pairs = [("how to sort a list", "Return a new sorted list from the items in iterable."),
+             ("open file", "Open file and return a stream. Raise OSError upon failure. " * 6),
+             ("a much longer query about reading bytes from a socket", "Receive data from the socket."),
+             ("x", "Short.")]
+    batched = teacher.score(pairs)
+    assert teacher.truncated == 1
+    for (query, passage), score in zip(pairs, batched, strict=True):
+        ids, n_query = teacher._ids(query, passage)
+        with torch.inference_mode():
+            logprobs = torch.log_softmax(teacher.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
+        direct = sum(float(logprobs[p - 1, ids[p]]) for p in range(len(ids) - n_query, len(ids)))
+        assert score == pytest.approx(direct, abs=1e-3)
+    assert np.all(batched < 0)
+
+
+def test_gpl_training_reduces_the_margin_mse_loss(generated, tiny_bi_encoder: Path, tiny_cross_encoder: Path, tmp_path: Path) -> None:
+    from genq_search.train import run_train
+
+    corpus, gen_dir = generated
+    run_mine(mine_cfg(tiny_bi_encoder), corpus, gen_dir, tmp_path / "mine")
+    run_label(LabelConfig(teacher=str(tiny_cross_encoder), tuples_per_query=4, max_length=64, device="cpu"),
+              corpus, gen_dir, tmp_path / "mine", tmp_path / "label")
+    cfg = TrainConfig(method="gpl", base_model=str(tiny_bi_encoder), epochs=10, batch_size=16, learning_rate=5e-3,
+                      max_seq_length=48, device="cpu", checkpoint_steps=1000)
+    summary = run_train(cfg, corpus, gen_dir, tmp_path / "train", label_dir=tmp_path / "label")
+    losses = summary["losses"]
+    assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+    card = json.loads((Path(summary["model"]) / "GENQ_TRAINING.json").read_text())
+    assert card["method"].startswith("GPL") and card["hyper_parameters"]["score_scale"] == 20.0  # normalised encoder
+
+
+def test_tsdae_pretraining_reduces_the_reconstruction_loss(tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    from genq_search.pretrain import corpus_sentences, run_pretrain
+
+    corpus = small_corpus(40)
+    sentences = corpus_sentences(corpus)
+    cfg = PretrainConfig(epochs=3, batch_size=16, learning_rate=5e-3, max_sentences=96, max_seq_length=48, device="cpu")
+    summary = run_pretrain(cfg, corpus, str(tiny_bi_encoder), tmp_path / "pretrain")
+    assert summary["sentences"] == min(96, len(sentences))
+    losses = summary["losses"]
+    assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+    assert (Path(summary["model"]) / "modules.json").is_file()
+
+
+@pytest.mark.parametrize("method", ["gpl", "tsdae+gpl"])
+def test_adapt_gpl_runs_end_to_end_and_resumes(method: str, tiny_t5: Path, tiny_bi_encoder: Path, tiny_cross_encoder: Path,
+                                               tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from genq_search.cli import app
+
+    config = tmp_path / "adapt.toml"
+    config.write_text(f"""
+run_dir = "{tmp_path / 'run'}"
+method = "{method}"
+[corpus]
+path = "{SAMPLE}"
+[generate]
+model = "{tiny_t5}"
+queries_per_passage = "2"
+max_passages = 16
+batch_size = 8
+max_new_tokens = 8
+min_query_words = 1
+[pretrain]
+max_sentences = 64
+batch_size = 16
+[mine]
+retrievers = ["{tiny_bi_encoder}"]
+bm25 = true
+top_k = 5
+[label]
+teacher = "{tiny_cross_encoder}"
+max_length = 64
+[train]
+base_model = "{tiny_bi_encoder}"
+batch_size = 8
+max_seq_length = 48
+[compare]
+modes = ["bm25", "dense", "hybrid-minmax"]
+""")
+    result = CliRunner().invoke(app, ["adapt", "--config", str(config), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    label = method.replace("+", "-")
+    for name in ["| bm25 |", "| dense-zeroshot |", f"| dense-{label} |", f"| hybrid-minmax-{label} |"]:
+        assert name in result.output
+    summary = json.loads((tmp_path / "run" / "adapt-summary.json").read_text())
+    assert summary["adapt"]["mine"]["retrievers"] == [str(tiny_bi_encoder), "bm25"]
+    assert ("pretrain" in summary["adapt"]) == (method == "tsdae+gpl")
+    model_file = tmp_path / "run" / "train-gpl" / "model" / "modules.json"
+    stamp = model_file.stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "run" / "compare")
+    again = CliRunner().invoke(app, ["adapt", "--config", str(config), "--device", "cpu"])
+    assert again.exit_code == 0, again.output
+    assert model_file.stat().st_mtime_ns == stamp  # finished stages are skipped
+
+
+def test_gpl_stages_run_one_by_one_from_the_cli(tiny_t5: Path, tiny_bi_encoder: Path, tiny_cross_encoder: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from genq_search.cli import app
+
+    config = tmp_path / "gpl.toml"
+    config.write_text(f"""
+run_dir = "{tmp_path / 'run'}"
+[corpus]
+path = "{SAMPLE}"
+[generate]
+model = "{tiny_t5}"
+queries_per_passage = "1"
+max_passages = 12
+max_new_tokens = 8
+min_query_words = 1
+[train]
+base_model = "{tiny_bi_encoder}"
+batch_size = 4
+max_seq_length = 48
+""")
+    runner = CliRunner()
+    steps = [["generate"], ["mine", "--retriever", str(tiny_bi_encoder), "--top-k", "3"],
+             ["label", "--teacher", str(tiny_cross_encoder)], ["train", "--method", "gpl"]]
+    for step in steps:
+        result = runner.invoke(app, [*step, "--config", str(config), "--device", "cpu"])
+        assert result.exit_code == 0, (step, result.output)
+    assert "examples" in result.output and (tmp_path / "run" / "train-gpl" / "model" / "modules.json").is_file()
+    missing = runner.invoke(app, ["label", "--config", str(config), "--run-dir", str(tmp_path / "other")])
+    assert missing.exit_code == 1 and "gen-queries.jsonl: file not found" in missing.output
