@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.genq-installed
 
-.PHONY: demo test install opensearch-start opensearch-stop
+.PHONY: demo demo-gpl test install opensearch-start opensearch-stop
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/genq-search adapt --config examples/pydocs-demo.toml
+
+demo-gpl: $(STAMP)
+	$(VENV)/bin/genq-search adapt --config examples/pydocs-gpl.toml
 
 test: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" scripts/test.sh

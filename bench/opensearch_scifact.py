@@ -14,7 +14,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 from common import SCIFACT, print_table, write_results
 
 from genq_search.backends.opensearch import OpenSearchBackend, connect

@@ -41,7 +41,7 @@ def main() -> None:
                 continue
             rows.append({"name": row["name"] + suffix, "backend": row["backend"], "model": row.get("model"),
                          "metrics": row["metrics"]})
-        for label, rate in summary.get("encode_passages_per_s", {}).items():
+        for rate in summary.get("encode_passages_per_s", {}).values():
             throughput[f"torch-fp32{suffix}"] = rate
         stages.update({f"{k}{suffix}": v for k, v in summary["stages_s"].items()})
         stages.update({f"search-{k}{suffix}": v["search_s"] for k, v in summary["runs"].items()})

@@ -299,7 +299,7 @@ def adapt(
     overrides["run"]["method"] = method
     overrides.update({"label": {"teacher": teacher, "device": device}, "mine": {"device": device}, "pretrain": {"device": device}})
     cfg = RunConfig.load(config, overrides)
-    comparison, summary = run_adapt(cfg, overwrite=bool(overwrite))
+    comparison, _ = run_adapt(cfg, overwrite=bool(overwrite))
     typer.echo(comparison.markdown())
     typer.echo(f"report: {cfg.run_dir / 'compare' / 'report.md'}")
 

@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genq_search.errors import GenqError
-from genq_search.fusion import FusionMethod
 
 DEFAULT_BI_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 

@@ -249,3 +249,15 @@ def mark_stage_complete(stage_dir: Path, settings_hash: str, summary: dict[str, 
 
 def read_manifest(stage_dir: Path) -> dict[str, Any]:
     return json.loads((Path(stage_dir) / MANIFEST).read_text())
+
+
+def prepare_chunks(stage_dir: Path, chunk_settings: str, config: dict[str, Any], overwrite: bool = False) -> Path:
+    """The stage's ``chunks/`` folder, emptied when the settings that shape the chunks changed (or on overwrite)."""
+    chunk_dir = Path(stage_dir) / "chunks"
+    settings_file = Path(stage_dir) / "settings.json"
+    changed = settings_file.is_file() and json.loads(settings_file.read_text()).get("chunk_settings_hash") != chunk_settings
+    if overwrite or changed:
+        for old in chunk_dir.glob("chunk-*.jsonl"):
+            old.unlink()
+    write_json(settings_file, {"chunk_settings_hash": chunk_settings, "config": config})
+    return chunk_dir

@@ -184,8 +184,8 @@ def _optimise(raw: Path, out: Path, config: Any) -> Path:
 
 
 def _to_fp16(fp32: Path, out: Path) -> Path:
-    from onnxruntime.transformers.onnx_model import OnnxModel
     import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = OnnxModel(onnx.load(str(fp32)))
     model.convert_float_to_float16(keep_io_types=True)
@@ -285,11 +285,13 @@ class OnnxEncoder:
         for start in tqdm(range(0, len(texts), batch_size), desc="Batches", disable=not progress):
             rows = order[start : start + batch_size]
             batch = [texts[i] for i in rows]
+            # one tokenizer pass: overflow windows tell which texts were truncated; only each text's first window is encoded
             features = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="np",
-                                      return_overflowing_tokens=False, return_length=False)
-            lengths = self.tokenizer(batch, add_special_tokens=True, truncation=False, return_length=True)["length"]
-            self.truncated += int(sum(1 for n in lengths if n > self.max_seq_length))
-            feeds = {name: features[name].astype(np.int64) for name in self.input_names if name in features}
+                                      return_overflowing_tokens=True)
+            windows = np.asarray(features["overflow_to_sample_mapping"])
+            first = np.unique(windows, return_index=True)[1]
+            self.truncated += int(np.sum(np.bincount(windows) > 1))
+            feeds = {name: features[name][first].astype(np.int64) for name in self.input_names if name in features}
             if "token_type_ids" in self.input_names and "token_type_ids" not in feeds:
                 feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
             vectors = self.session.run(None, feeds)[0].astype(np.float32)

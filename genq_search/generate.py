@@ -21,7 +21,16 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from genq_search.config import GenerateConfig
-from genq_search.data import Corpus, atomic_write, fingerprint, mark_stage_complete, read_manifest, stage_is_complete, write_json, write_qrels
+from genq_search.data import (
+    Corpus,
+    atomic_write,
+    fingerprint,
+    mark_stage_complete,
+    prepare_chunks,
+    read_manifest,
+    stage_is_complete,
+    write_qrels,
+)
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
 from genq_search.models import resolve_model
@@ -216,12 +225,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("generate: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
-    chunk_dir = stage_dir / "chunks"
-    settings_file = stage_dir / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()).get("chunk_settings_hash") != chunk_settings or overwrite:
-        for old in chunk_dir.glob("chunk-*.jsonl"):
-            old.unlink()  # other generation settings: earlier chunks cannot be reused
-    write_json(settings_file, {"chunk_settings_hash": chunk_settings, "config": cfg.model_dump(mode="json")})
+    chunk_dir = prepare_chunks(stage_dir, chunk_settings, cfg.model_dump(mode="json"), overwrite)
     chunks = [ids[i : i + cfg.chunk_size] for i in range(0, len(ids), cfg.chunk_size)]
     todo = [n for n in range(len(chunks)) if not (chunk_dir / f"chunk-{n:05d}.jsonl").is_file()]
     started, generated_docs = time.perf_counter(), 0

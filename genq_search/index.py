@@ -21,7 +21,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from genq_search.backends.opensearch import VECTOR_FIELD, OpenSearchBackend, connect, copy_mapping_with_vectors, explain_error
+from genq_search.backends.opensearch import (
+    VECTOR_FIELD,
+    OpenSearchBackend,
+    connect,
+    copy_mapping_with_vectors,
+    explain_error,
+)
 from genq_search.config import BackendConfig
 from genq_search.data import fingerprint, write_json
 from genq_search.encoders import Encoder
@@ -50,8 +56,8 @@ class ReindexPlan:
     def describe(self) -> str:
         lines = [
             f"source      {self.source} -> {', '.join(self.source_indices)} ({self.documents} documents)",
-            f"target      {self.target} (new; settings and mappings copied, + nested '{VECTOR_FIELD}' knn_vector "
-            f"dim {self.dim}, engine {self.engine})",
+            (f"target      {self.target} (new; settings and mappings copied, + nested '{VECTOR_FIELD}' knn_vector "
+             f"dim {self.dim}, engine {self.engine})"),
             f"encode      {', '.join(self.text_fields)} with {self.model}",
             f"alias       {self.alias} -> {self.target} after verification (count, sampled sources, dimension)",
         ]
@@ -151,7 +157,7 @@ def _read_batches(client: Any, cfg: BackendConfig, source: str, after: str | Non
         if pit_id:
             try:
                 client.delete_pit(body={"pit_id": [pit_id]})
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.debug("could not delete PIT", exc_info=True)
 
 

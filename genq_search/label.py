@@ -17,7 +17,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genq_search.config import LabelConfig
-from genq_search.data import Corpus, atomic_write, fingerprint, mark_stage_complete, read_manifest, stage_is_complete, write_json
+from genq_search.data import (
+    Corpus,
+    atomic_write,
+    fingerprint,
+    mark_stage_complete,
+    prepare_chunks,
+    read_manifest,
+    stage_is_complete,
+)
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
 from genq_search.mine import negative_pool, read_generated
@@ -148,12 +156,7 @@ def run_label(cfg: LabelConfig, corpus: Corpus, generate_dir: Path, mine_dir: Pa
         raise GenqError(f"{mine_dir}: no query has a mined negative; nothing to label")
     if without_negatives:
         logger.warning("%d queries have no mined negative and are skipped", without_negatives)
-    chunk_dir = stage_dir / "chunks"
-    settings_file = stage_dir / "settings.json"
-    if overwrite or (settings_file.is_file() and json.loads(settings_file.read_text()).get("settings_hash") != settings):
-        for old in chunk_dir.glob("chunk-*.jsonl"):
-            old.unlink()
-    write_json(settings_file, {"settings_hash": settings, "config": cfg.model_dump(mode="json")})
+    chunk_dir = prepare_chunks(stage_dir, settings, cfg.model_dump(mode="json"), overwrite)
     chunks = [tuples[i : i + cfg.chunk_size] for i in range(0, len(tuples), cfg.chunk_size)]
     todo = [n for n in range(len(chunks)) if not (chunk_dir / f"chunk-{n:05d}.jsonl").is_file()]
     started, labelled, truncated = time.perf_counter(), 0, 0

@@ -16,8 +16,19 @@ from tqdm.auto import tqdm
 from genq_search.backends.base import SearchBackend
 from genq_search.backends.embedded import exact_top_k
 from genq_search.config import MineConfig
-from genq_search.data import (Corpus, Qrels, Queries, atomic_write, fingerprint, mark_stage_complete, read_manifest,
-                              read_qrels, read_queries, stage_is_complete, write_json)
+from genq_search.data import (
+    Corpus,
+    Qrels,
+    Queries,
+    atomic_write,
+    fingerprint,
+    mark_stage_complete,
+    prepare_chunks,
+    read_manifest,
+    read_qrels,
+    read_queries,
+    stage_is_complete,
+)
 from genq_search.encoders import Encoder, encode_passages_cached, load_encoder
 from genq_search.errors import GenqError
 from genq_search.passages import document_text
@@ -61,12 +72,7 @@ def run_mine(cfg: MineConfig, corpus: Corpus, generate_dir: Path, stage_dir: Pat
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("mine: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
-    chunk_dir = stage_dir / "chunks"
-    settings_file = stage_dir / "settings.json"
-    if overwrite or (settings_file.is_file() and json.loads(settings_file.read_text()).get("settings_hash") != settings):
-        for old in chunk_dir.glob("chunk-*.jsonl"):
-            old.unlink()
-    write_json(settings_file, {"settings_hash": settings, "config": cfg.model_dump(mode="json")})
+    chunk_dir = prepare_chunks(stage_dir, settings, cfg.model_dump(mode="json"), overwrite)
 
     qids = list(qrels)
     chunks = [qids[i : i + cfg.chunk_size] for i in range(0, len(qids), cfg.chunk_size)]

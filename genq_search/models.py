@@ -46,7 +46,7 @@ def resolve_model(name_or_path: str, role: str = "model") -> str:
     try:
         return str(snapshot_download(name_or_path, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached: try the hub below
-        pass
+        logger.debug("%s is not in the Hugging Face cache", name_or_path)
     if os.environ.get("HF_HUB_OFFLINE") not in {None, "", "0"}:
         raise GenqError(_not_found(name_or_path, role, "HF_HUB_OFFLINE is set"))
     try:

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from genq_search.config import PretrainConfig
-from genq_search.data import Corpus, fingerprint, mark_stage_complete, read_manifest, stage_is_complete
+from genq_search.data import (
+    Corpus,
+    fingerprint,
+    mark_stage_complete,
+    read_manifest,
+    stage_is_complete,
+)
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
 from genq_search.models import resolve_model
@@ -43,7 +49,11 @@ def delete_words(text: str, ratio: float, rng: random.Random) -> str:
 def run_pretrain(cfg: PretrainConfig, corpus: Corpus, base_model: str, stage_dir: Path, overwrite: bool = False) -> dict[str, Any]:
     """TSDAE-train ``base_model`` on the corpus into ``stage_dir/model`` (checkpoints + resume as in training)."""
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.losses import DenoisingAutoEncoderLoss
 
     if cfg.method != "tsdae":

@@ -9,8 +9,21 @@ from enum import StrEnum
 from pathlib import Path
 
 from genq_search.backends.base import SearchBackend
-from genq_search.config import BackendConfig, BackendKind, CompareConfig, CorpusConfig, EncoderConfig
-from genq_search.data import Collection, Queries, Results, fingerprint, mark_stage_complete, stage_is_complete
+from genq_search.config import (
+    BackendConfig,
+    BackendKind,
+    CompareConfig,
+    CorpusConfig,
+    EncoderConfig,
+)
+from genq_search.data import (
+    Collection,
+    Queries,
+    Results,
+    fingerprint,
+    mark_stage_complete,
+    stage_is_complete,
+)
 from genq_search.encoders import Encoder, encode_passages_cached, load_encoder
 from genq_search.errors import GenqError
 from genq_search.fusion import FusionMethod

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from genq_search.config import TrainConfig
-from genq_search.data import Collection, Corpus, fingerprint, iter_jsonl, mark_stage_complete, read_manifest, stage_is_complete
+from genq_search.data import (
+    Collection,
+    Corpus,
+    fingerprint,
+    iter_jsonl,
+    mark_stage_complete,
+    read_manifest,
+    stage_is_complete,
+)
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
 from genq_search.mine import read_generated
@@ -78,8 +86,12 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
               eval_collection: Collection | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train into ``stage_dir/model`` (checkpoints in ``stage_dir/checkpoints``; resumes from the last one)."""
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-    from sentence_transformers import losses
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
     from sentence_transformers.models import Normalize
     from sentence_transformers.training_args import BatchSamplers
 

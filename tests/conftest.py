@@ -23,7 +23,14 @@ def sample_texts(limit: int = 400) -> list[str]:
 @pytest.fixture(scope="session")
 def wordpiece_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A BERT WordPiece tokenizer trained on the sample corpus (vocabulary ~2K)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import BertTokenizerFast
 
     out = tmp_path_factory.mktemp("wordpiece")

@@ -1,11 +1,10 @@
 import json
 from pathlib import Path
 
+from conftest import SAMPLE
 from typer.testing import CliRunner
 
 from genq_search.cli import app
-
-from conftest import SAMPLE
 
 runner = CliRunner()
 

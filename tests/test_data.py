@@ -95,10 +95,9 @@ def test_missing_folder_and_split(beir_dir: Path) -> None:
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out" / "file.txt"
-    with pytest.raises(RuntimeError):
-        with atomic_write(target) as handle:
-            handle.write("half")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_write(target) as handle:
+        handle.write("half")
+        raise RuntimeError("boom")
     assert not target.exists()
     assert list((tmp_path / "out").iterdir()) == []
     with atomic_write(target) as handle:

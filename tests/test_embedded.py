@@ -20,7 +20,7 @@ def random_index(n_docs: int = 50, dim: int = 8, seed: int = 0) -> tuple[Embedde
 
 
 def test_exact_top_k_matches_brute_force_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import genq_search.backends.embedded as embedded
+    from genq_search.backends import embedded
 
     monkeypatch.setattr(embedded, "SCORE_CHUNK_ROWS", 7)  # force many chunks
     rng = np.random.default_rng(1)

@@ -3,7 +3,13 @@ from pathlib import Path
 
 import pytest
 
-from genq_search.evaluate import Comparison, evaluate, paired_p_value, per_query_scores, win_loss
+from genq_search.evaluate import (
+    Comparison,
+    evaluate,
+    paired_p_value,
+    per_query_scores,
+    win_loss,
+)
 
 QRELS = {"q1": {"d1": 1, "d3": 1}, "q2": {"d2": 2}}
 

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sample_texts
 
 from genq_search.backends.embedded import EmbeddedBackend
 from genq_search.encoders import load_encoder
 from genq_search.errors import GenqError
 from genq_search.export import OnnxEncoder, export_bundle
 from genq_search.passages import Passage
-
-from conftest import sample_texts
 
 TEXTS = sample_texts(60)
 
@@ -31,7 +30,7 @@ def test_bundle_layout_and_manifest(bundle: Path) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert set(manifest["variants"]) == {"fp32", "fp16", "int8"}
     assert manifest["dimension"] == 32 and manifest["pooling"] == "mean" and manifest["normalize"] is True
-    for variant, entry in manifest["variants"].items():
+    for entry in manifest["variants"].values():
         assert (bundle / entry["file"]).is_file()
         assert entry["parity"]["passed"] and entry["parity"]["sample"] == len(TEXTS)
     assert manifest["variants"]["fp32"]["parity"]["mean_cosine"] >= 0.9999

@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import SAMPLE
 
-from genq_search.config import GenerateConfig, RunConfig, TrainConfig
+from genq_search.config import GenerateConfig, TrainConfig
 from genq_search.data import load_collection, read_qrels, read_queries
 from genq_search.errors import GenqError
 from genq_search.generate import CleanStats, clean_queries, plan_documents, run_generate
-
-from conftest import SAMPLE
 
 
 def small_corpus(n: int = 24) -> dict[str, dict[str, str]]:

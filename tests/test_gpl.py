@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE
+from test_genq import gen_cfg, small_corpus
 
 from genq_search.config import LabelConfig, MineConfig, PretrainConfig, TrainConfig
 from genq_search.errors import GenqError
 from genq_search.generate import run_generate
 from genq_search.label import QueryLikelihoodTeacher, run_label
 from genq_search.mine import negative_pool, run_mine
-
-from conftest import SAMPLE
-from test_genq import gen_cfg, small_corpus
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def mine_cfg(encoder: Path, **changes: object) -> MineConfig:
     return MineConfig(**({"retrievers": [str(encoder)], "top_k": 5, "chunk_size": 8, "device": "cpu"} | changes))
 
 
-def lexical(corpus: dict[str, dict[str, str]]):  # noqa: ANN201
+def lexical(corpus: dict[str, dict[str, str]]):
     from genq_search.backends.embedded import EmbeddedBackend
     from genq_search.passages import split_documents
 
@@ -51,7 +50,7 @@ class Interrupt(Exception):
 
 def test_mining_excludes_the_positive_and_resumes_to_identical_output(generated, tiny_bi_encoder: Path, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import genq_search.mine as mine
+    from genq_search import mine
 
     corpus, gen_dir = generated
     cfg = mine_cfg(tiny_bi_encoder, bm25=True)
@@ -66,7 +65,7 @@ def test_mining_excludes_the_positive_and_resumes_to_identical_output(generated,
     calls = {"n": 0}
     original = mine._mine_chunk
 
-    def interrupted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def interrupted(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise Interrupt
@@ -95,7 +94,7 @@ def test_mining_asks_for_no_more_negatives_than_the_corpus_has(tiny_t5: Path, ti
 
 def test_a_query_whose_positive_is_missing_is_named(generated, tiny_bi_encoder: Path, tmp_path: Path) -> None:
     corpus, gen_dir = generated
-    first_doc = sorted(corpus)[0]
+    first_doc = min(corpus)
     smaller = {d: v for d, v in corpus.items() if d != first_doc}
     with pytest.raises(GenqError, match=rf"train.tsv: the positive '{first_doc}' of query 'genq-{first_doc}-0' is not in the corpus"):
         run_mine(mine_cfg(tiny_bi_encoder), smaller, gen_dir, tmp_path / "mine")
@@ -134,7 +133,7 @@ def test_margins_are_cross_encoder_differences_and_labelling_resumes(generated, 
     calls = {"n": 0}
     original = teacher.score
 
-    def interrupted(pairs):  # noqa: ANN001, ANN202
+    def interrupted(pairs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise Interrupt

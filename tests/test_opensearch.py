@@ -233,7 +233,7 @@ def test_reindex_killed_half_way_resumes_without_loss_or_duplicates(cfg: Backend
     assert 300 <= state["written"] < 1500
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resume      after _id" in resumed.stdout
+    assert "resume      after _id" in resumed.stdout
     client.indices.refresh(index=alias)
     assert client.count(index=alias)["count"] == 1500
     ids = sorted(h["_id"] for h in client.search(index=alias, body={"size": 2000, "_source": False})["hits"]["hits"])
@@ -241,10 +241,10 @@ def test_reindex_killed_half_way_resumes_without_loss_or_duplicates(cfg: Backend
 
 
 def test_compare_against_the_cluster(cfg: BackendConfig, names: list[str], tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    from conftest import SAMPLE
     from typer.testing import CliRunner
 
     from genq_search.cli import app
-    from conftest import SAMPLE
 
     index = new_name(names)
     result = CliRunner().invoke(app, ["compare", "--backend", "opensearch", "--url", cfg.url, "--index", index,

@@ -197,7 +197,7 @@ class OpenSearchBackend(SearchBackend):
                     source[VECTOR_FIELD] = [{"vector": vectors[r].tolist()} for r in by_doc.get(doc_id, [])]
                 yield {"_index": self.index_name, "_id": doc_id, "_source": source}
 
-        ok, failures = self.bulk(actions(), total=len(corpus))
+        _, failures = self.bulk(actions(), total=len(corpus))
         self.finish_load()
         if failures:
             shown = "; ".join(f"{i}: {r}" for i, r in failures[:5])
