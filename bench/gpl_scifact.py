@@ -101,7 +101,7 @@ def main() -> None:
         "label_samples": label_samples,
         "notes": (f"GPL with offline parts: the GenQ benchmark's Gemma-3 270M queries (3 per document, {args.max_passages} random "
                   f"SciFact documents, seed 42); negatives mined with all-MiniLM-L6-v2 (top 50) and BM25 (top 50) over all 5,183 "
-                  f"documents; teacher {args.teacher} (query likelihood: summed log P(query | 'Document: d\\nRelevant query:'), "
+                  f"documents; teacher {args.teacher} (query likelihood: mean per-token log P(query | 'Document: d\\nRelevant query:'), "
                   f"documents truncated to {args.teacher_max_length} tokens) instead of a cross-encoder, which cannot be fetched "
                   f"here; {args.tuples_per_query} tuples per query, each with a fresh negative. MarginMSE, all-MiniLM-L6-v2, "
                   f"{args.epochs} epoch, batch 32, lr {args.learning_rate}, 10% warm-up, student score 20 x cosine. "

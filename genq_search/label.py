@@ -1,7 +1,7 @@
 """GPL stage 3: pseudo-labels. Each training tuple (query, positive, negative sampled uniformly from the mined pool)
 gets the teacher's margin ``score(q, p+) - score(q, p-)``. Teachers: a cross-encoder (GPL's default
 ``cross-encoder/ms-marco-MiniLM-L-6-v2``) or, with ``lm:<model>``, query likelihood under a causal LM
-(``log P(query | document)``, the UPR approach), which works offline with the bundled Gemma-3 270M.
+(mean per-token ``log P(query | document)``, the UPR approach), which works offline with the bundled Gemma-3 270M.
 Tuples are labelled in chunks written atomically, so an interrupted run resumes to identical output."""
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class CrossEncoderTeacher:
 
 
 class QueryLikelihoodTeacher:
-    """log P(query | prompt(document)) summed over the query's tokens under a causal LM (UPR, Sachan et al. 2022)."""
+    """Mean per-token log P(query | prompt(document)) under a causal LM (UPR, Sachan et al. 2022); the mean keeps
+    margins on one scale whatever the query's length."""
 
     def __init__(self, path: str, cfg: LabelConfig):
         from genq_search.generate import load_causal_lm
@@ -113,7 +114,7 @@ class QueryLikelihoodTeacher:
             targets = ids[:, width - tail :].to(self.device)
             token_lp = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
             for row, i in enumerate(batch):
-                scores[i] = float(token_lp[row, tail - encoded[i][1] :].sum())
+                scores[i] = float(token_lp[row, tail - encoded[i][1] :].mean())
         return scores
 
 

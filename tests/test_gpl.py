@@ -162,7 +162,7 @@ def test_query_likelihood_teacher_equals_unbatched_log_likelihood(tiny_causal_lm
         ids, n_query = teacher._ids(query, passage)
         with torch.inference_mode():
             logprobs = torch.log_softmax(teacher.model(input_ids=torch.tensor([ids])).logits[0].float(), -1)
-        direct = sum(float(logprobs[p - 1, ids[p]]) for p in range(len(ids) - n_query, len(ids)))
+        direct = sum(float(logprobs[p - 1, ids[p]]) for p in range(len(ids) - n_query, len(ids))) / n_query
         assert score == pytest.approx(direct, abs=1e-3)
     assert np.all(batched < 0)
 
