@@ -258,3 +258,38 @@ def test_compare_against_the_cluster(cfg: BackendConfig, names: list[str], tiny_
                                      "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--model", f"tiny={tiny_bi_encoder}",
                                      "--mode", "bm25"])
     assert again.exit_code == 0, again.output
+
+
+def test_gpl_mining_takes_bm25_negatives_from_the_cluster(cfg: BackendConfig, names: list[str], tiny_t5: Path,
+                                                          tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    from conftest import SAMPLE
+    from typer.testing import CliRunner
+
+    from genq_search.backends.opensearch import connect
+    from genq_search.cli import app
+
+    index = new_name(names)
+    config = tmp_path / "gpl.toml"
+    config.write_text(f"""
+run_dir = "{tmp_path / 'run'}"
+[corpus]
+path = "{SAMPLE}"
+[generate]
+model = "{tiny_t5}"
+queries_per_passage = "1"
+max_passages = 8
+max_new_tokens = 8
+min_query_words = 1
+[mine]
+retrievers = ["{tiny_bi_encoder}"]
+top_k = 4
+""")
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate", "--config", str(config), "--device", "cpu"]).exit_code == 0
+    result = runner.invoke(app, ["mine", "--config", str(config), "--bm25", "--backend", "opensearch", "--url", cfg.url,
+                                 "--index", index, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert connect(cfg).count(index=index)["count"] == 787  # the whole sample corpus, BM25 only
+    rows = [json.loads(line) for line in (tmp_path / "run" / "mine" / "hard-negatives.jsonl").open()]
+    assert rows and all(len(r["negatives"]["bm25"]) <= 4 and not set(r["positives"]) & set(r["negatives"]["bm25"]) for r in rows)
+    assert sum(len(r["negatives"]["bm25"]) == 4 for r in rows) >= len(rows) // 2  # (random queries may match few documents)
