@@ -39,6 +39,7 @@ Tuple = tuple[str, str, str]  # (query id, positive doc id, negative doc id)
 
 class Teacher(Protocol):
     truncated: int
+    batch_size: int
 
     def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         """One relevance score per (query, passage) pair; higher is more relevant."""
@@ -51,7 +52,7 @@ class CrossEncoderTeacher:
     def __init__(self, path: str, cfg: LabelConfig):
         from sentence_transformers import CrossEncoder
 
-        self.cfg = cfg
+        self.cfg, self.batch_size = cfg, cfg.batch_size
         self.model = CrossEncoder(path, device=pick_device(cfg.device), max_length=cfg.max_length)
         limit = getattr(self.model.model.config, "max_position_embeddings", None) or cfg.max_length
         self.max_length = min(cfg.max_length, limit)
@@ -65,7 +66,7 @@ class CrossEncoderTeacher:
 
         lengths = self.model.tokenizer([q for q, _ in pairs], [p for _, p in pairs], truncation=False)["input_ids"]
         self.truncated += sum(len(ids) > self.max_length for ids in lengths)
-        scores = self.model.predict([list(p) for p in pairs], batch_size=self.cfg.batch_size, show_progress_bar=False,
+        scores = self.model.predict([list(p) for p in pairs], batch_size=self.batch_size, show_progress_bar=False,
                                     activation_fn=torch.nn.Identity(), convert_to_numpy=True)
         return np.asarray(scores, dtype=np.float64).reshape(len(pairs))
 
@@ -79,7 +80,7 @@ class QueryLikelihoodTeacher:
 
         if "{document}" not in cfg.lm_prompt:
             raise GenqError("label.lm_prompt must contain '{document}'")
-        self.cfg, self.device = cfg, pick_device(cfg.device)
+        self.cfg, self.device, self.batch_size = cfg, pick_device(cfg.device), cfg.batch_size
         self.tokenizer, self.model = load_causal_lm(path, self.device)
         self.truncated = 0
 
@@ -100,8 +101,8 @@ class QueryLikelihoodTeacher:
         encoded = [self._ids(q, p) for q, p in pairs]
         order = sorted(range(len(pairs)), key=lambda i: len(encoded[i][0]))  # length-sorted batches pad less
         pad = self.tokenizer.pad_token_id
-        for start in range(0, len(order), self.cfg.batch_size):
-            batch = order[start : start + self.cfg.batch_size]
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
             width = max(len(encoded[i][0]) for i in batch)
             tail = max(encoded[i][1] for i in batch)  # the longest query: logits are needed only for the last positions
             ids = torch.tensor([[pad] * (width - len(encoded[i][0])) + encoded[i][0] for i in batch])
@@ -195,7 +196,23 @@ def run_label(cfg: LabelConfig, corpus: Corpus, generate_dir: Path, mine_dir: Pa
 def _label_chunk(chunk: list[Tuple], queries: dict[str, str], corpus: Corpus, teacher: Teacher) -> list[dict[str, Any]]:
     """Score each distinct (query, document) pair of the chunk once, then take the margins."""
     pairs = list(dict.fromkeys((qid, doc) for qid, pos, neg in chunk for doc in (pos, neg)))
-    scores = teacher.score([(queries[qid], document_text(corpus[doc])) for qid, doc in pairs])
+    scores = _score_with_oom_retry(teacher, [(queries[qid], document_text(corpus[doc])) for qid, doc in pairs])
     score = dict(zip(pairs, scores.tolist(), strict=True))
     return [{"qid": qid, "positive": pos, "negative": neg, "pos_score": score[(qid, pos)], "neg_score": score[(qid, neg)],
              "margin": score[(qid, pos)] - score[(qid, neg)]} for qid, pos, neg in chunk]
+
+
+def _score_with_oom_retry(teacher: Teacher, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """On CUDA out-of-memory, halve the teacher's batch and score again (said once per halving)."""
+    while True:
+        try:
+            return teacher.score(pairs)
+        except RuntimeError as exc:
+            if "out of memory" not in str(exc).lower() or teacher.batch_size == 1:
+                raise
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            teacher.batch_size //= 2
+            logger.warning("out of memory scoring pairs; teacher batch size lowered to %d (label.batch_size)", teacher.batch_size)

@@ -85,16 +85,6 @@ class ScaledDotScore:
 def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: Path, label_dir: Path | None = None,
               eval_collection: Collection | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Train into ``stage_dir/model`` (checkpoints in ``stage_dir/checkpoints``; resumes from the last one)."""
-    from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-        losses,
-    )
-    from sentence_transformers.models import Normalize
-    from sentence_transformers.training_args import BatchSamplers
-
     if cfg.method not in METHODS:
         raise GenqError(f"unknown training method '{cfg.method}' ({', '.join(METHODS)})")
     if cfg.method == "gpl" and label_dir is None:
@@ -119,32 +109,26 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
     elif not rows:
         raise GenqError(f"{label_dir}: no training tuples")
     device = pick_device(cfg.device)
-    model = SentenceTransformer(resolve_model(cfg.base_model, "base bi-encoder"), device=device)
-    set_max_seq_length(model, cfg.max_seq_length)
-    if cfg.method == "genq":
-        loss, sampler, scale = losses.MultipleNegativesRankingLoss(model), BatchSamplers.NO_DUPLICATES, None
-    else:
-        scale = cfg.score_scale or (20.0 if any(isinstance(m, Normalize) for m in model) else 1.0)
-        loss, sampler = losses.MarginMSELoss(model, similarity_fct=ScaledDotScore(scale)), BatchSamplers.BATCH_SAMPLER
     checkpoints = stage_dir / "checkpoints"
     if overwrite and checkpoints.exists():
         shutil.rmtree(checkpoints)
-    import torch
-
-    cuda = device.startswith("cuda")
     evaluator, eval_args = _evaluator(eval_collection, cfg)
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(checkpoints), num_train_epochs=cfg.epochs, per_device_train_batch_size=batch_size,
-        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
-        batch_sampler=sampler, save_strategy="steps", save_steps=cfg.eval_steps if evaluator else cfg.checkpoint_steps,
-        save_total_limit=2, logging_steps=max(1, min(50, math.ceil(len(rows) / batch_size / 10))),
-        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=cuda and not torch.cuda.is_bf16_supported(),
-        report_to="none", use_cpu=not cuda, dataloader_drop_last=False, **eval_args,
-    )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss,
-                                         evaluator=evaluator)
-    resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.exists() else False
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    while True:
+        model, trainer, scale = _trainer(cfg, rows, batch_size, device, checkpoints, evaluator, eval_args)
+        resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.exists() else False
+        try:
+            result = trainer.train(resume_from_checkpoint=True if resume else None)
+            break
+        except RuntimeError as exc:  # CUDA out of memory: start again with half the batch, from the base model
+            if "out of memory" not in str(exc).lower() or batch_size == 1:
+                raise
+            import torch
+
+            del model, trainer
+            torch.cuda.empty_cache()
+            shutil.rmtree(checkpoints, ignore_errors=True)
+            batch_size //= 2
+            logger.warning("out of memory at batch size %d; restarting with %d (lower --train-batch-size)", batch_size * 2, batch_size)
     history = trainer.state.log_history
     losses_seen = [row["loss"] for row in history if "loss" in row]
     out, tmp = stage_dir / "model", stage_dir / "model.tmp"
@@ -166,6 +150,40 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
                "best_checkpoint": trainer.state.best_model_checkpoint}
     mark_stage_complete(stage_dir, settings, summary)
     return summary
+
+
+def _trainer(cfg: TrainConfig, rows: list[dict[str, Any]], batch_size: int, device: str, checkpoints: Path,
+             evaluator: Any, eval_args: dict[str, Any]) -> tuple[Any, Any, float | None]:
+    """The base model, its loss (MNRL with no-duplicate batches, or MarginMSE) and a configured trainer."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
+    from sentence_transformers.models import Normalize
+    from sentence_transformers.training_args import BatchSamplers
+
+    model = SentenceTransformer(resolve_model(cfg.base_model, "base bi-encoder"), device=device)
+    set_max_seq_length(model, cfg.max_seq_length)
+    if cfg.method == "genq":
+        loss, sampler, scale = losses.MultipleNegativesRankingLoss(model), BatchSamplers.NO_DUPLICATES, None
+    else:
+        scale = cfg.score_scale or (20.0 if any(isinstance(m, Normalize) for m in model) else 1.0)
+        loss, sampler = losses.MarginMSELoss(model, similarity_fct=ScaledDotScore(scale)), BatchSamplers.BATCH_SAMPLER
+    cuda = device.startswith("cuda")
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints), num_train_epochs=cfg.epochs, per_device_train_batch_size=batch_size,
+        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
+        batch_sampler=sampler, save_strategy="steps", save_steps=cfg.eval_steps if evaluator else cfg.checkpoint_steps,
+        save_total_limit=2, logging_steps=max(1, min(50, math.ceil(len(rows) / batch_size / 10))),
+        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=cuda and not torch.cuda.is_bf16_supported(),
+        report_to="none", use_cpu=not cuda, dataloader_drop_last=False, **eval_args,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss, evaluator=evaluator)
+    return model, trainer, scale
 
 
 def _evaluator(collection: Collection | None, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:

@@ -279,3 +279,24 @@ max_seq_length = 48
     assert "examples" in result.output and (tmp_path / "run" / "train-gpl" / "model" / "modules.json").is_file()
     missing = runner.invoke(app, ["label", "--config", str(config), "--run-dir", str(tmp_path / "other")])
     assert missing.exit_code == 1 and "gen-queries.jsonl: file not found" in missing.output
+
+
+def test_out_of_memory_halves_the_teacher_batch_and_is_reported(generated, tiny_bi_encoder: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    corpus, gen_dir = generated
+    run_mine(mine_cfg(tiny_bi_encoder), corpus, gen_dir, tmp_path / "mine")
+
+    class SmallMemoryTeacher:
+        """Scores by word overlap; 'runs out of memory' above 4 pairs per batch."""
+
+        truncated, batch_size = 0, 32
+
+        def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+            if self.batch_size > 4:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return np.array([len(set(q.split()) & set(p.split())) for q, p in pairs], dtype=float)
+
+    teacher = SmallMemoryTeacher()
+    summary = run_label(LabelConfig(teacher="overlap"), corpus, gen_dir, tmp_path / "mine", tmp_path / "label", teacher=teacher)
+    assert teacher.batch_size == 4 and summary["tuples"] > 0
+    assert "teacher batch size lowered to 8" in caplog.text and "lowered to 4" in caplog.text
