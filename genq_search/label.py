@@ -122,7 +122,11 @@ class QueryLikelihoodTeacher:
 def load_teacher(cfg: LabelConfig) -> Teacher:
     if cfg.teacher.startswith("lm:"):
         return QueryLikelihoodTeacher(resolve_model(cfg.teacher.removeprefix("lm:"), "query-likelihood teacher"), cfg)
-    return CrossEncoderTeacher(resolve_model(cfg.teacher, "cross-encoder teacher"), cfg)
+    try:
+        path = resolve_model(cfg.teacher, "cross-encoder teacher")
+    except GenqError as exc:
+        raise GenqError(f"{exc} Offline alternative: --teacher lm:google/gemma-3-270m (query likelihood, bundled).") from None
+    return CrossEncoderTeacher(path, cfg)
 
 
 def plan_tuples(mine_dir: Path, tuples_per_query: int, seed: int) -> tuple[list[Tuple], int]:

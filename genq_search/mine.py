@@ -110,7 +110,10 @@ def _load_dense(cfg: MineConfig, corpus: Corpus, doc_ids: list[str], cache_dir: 
     texts = [document_text(corpus[d]) for d in doc_ids]
     dense = []
     for spec in cfg.retrievers:
-        encoder = load_encoder(spec, cfg.device)
+        try:
+            encoder = load_encoder(spec, cfg.device)
+        except GenqError as exc:
+            raise GenqError(f"{exc} Offline alternative: --retriever sentence-transformers/all-MiniLM-L6-v2 (bundled).") from None
         dense.append((spec, encoder, encode_passages_cached(encoder, texts, cache_dir, cfg.batch_size)))
     return dense
 

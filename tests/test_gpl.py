@@ -300,3 +300,15 @@ def test_out_of_memory_halves_the_teacher_batch_and_is_reported(generated, tiny_
     summary = run_label(LabelConfig(teacher="overlap"), corpus, gen_dir, tmp_path / "mine", tmp_path / "label", teacher=teacher)
     assert teacher.batch_size == 4 and summary["tuples"] > 0
     assert "teacher batch size lowered to 8" in caplog.text and "lowered to 4" in caplog.text
+
+
+def test_unfetchable_default_teacher_and_retriever_fail_fast_with_an_offline_hint(generated, tmp_path: Path) -> None:
+    corpus, gen_dir = generated
+    with pytest.raises(GenqError, match=r"cannot load bi-encoder 'sentence-transformers/msmarco-distilbert-base-v3'.*--retriever sentence-transformers/all-MiniLM"):
+        run_mine(MineConfig(device="cpu"), corpus, gen_dir, tmp_path / "mine")
+    (tmp_path / "mine").mkdir(exist_ok=True)  # a mined pool, so that labelling gets as far as loading its teacher
+    (tmp_path / "mine" / "manifest.json").write_text('{"settings_hash": "x"}')
+    (tmp_path / "mine" / "hard-negatives.jsonl").write_text(json.dumps({"qid": "genq-x", "positives": ["a"], "negatives": {"r": ["b"]}}) + "\n")
+    with pytest.raises(GenqError, match=r"cross-encoder teacher 'cross-encoder/ms-marco-MiniLM-L-6-v2'.*--teacher lm:google/gemma-3-270m"):
+        run_label(LabelConfig(device="cpu"), corpus, gen_dir, tmp_path / "mine", tmp_path / "label")
+    assert not (tmp_path / "label" / "gpl-training.jsonl").exists()
