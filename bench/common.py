@@ -58,3 +58,19 @@ def print_table(rows: list[dict[str, Any]], metrics: list[str]) -> None:
     for row in rows:
         cells = " | ".join(f"{100 * row['metrics'][m]:.1f}" for m in metrics)
         print(f"| {row['name']} | {row['backend']} | {cells} |")
+
+
+def versus_zeroshot(comparison: Any, metric: str = "ndcg@10") -> dict[str, dict[str, Any]]:
+    """Each adapted run against the zero-shot run of the same mode: delta, paired t-test p-value, wins/losses."""
+    from genq_search.evaluate import paired_p_value
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, scores in comparison.scores.items():
+        mode = next((m for m in ("dense", "hybrid-rrf", "hybrid-minmax", "hybrid-zscore") if name.startswith(m + "-")), None)
+        if mode is None or name == f"{mode}-zeroshot" or f"{mode}-zeroshot" not in comparison.scores:
+            continue
+        a, b = comparison.scores[f"{mode}-zeroshot"][metric], scores[metric]
+        deltas = [b[q] - a[q] for q in a.keys() & b.keys()]
+        out[name] = {"vs": f"{mode}-zeroshot", "delta": sum(deltas) / len(deltas), "p_value": paired_p_value(a, b),
+                     "wins": sum(d > 1e-9 for d in deltas), "losses": sum(d < -1e-9 for d in deltas)}
+    return out

@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from common import SCIFACT, print_table, write_results
+from common import SCIFACT, print_table, versus_zeroshot, write_results
 
 from genq_search.config import RunConfig
 from genq_search.data import read_qrels, read_queries
@@ -95,6 +95,7 @@ def main() -> None:
                         "kept_by_round_trip_filter": qid in kept})
     write_results("genq_scifact", {
         "dataset": "scifact", "split": "test", "wall_s": time.perf_counter() - started, "runs": rows,
+        "versus_zeroshot_ndcg@10": versus_zeroshot(comparison),
         "stages_s": stages, "generation": {"unfiltered": plain, "filtered": filtered},
         "training": {k: {kk: v for kk, v in t.items() if kk != "losses"} for k, t in trained.items()},
         "query_samples": samples,

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from common import SCIFACT, print_table, write_results
+from common import SCIFACT, print_table, versus_zeroshot, write_results
 
 from genq_search.config import RunConfig
 from genq_search.generate import run_generate
@@ -96,7 +96,8 @@ def main() -> None:
     label_samples = [{"query": queries[s["qid"]], "positive_title": corpus[s["positive"]]["title"][:100],
                       "negative_title": corpus[s["negative"]]["title"][:100], "margin": round(s["margin"], 3)} for s in samples]
     write_results("gpl_scifact", {
-        "dataset": "scifact", "split": "test", "wall_s": time.perf_counter() - started, "runs": rows, "stages_s": stages,
+        "dataset": "scifact", "split": "test", "wall_s": time.perf_counter() - started, "runs": rows,
+        "versus_zeroshot_ndcg@10": versus_zeroshot(comparison), "stages_s": stages,
         "stages": {k: {kk: vv for kk, vv in v.items() if kk != "losses"} for k, v in summaries.items()},
         "label_samples": label_samples,
         "notes": (f"GPL with offline parts: the GenQ benchmark's Gemma-3 270M queries (3 per document, {args.max_passages} random "

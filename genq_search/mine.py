@@ -79,7 +79,7 @@ def run_mine(cfg: MineConfig, corpus: Corpus, generate_dir: Path, stage_dir: Pat
     todo = [n for n in range(len(chunks)) if not (chunk_dir / f"chunk-{n:05d}.jsonl").is_file()]
     started = time.perf_counter()
     if todo:
-        doc_ids = sorted(corpus)
+        doc_ids = list(corpus)  # corpus order: the same texts as an unsplit index, so the embedding cache is shared
         dense = _load_dense(cfg, corpus, doc_ids, stage_dir.parent / "embeddings")
         for n in tqdm(todo, desc="mine negatives", unit="chunk"):
             rows = _mine_chunk(chunks[n], queries, qrels, dense, doc_ids, bm25_backend if cfg.bm25 else None, top_k, cfg.batch_size)
