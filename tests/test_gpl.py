@@ -312,3 +312,23 @@ def test_unfetchable_default_teacher_and_retriever_fail_fast_with_an_offline_hin
     with pytest.raises(GenqError, match=r"cross-encoder teacher 'cross-encoder/ms-marco-MiniLM-L-6-v2'.*--teacher lm:google/gemma-3-270m"):
         run_label(LabelConfig(device="cpu"), corpus, gen_dir, tmp_path / "mine", tmp_path / "label")
     assert not (tmp_path / "label" / "gpl-training.jsonl").exists()
+
+
+def test_training_evaluates_on_qrels_keeps_the_best_checkpoint_and_resumes(generated, tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    from genq_search.data import load_collection
+    from genq_search.train import run_train
+
+    corpus, gen_dir = generated
+    labelled = load_collection(SAMPLE)
+    judged = {q: labelled.qrels[q] for q in list(labelled.qrels)[:6]}
+    docs = {d: labelled.corpus[d] for d in corpus.keys() | {d for j in judged.values() for d in j}}
+    evaluation = type(labelled)(docs, {q: labelled.queries[q] for q in judged}, judged)
+    cfg = TrainConfig(base_model=str(tiny_bi_encoder), epochs=2, batch_size=8, max_seq_length=48, device="cpu",
+                      eval_split="test", eval_steps=3)
+    summary = run_train(cfg, corpus, gen_dir, tmp_path / "train", eval_collection=evaluation)
+    assert len(summary["evaluations"]) >= 2 and all("eval_test_cosine_ndcg@10" in e for e in summary["evaluations"])
+    assert summary["best_checkpoint"] and "checkpoint-" in summary["best_checkpoint"]
+    # a rerun after the manifest is lost resumes from the last checkpoint instead of starting over
+    (tmp_path / "train" / "manifest.json").unlink()
+    again = run_train(cfg, corpus, gen_dir, tmp_path / "train", eval_collection=evaluation)
+    assert again["resumed"] and again["steps"] == summary["steps"]
