@@ -106,53 +106,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(scope="session")
-def tiny_t5(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer_dir: Path) -> Path:
-    """A random 1-layer T5 (doc2query shape) with the WordPiece tokenizer."""
+def tiny_model(factory: pytest.TempPathFactory, tokenizer_dir: Path, name: str, build) -> Path:
+    """Save ``build(tokenizer)`` (a random transformers model, seed 0) with the WordPiece tokenizer into a new folder."""
     import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+    from transformers import AutoTokenizer
 
     torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(wordpiece_tokenizer_dir)
-    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2,
-                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
-                      decoder_start_token_id=tokenizer.pad_token_id)
-    out = tmp_path_factory.mktemp("tiny-t5")
-    T5ForConditionalGeneration(config).save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    out = factory.mktemp(name)
+    build(tokenizer).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer_dir: Path) -> Path:
+    """A random 1-layer T5 (doc2query shape)."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    return tiny_model(tmp_path_factory, wordpiece_tokenizer_dir, "tiny-t5", lambda tok: T5ForConditionalGeneration(T5Config(
+        vocab_size=len(tok), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=2, pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.sep_token_id, decoder_start_token_id=tok.pad_token_id)))
 
 
 @pytest.fixture(scope="session")
 def tiny_causal_lm(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer_dir: Path) -> Path:
-    """A random 2-layer Llama-shaped causal LM with the WordPiece tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """A random 2-layer Llama-shaped causal LM ([SEP] as end of sequence)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(wordpiece_tokenizer_dir)
-    tokenizer.eos_token = "[SEP]"
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
-                         bos_token_id=tokenizer.cls_token_id)
-    out = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    def build(tok):
+        tok.eos_token = "[SEP]"
+        return LlamaForCausalLM(LlamaConfig(
+            vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=2, max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id))
+
+    return tiny_model(tmp_path_factory, wordpiece_tokenizer_dir, "tiny-llama", build)
 
 
 @pytest.fixture(scope="session")
 def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenizer_dir: Path) -> Path:
     """A random 2-layer BERT with a 1-logit classification head (cross-encoder shape)."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification
 
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(wordpiece_tokenizer_dir)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
-    out = tmp_path_factory.mktemp("tiny-cross-encoder")
-    BertForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return tiny_model(tmp_path_factory, wordpiece_tokenizer_dir, "tiny-cross-encoder", lambda tok: BertForSequenceClassification(
+        BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                   max_position_embeddings=128, num_labels=1)))
