@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--tsdae", action="store_true", help="also TSDAE pre-training + GPL")
     parser.add_argument("--tsdae-sentences", type=int, default=4000)
+    parser.add_argument("--extra-model", action="append", default=[], metavar="LABEL=PATH", help="another model to compare")
     args = parser.parse_args()
     started = time.perf_counter()
     settings = {
@@ -76,6 +77,7 @@ def main() -> None:
     for name in ("genq", "genq-filtered"):  # the GenQ benchmark's models, when present, for a side-by-side table
         if (args.run_dir / f"train-{name}" / "manifest.json").is_file():
             models[name] = str(args.run_dir / f"train-{name}" / "model")
+    models.update(dict(spec.split("=", 1) for spec in args.extra_model))
     gpl = stage("train-gpl", run_train, cfg.train, corpus, gen_dir, args.run_dir / "train-gpl", label_dir=args.run_dir / "label")
     models["gpl"] = gpl["model"]
     if args.tsdae:
@@ -105,7 +107,7 @@ def main() -> None:
                   f"documents; teacher {args.teacher} (query likelihood: mean per-token log P(query | 'Document: d\\nRelevant query:'), "
                   f"documents truncated to {args.teacher_max_length} tokens) instead of a cross-encoder, which cannot be fetched "
                   f"here; {args.tuples_per_query} tuples per query, each with a fresh negative. MarginMSE, all-MiniLM-L6-v2, "
-                  f"{args.epochs} epoch, batch 32, lr {args.learning_rate}, 10% warm-up, student score 20 x cosine. "
+                  f"{args.epochs} epoch, batch 32, lr {args.learning_rate}, 10% warm-up, student score = calibrated scale x cosine (train-gpl manifest). "
                   f"{'TSDAE: ' + str(args.tsdae_sentences) + ' random corpus sentences, 1 epoch, batch 8, lr 3e-5. ' if args.tsdae else ''}"
                   f"Evaluation truncates each document to one 256-token passage. CPU only (2 cores)."),
     })

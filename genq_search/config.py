@@ -164,7 +164,7 @@ class TrainConfig(StageConfig):
     warmup_ratio: float = 0.1
     max_seq_length: int = 256
     score_scale: float | None = Field(
-        None, description="gpl: student score = scale * dot product (default 20 for normalised encoders, else 1)")
+        None, description="gpl: student score = scale * dot product (default: calibrated to the teacher's margins)")
     eval_split: str | None = Field(None, description="evaluate on these qrels every eval_steps and keep the best checkpoint")
     eval_steps: int = 200
     seed: int = 42

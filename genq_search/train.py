@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,23 @@ def set_max_seq_length(model: Any, wanted: int) -> None:
     model.max_seq_length = min(wanted, limit)
 
 
+def calibrate_score_scale(model: Any, rows: list[dict[str, Any]], seed: int, sample: int = 256) -> float:
+    """The scale that puts the base model's dot-product margins on the teacher's scale (equal root mean square on a
+    sample of tuples). MarginMSE otherwise spends its first steps squashing or stretching all margins, which wrecks
+    a normalised encoder (cosine margins ~0.1) under a teacher whose margins are ~1-10."""
+    import numpy as np
+
+    picked = random.Random(seed).sample(rows, min(sample, len(rows)))
+    q, p, n = (model.encode([r[k] for r in picked], batch_size=32, convert_to_numpy=True) for k in ("query", "positive", "negative"))
+    student = (q * p).sum(1) - (q * n).sum(1)
+    teacher = np.array([r["label"] for r in picked])
+    student_rms = float(np.sqrt(np.mean(student**2)))
+    scale = float(np.sqrt(np.mean(teacher**2))) / student_rms if student_rms > 1e-6 else 1.0
+    logger.info("MarginMSE student score scale %.2f (teacher margin RMS %.3f, base-model margin RMS %.4f)",
+                scale, float(np.sqrt(np.mean(teacher**2))), student_rms)
+    return scale
+
+
 class ScaledDotScore:
     """``scale * <a, b>``: MarginMSE on a normalised encoder needs scores on the teacher's scale, not in [-1, 1]."""
 
@@ -93,7 +111,8 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
     inputs = [read_manifest(generate_dir).get("settings_hash")]
     if cfg.method == "gpl":
         inputs.append(read_manifest(label_dir).get("settings_hash"))  # type: ignore[arg-type]
-    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device"}), inputs, bool(eval_collection)])
+    scale_rule = "rms-calibrated" if cfg.method == "gpl" and cfg.score_scale is None else None
+    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device"}), inputs, bool(eval_collection), scale_rule])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("train: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
@@ -163,7 +182,6 @@ def _trainer(cfg: TrainConfig, rows: list[dict[str, Any]], batch_size: int, devi
         SentenceTransformerTrainingArguments,
         losses,
     )
-    from sentence_transformers.models import Normalize
     from sentence_transformers.training_args import BatchSamplers
 
     model = SentenceTransformer(resolve_model(cfg.base_model, "base bi-encoder"), device=device)
@@ -171,7 +189,7 @@ def _trainer(cfg: TrainConfig, rows: list[dict[str, Any]], batch_size: int, devi
     if cfg.method == "genq":
         loss, sampler, scale = losses.MultipleNegativesRankingLoss(model), BatchSamplers.NO_DUPLICATES, None
     else:
-        scale = cfg.score_scale or (20.0 if any(isinstance(m, Normalize) for m in model) else 1.0)
+        scale = cfg.score_scale or calibrate_score_scale(model, rows, cfg.seed)
         loss, sampler = losses.MarginMSELoss(model, similarity_fct=ScaledDotScore(scale)), BatchSamplers.BATCH_SAMPLER
     cuda = device.startswith("cuda")
     args = SentenceTransformerTrainingArguments(

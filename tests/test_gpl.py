@@ -180,7 +180,7 @@ def test_gpl_training_reduces_the_margin_mse_loss(generated, tiny_bi_encoder: Pa
     losses = summary["losses"]
     assert len(losses) >= 4 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
     card = json.loads((Path(summary["model"]) / "GENQ_TRAINING.json").read_text())
-    assert card["method"].startswith("GPL") and card["hyper_parameters"]["score_scale"] == 20.0  # normalised encoder
+    assert card["method"].startswith("GPL") and card["hyper_parameters"]["score_scale"] > 0  # calibrated to the teacher
 
 
 def test_tsdae_pretraining_reduces_the_reconstruction_loss(tiny_bi_encoder: Path, tmp_path: Path) -> None:
