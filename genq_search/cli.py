@@ -269,14 +269,14 @@ def train(
 ) -> None:
     """Fine-tune the bi-encoder on the generated queries (resumes from the last checkpoint)."""
     from genq_search.pipeline import eval_collection, load_run_collection
-    from genq_search.train import run_train
+    from genq_search.train import run_train, train_stage_dir
 
     overrides = _adapt_overrides(run_dir, corpus, None, None, None, base_model, epochs, train_batch_size, learning_rate, device)
     overrides["train"]["method"] = method
     cfg = RunConfig.load(config, overrides)
     gpl = cfg.train.method == "gpl"
     summary = run_train(cfg.train, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate",
-                        cfg.run_dir / ("train-gpl" if gpl else "train"), label_dir=cfg.run_dir / "label" if gpl else None,
+                        train_stage_dir(cfg.run_dir, cfg.train.method), label_dir=cfg.run_dir / "label" if gpl else None,
                         eval_collection=eval_collection(cfg), overwrite=bool(overwrite))
     typer.echo(f"trained {summary['steps']} steps on {summary['pairs']} examples (loss {summary['train_loss']:.4f}) -> {summary['model']}")
 

@@ -251,6 +251,21 @@ def read_manifest(stage_dir: Path) -> dict[str, Any]:
     return json.loads((Path(stage_dir) / MANIFEST).read_text())
 
 
+def chunk_file(chunk_dir: Path, n: int) -> Path:
+    return Path(chunk_dir) / f"chunk-{n:05d}.jsonl"
+
+
+def merge_chunks(chunk_dir: Path, count: int, out: Path) -> list[dict[str, Any]]:
+    """Concatenate chunks ``0..count-1`` (bytes unchanged) into ``out``, written atomically; return their rows."""
+    rows = []
+    with atomic_write(out) as handle:
+        for n in range(count):
+            for line in chunk_file(chunk_dir, n).open(encoding="utf-8"):
+                rows.append(json.loads(line))
+                handle.write(line)
+    return rows
+
+
 def prepare_chunks(stage_dir: Path, chunk_settings: str, config: dict[str, Any], overwrite: bool = False) -> Path:
     """The stage's ``chunks/`` folder, emptied when the settings that shape the chunks changed (or on overwrite)."""
     chunk_dir = Path(stage_dir) / "chunks"

@@ -23,12 +23,17 @@ from tqdm.auto import tqdm
 from genq_search.config import GenerateConfig
 from genq_search.data import (
     Corpus,
-    atomic_write,
+    Qrels,
+    Queries,
+    chunk_file,
     fingerprint,
     mark_stage_complete,
     prepare_chunks,
     read_manifest,
+    read_qrels,
+    read_queries,
     stage_is_complete,
+    write_jsonl,
     write_qrels,
 )
 from genq_search.encoders import pick_device
@@ -47,6 +52,20 @@ DEFAULT_PROMPT = (
     "(rickets in children, osteomalacia in adults).\nRelevant query: what does vitamin d deficiency cause\n\n"
     "Example 3:\nDocument: {document}\nRelevant query:"
 )
+
+
+def read_generated(generate_dir: Path, corpus: Corpus) -> tuple[Queries, Qrels]:
+    """Generated queries and their source documents; a source missing from the corpus is an error naming the query."""
+    qrels_path = Path(generate_dir) / "gen-qrels" / "train.tsv"
+    queries = read_queries(Path(generate_dir) / "gen-queries.jsonl")
+    qrels = read_qrels(qrels_path)
+    for qid, judged in qrels.items():
+        if qid not in queries:
+            raise GenqError(f"{qrels_path}: query '{qid}' is not in gen-queries.jsonl")
+        missing = [d for d in judged if d not in corpus]
+        if missing:
+            raise GenqError(f"{qrels_path}: the positive {missing[0]!r} of query '{qid}' is not in the corpus")
+    return queries, qrels
 
 
 class QueryGenerator(Protocol):
@@ -227,7 +246,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
         return read_manifest(stage_dir)
     chunk_dir = prepare_chunks(stage_dir, chunk_settings, cfg.model_dump(mode="json"), overwrite)
     chunks = [ids[i : i + cfg.chunk_size] for i in range(0, len(ids), cfg.chunk_size)]
-    todo = [n for n in range(len(chunks)) if not (chunk_dir / f"chunk-{n:05d}.jsonl").is_file()]
+    todo = [n for n in range(len(chunks)) if not chunk_file(chunk_dir, n).is_file()]
     started, generated_docs = time.perf_counter(), 0
     if todo:
         generator = generator or load_generator(cfg)
@@ -241,25 +260,21 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
                 outputs = _generate_with_oom_retry(generator, [document_text(corpus[d]) for d in batch], per_document, seed)
                 rows += [{"doc_id": d, "candidates": qs} for d, qs in zip(batch, outputs, strict=True)]
                 progress.update(len(batch))
-            with atomic_write(chunk_dir / f"chunk-{n:05d}.jsonl") as handle:
-                for row in rows:
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            write_jsonl(chunk_file(chunk_dir, n), rows)
             generated_docs += len(chunks[n])
         progress.close()
     seconds = time.perf_counter() - started
     stats = CleanStats()
     generated: list[tuple[str, str, str]] = []  # (qid, query, doc_id)
     for n in range(len(chunks)):
-        for line in (chunk_dir / f"chunk-{n:05d}.jsonl").open(encoding="utf-8"):
+        for line in chunk_file(chunk_dir, n).open(encoding="utf-8"):
             row = json.loads(line)
             for i, query in enumerate(clean_queries(row["candidates"], cfg, stats)):
                 generated.append((f"genq-{row['doc_id']}-{i}", query, row["doc_id"]))
     if cfg.filter_top_k:
         generated = round_trip_filter(generated, corpus, cfg, stage_dir.parent / "embeddings", stats)
     qrels: dict[str, dict[str, int]] = {qid: {doc_id: 1} for qid, _, doc_id in generated}
-    with atomic_write(stage_dir / "gen-queries.jsonl") as handle:
-        for qid, query, _ in generated:
-            handle.write(json.dumps({"_id": qid, "text": query}, ensure_ascii=False) + "\n")
+    write_jsonl(stage_dir / "gen-queries.jsonl", ({"_id": qid, "text": query} for qid, query, _ in generated))
     write_qrels(stage_dir / "gen-qrels" / "train.tsv", qrels)
     summary = {
         "documents": len(ids), "queries_per_passage": per_document, "queries": stats.kept, "dropped": stats.dropped,

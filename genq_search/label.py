@@ -19,16 +19,19 @@ from tqdm.auto import tqdm
 from genq_search.config import LabelConfig
 from genq_search.data import (
     Corpus,
-    atomic_write,
+    chunk_file,
     fingerprint,
     mark_stage_complete,
+    merge_chunks,
     prepare_chunks,
     read_manifest,
     stage_is_complete,
+    write_jsonl,
 )
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
-from genq_search.mine import negative_pool, read_generated
+from genq_search.generate import read_generated
+from genq_search.mine import negative_pool
 from genq_search.models import resolve_model
 from genq_search.passages import document_text
 
@@ -164,7 +167,7 @@ def run_label(cfg: LabelConfig, corpus: Corpus, generate_dir: Path, mine_dir: Pa
         logger.warning("%d queries have no mined negative and are skipped", without_negatives)
     chunk_dir = prepare_chunks(stage_dir, settings, cfg.model_dump(mode="json"), overwrite)
     chunks = [tuples[i : i + cfg.chunk_size] for i in range(0, len(tuples), cfg.chunk_size)]
-    todo = [n for n in range(len(chunks)) if not (chunk_dir / f"chunk-{n:05d}.jsonl").is_file()]
+    todo = [n for n in range(len(chunks)) if not chunk_file(chunk_dir, n).is_file()]
     started, labelled, truncated = time.perf_counter(), 0, 0
     if todo:
         teacher = teacher or load_teacher(cfg)
@@ -172,9 +175,7 @@ def run_label(cfg: LabelConfig, corpus: Corpus, generate_dir: Path, mine_dir: Pa
         progress = tqdm(total=len(tuples), initial=len(tuples) - sum(len(chunks[n]) for n in todo), desc="pseudo-label", unit="tuple")
         for n in todo:
             rows = _label_chunk(chunks[n], queries, corpus, teacher)
-            with atomic_write(chunk_dir / f"chunk-{n:05d}.jsonl") as handle:
-                for row in rows:
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            write_jsonl(chunk_file(chunk_dir, n), rows)
             labelled += len(rows)
             progress.update(len(rows))
         progress.close()
@@ -182,12 +183,7 @@ def run_label(cfg: LabelConfig, corpus: Corpus, generate_dir: Path, mine_dir: Pa
         if truncated:
             logger.warning("%d teacher inputs were longer than %d tokens and were truncated", truncated, cfg.max_length)
     seconds = time.perf_counter() - started
-    margins = []
-    with atomic_write(stage_dir / "gpl-training.jsonl") as out:
-        for n in range(len(chunks)):
-            for line in (chunk_dir / f"chunk-{n:05d}.jsonl").open(encoding="utf-8"):
-                margins.append(json.loads(line)["margin"])
-                out.write(line)
+    margins = [row["margin"] for row in merge_chunks(chunk_dir, len(chunks), stage_dir / "gpl-training.jsonl")]
     summary = {"tuples": len(tuples), "queries_without_negatives": without_negatives, "teacher": cfg.teacher,
                "truncated_this_run": truncated, "seconds_this_run": seconds,
                "tuples_per_s": labelled / seconds if labelled and seconds else None,

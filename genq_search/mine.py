@@ -4,7 +4,6 @@ negatives (ids only) in ``hard-negatives.jsonl``. Work is chunked and written at
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,34 +19,21 @@ from genq_search.data import (
     Corpus,
     Qrels,
     Queries,
-    atomic_write,
+    chunk_file,
     fingerprint,
     mark_stage_complete,
+    merge_chunks,
     prepare_chunks,
     read_manifest,
-    read_qrels,
-    read_queries,
     stage_is_complete,
+    write_jsonl,
 )
 from genq_search.encoders import Encoder, encode_passages_cached, load_encoder
 from genq_search.errors import GenqError
+from genq_search.generate import read_generated
 from genq_search.passages import document_text
 
 logger = logging.getLogger(__name__)
-
-
-def read_generated(generate_dir: Path, corpus: Corpus) -> tuple[Queries, Qrels]:
-    """Generated queries and their source documents; a source missing from the corpus is an error naming the query."""
-    qrels_path = Path(generate_dir) / "gen-qrels" / "train.tsv"
-    queries = read_queries(Path(generate_dir) / "gen-queries.jsonl")
-    qrels = read_qrels(qrels_path)
-    for qid, judged in qrels.items():
-        if qid not in queries:
-            raise GenqError(f"{qrels_path}: query '{qid}' is not in gen-queries.jsonl")
-        missing = [d for d in judged if d not in corpus]
-        if missing:
-            raise GenqError(f"{qrels_path}: the positive {missing[0]!r} of query '{qid}' is not in the corpus")
-    return queries, qrels
 
 
 def run_mine(cfg: MineConfig, corpus: Corpus, generate_dir: Path, stage_dir: Path,
@@ -76,23 +62,16 @@ def run_mine(cfg: MineConfig, corpus: Corpus, generate_dir: Path, stage_dir: Pat
 
     qids = list(qrels)
     chunks = [qids[i : i + cfg.chunk_size] for i in range(0, len(qids), cfg.chunk_size)]
-    todo = [n for n in range(len(chunks)) if not (chunk_dir / f"chunk-{n:05d}.jsonl").is_file()]
+    todo = [n for n in range(len(chunks)) if not chunk_file(chunk_dir, n).is_file()]
     started = time.perf_counter()
     if todo:
         doc_ids = list(corpus)  # corpus order: the same texts as an unsplit index, so the embedding cache is shared
         dense = _load_dense(cfg, corpus, doc_ids, stage_dir.parent / "embeddings")
         for n in tqdm(todo, desc="mine negatives", unit="chunk"):
             rows = _mine_chunk(chunks[n], queries, qrels, dense, doc_ids, bm25_backend if cfg.bm25 else None, top_k, cfg.batch_size)
-            with atomic_write(chunk_dir / f"chunk-{n:05d}.jsonl") as handle:
-                for row in rows:
-                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            write_jsonl(chunk_file(chunk_dir, n), rows)
     seconds = time.perf_counter() - started
-    pool_sizes = []
-    with atomic_write(stage_dir / "hard-negatives.jsonl") as out:
-        for n in range(len(chunks)):
-            for line in (chunk_dir / f"chunk-{n:05d}.jsonl").open(encoding="utf-8"):
-                pool_sizes.append(len(negative_pool(json.loads(line))))
-                out.write(line)
+    pool_sizes = [len(negative_pool(row)) for row in merge_chunks(chunk_dir, len(chunks), stage_dir / "hard-negatives.jsonl")]
     summary = {"queries": len(qids), "retrievers": sources, "top_k": top_k, "seconds_this_run": seconds,
                "mean_distinct_negatives": float(np.mean(pool_sizes)) if pool_sizes else 0.0,
                "queries_without_negatives": int(sum(1 for s in pool_sizes if s == 0))}

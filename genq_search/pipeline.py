@@ -79,7 +79,7 @@ def run_gpl_stages(cfg: RunConfig, collection: Collection, base_model: str, over
     """mine -> label -> train (MarginMSE) on the generated queries in ``run_dir/generate``."""
     from genq_search.label import run_label
     from genq_search.mine import run_mine
-    from genq_search.train import run_train
+    from genq_search.train import run_train, train_stage_dir
 
     stages: dict[str, Any] = {}
     generate_dir = cfg.run_dir / "generate"
@@ -92,7 +92,7 @@ def run_gpl_stages(cfg: RunConfig, collection: Collection, base_model: str, over
     stages["label_s"] = time.perf_counter() - start
     start = time.perf_counter()
     train_cfg = cfg.train.model_copy(update={"method": "gpl", "base_model": base_model})
-    stages["train"] = run_train(train_cfg, collection.corpus, generate_dir, cfg.run_dir / "train-gpl", label_dir=cfg.run_dir / "label",
+    stages["train"] = run_train(train_cfg, collection.corpus, generate_dir, train_stage_dir(cfg.run_dir, "gpl"), label_dir=cfg.run_dir / "label",
                                 eval_collection=eval_collection(cfg), overwrite=overwrite)
     stages["train_s"] = time.perf_counter() - start
     return stages
@@ -113,7 +113,7 @@ def run_adapt(cfg: RunConfig, overwrite: bool = False) -> tuple[Comparison, dict
     """
     from genq_search.generate import run_generate
     from genq_search.pretrain import run_pretrain
-    from genq_search.train import run_train
+    from genq_search.train import run_train, train_stage_dir
 
     if cfg.method not in ADAPT_METHODS:
         raise GenqError(f"unknown adapt method '{cfg.method}' ({', '.join(ADAPT_METHODS)})")
@@ -132,7 +132,7 @@ def run_adapt(cfg: RunConfig, overwrite: bool = False) -> tuple[Comparison, dict
     if cfg.method == "genq":
         start = time.perf_counter()
         train_cfg = cfg.train.model_copy(update={"method": "genq"})
-        stages["train"] = run_train(train_cfg, collection.corpus, cfg.run_dir / "generate", cfg.run_dir / "train",
+        stages["train"] = run_train(train_cfg, collection.corpus, cfg.run_dir / "generate", train_stage_dir(cfg.run_dir, "genq"),
                                     eval_collection=eval_collection(cfg), overwrite=overwrite)
         stages["train_s"] = time.perf_counter() - start
     else:

@@ -4,7 +4,6 @@ with 60% of its words deleted and reconstructs the original from the sentence em
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -23,7 +22,7 @@ from genq_search.data import (
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
 from genq_search.models import resolve_model
-from genq_search.train import set_max_seq_length
+from genq_search.train import save_model, set_max_seq_length
 
 logger = logging.getLogger(__name__)
 
@@ -90,15 +89,8 @@ def run_pretrain(cfg: PretrainConfig, corpus: Corpus, base_model: str, stage_dir
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss)
     resume = checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
-    out, tmp = stage_dir / "model", stage_dir / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.model_card_data.model_id = None
-    model.save(str(tmp))
-    (tmp / "GENQ_TRAINING.json").write_text(json.dumps({
-        "method": "TSDAE (DenoisingAutoEncoderLoss, tied decoder)", "base_model": base_model, "sentences": len(rows),
-        "hyper_parameters": cfg.model_dump(mode="json")}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    out = save_model(model, stage_dir, {"method": "TSDAE (DenoisingAutoEncoderLoss, tied decoder)", "base_model": base_model,
+                                        "sentences": len(rows), "hyper_parameters": cfg.model_dump(mode="json")})
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     summary = {"model": str(out), "sentences": len(rows), "steps": result.global_step, "train_loss": result.training_loss,
                "losses": losses, "resumed": resume, "device": device}

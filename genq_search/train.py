@@ -29,7 +29,7 @@ from genq_search.data import (
 )
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
-from genq_search.mine import read_generated
+from genq_search.generate import read_generated
 from genq_search.models import resolve_model
 from genq_search.passages import document_text
 
@@ -61,10 +61,27 @@ def training_tuples(generate_dir: Path, label_dir: Path, corpus: Corpus) -> list
     return rows
 
 
+def train_stage_dir(run_dir: Path, method: str) -> Path:
+    """Where a run keeps the model trained with ``method`` (GenQ keeps its original ``train/``)."""
+    return Path(run_dir) / ("train" if method == "genq" else f"train-{method}")
+
+
+def save_model(model: Any, stage_dir: Path, card: dict[str, Any]) -> Path:
+    """Save a sentence-transformers model with ``GENQ_TRAINING.json`` into ``stage_dir/model``, swapped in only when complete."""
+    out, tmp = Path(stage_dir) / "model", Path(stage_dir) / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.model_card_data.model_id = None
+    model.save(str(tmp))
+    (tmp / "GENQ_TRAINING.json").write_text(json.dumps(card, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
 def set_max_seq_length(model: Any, wanted: int) -> None:
     """Use ``wanted`` tokens, capped by the transformer's position embeddings (and said so when capped)."""
-    limit = getattr(getattr(model[0], "auto_model", None), "config", None)
-    limit = getattr(limit, "max_position_embeddings", None) or wanted
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    limit = getattr(config, "max_position_embeddings", None) or wanted
     if wanted > limit:
         logger.warning("max_seq_length %d exceeds the model's %d positions; using %d", wanted, limit, limit)
     model.max_seq_length = min(wanted, limit)
@@ -150,19 +167,13 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
             logger.warning("out of memory at batch size %d; restarting with %d (lower --train-batch-size)", batch_size * 2, batch_size)
     history = trainer.state.log_history
     losses_seen = [row["loss"] for row in history if "loss" in row]
-    out, tmp = stage_dir / "model", stage_dir / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.model_card_data.model_id = None
-    model.save(str(tmp))
-    (tmp / "GENQ_TRAINING.json").write_text(json.dumps({
+    out = save_model(model, stage_dir, {
         "method": METHODS[cfg.method], "base_model": cfg.base_model, "training_examples": len(rows),
         "distinct_passages": distinct_passages, "generated_queries": str(generate_dir),
         "pseudo_labels": str(label_dir) if label_dir else None,
         "hyper_parameters": {**cfg.model_dump(mode="json"), "batch_size": batch_size, "score_scale": scale},
         "best_checkpoint": trainer.state.best_model_checkpoint,
-    }, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    })
     summary = {"model": str(out), "method": cfg.method, "pairs": len(rows), "batch_size": batch_size, "steps": result.global_step,
                "train_loss": result.training_loss, "losses": losses_seen, "resumed": resume, "device": device,
                "evaluations": [{k: v for k, v in row.items() if "ndcg" in k or k == "step"} for row in history if any("ndcg" in k for k in row)],

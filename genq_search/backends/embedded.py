@@ -132,7 +132,7 @@ class EmbeddedBackend(SearchBackend):
         manifest = json.loads(manifest_path.read_text())
         backend = cls(manifest["bm25"]["token_pattern"], manifest["bm25"]["k1"], manifest["bm25"]["b"])
         with (directory / "bm25.pkl").open("rb") as handle:
-            state = pickle.load(handle)
+            state = pickle.load(handle)  # our own artifact, written by save()
         backend.bm25, backend.doc_ids, backend.tokenizer = state["bm25"], state["doc_ids"], state["tokenizer"]
         rows = [json.loads(line) for line in (directory / "passages.jsonl").open(encoding="utf-8")]
         backend.passage_ids = [r["id"] for r in rows]
