@@ -36,6 +36,21 @@ class Document:
     text: str
 
 
+class SourceCorpus(dict):
+    """A corpus read from a document source that carries a cheap fingerprint of it (e.g. a live index's UUID,
+    document count and max ``_seq_no``), so stages need not hash every document to know whether it changed."""
+
+    def __init__(self, docs: Corpus, fingerprint: str):
+        super().__init__(docs)
+        self.fingerprint = fingerprint
+
+
+def corpus_fingerprint(corpus: Corpus) -> str:
+    """Identity of a corpus for stage settings hashes: the source's own fingerprint when it has one, else a hash
+    of every document."""
+    return getattr(corpus, "fingerprint", None) or fingerprint(sorted(corpus.items()))
+
+
 @dataclass
 class Collection:
     """A corpus with (optionally) labelled queries."""

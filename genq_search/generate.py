@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from genq_search.config import GenerateConfig
 from genq_search.data import (
+    corpus_fingerprint,
     Corpus,
     Qrels,
     Queries,
@@ -237,7 +238,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
     """Generate queries for the corpus into ``stage_dir``; finished chunks are reused on a rerun."""
     stage_dir = Path(stage_dir)
     ids, per_document = plan_documents(corpus, cfg)
-    corpus_hash = fingerprint(sorted(corpus.items()))
+    corpus_hash = corpus_fingerprint(corpus)
     settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), corpus_hash])
     # chunks hold raw generations: clean-up and filter settings may change without regenerating them
     chunk_settings = fingerprint([cfg.model_dump(mode="json", exclude=POST_PROCESSING | {"device", "batch_size"}), corpus_hash])

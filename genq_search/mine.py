@@ -16,6 +16,7 @@ from genq_search.backends.base import SearchBackend
 from genq_search.backends.embedded import exact_top_k
 from genq_search.config import MineConfig
 from genq_search.data import (
+    corpus_fingerprint,
     Corpus,
     Qrels,
     Queries,
@@ -54,7 +55,7 @@ def run_mine(cfg: MineConfig, corpus: Corpus, generate_dir: Path, stage_dir: Pat
     if not sources:
         raise GenqError("no retriever to mine with: set mine.retrievers and/or mine.bm25")
     settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), top_k,
-                            read_manifest(generate_dir).get("settings_hash"), fingerprint(sorted(corpus.items()))])
+                            read_manifest(generate_dir).get("settings_hash"), corpus_fingerprint(corpus)])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("mine: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)

@@ -13,6 +13,7 @@ from typing import Any
 
 from genq_search.config import PretrainConfig
 from genq_search.data import (
+    corpus_fingerprint,
     Corpus,
     fingerprint,
     mark_stage_complete,
@@ -58,7 +59,7 @@ def run_pretrain(cfg: PretrainConfig, corpus: Corpus, base_model: str, stage_dir
     if cfg.method != "tsdae":
         raise GenqError(f"unknown pre-training method '{cfg.method}' (tsdae)")
     stage_dir = Path(stage_dir)
-    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device"}), base_model, fingerprint(sorted(corpus.items()))])
+    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device"}), base_model, corpus_fingerprint(corpus)])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("pretrain: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)

@@ -20,6 +20,7 @@ from genq_search.data import (
     Collection,
     Queries,
     Results,
+    corpus_fingerprint,
     fingerprint,
     mark_stage_complete,
     stage_is_complete,
@@ -63,10 +64,6 @@ class Timings:
     passages: int = 0
 
 
-def corpus_fingerprint(collection: Collection) -> str:
-    return fingerprint(sorted((d, v["title"], v["text"]) for d, v in collection.corpus.items()))
-
-
 def build_index(
     collection: Collection,
     encoder: Encoder | None,
@@ -93,7 +90,7 @@ def build_index(
     if backend_cfg.kind is BackendKind.OPENSEARCH:
         from genq_search.backends.opensearch import OpenSearchBackend, connect
 
-        name = backend_cfg.index or f"genq-{corpus_fingerprint(collection)[:8]}-{label}"
+        name = backend_cfg.index or f"genq-{corpus_fingerprint(collection.corpus)[:8]}-{label}"
         backend: SearchBackend = OpenSearchBackend(connect(backend_cfg), name, backend_cfg)
         if not backend.reusable(len(collection.corpus), encoder.dim if encoder else None):
             backend.index(collection.corpus, passages, vectors)
@@ -102,7 +99,7 @@ def build_index(
 
         index_dir = run_dir / "index" / label
         settings = fingerprint(
-            [corpus_fingerprint(collection), encoder.fingerprint() if encoder else None, max_tokens,
+            [corpus_fingerprint(collection.corpus), encoder.fingerprint() if encoder else None, max_tokens,
              corpus_cfg.passage_stride, backend_cfg.token_pattern, backend_cfg.bm25_k1, backend_cfg.bm25_b]
         )
         if stage_is_complete(index_dir, settings):
