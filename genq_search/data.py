@@ -91,24 +91,52 @@ def _required_str(path: Path, line_no: int, obj: dict[str, Any], field: str, all
     return value
 
 
+def field_value(obj: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path (``"meta.title"``) of a JSON object, or None."""
+    value: Any = obj
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def joined_text(obj: dict[str, Any], fields: list[str]) -> str:
+    """The non-empty string values of ``fields`` (dotted paths; lists of strings joined too), joined by a space."""
+    parts: list[str] = []
+    for name in fields:
+        value = field_value(obj, name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, int | float) and not isinstance(item, bool):
+                item = str(item)
+            if isinstance(item, str) and item.strip():
+                parts.append(item.strip())
+    return " ".join(parts)
+
+
 def iter_documents(
-    path: Path, id_field: str = "_id", title_field: str = "title", text_field: str = "text"
+    path: Path, id_field: str = "_id", title_field: str | None = "title", text_fields: list[str] | None = None
 ) -> Iterator[Document]:
     """Stream documents from a JSONL file (title optional, text required, ids unique)."""
+    text_fields = text_fields or ["text"]
     seen: set[str] = set()
     for line_no, obj in iter_jsonl(path):
         doc_id = _required_str(path, line_no, obj, id_field)
         if doc_id in seen:
             raise InputError(path, f"duplicate id '{doc_id}'", line_no, id_field)
         seen.add(doc_id)
-        title = obj.get(title_field) or ""
+        title = (field_value(obj, title_field) if title_field else None) or ""
         if not isinstance(title, str):
             raise InputError(path, f"expected a string, got {type(title).__name__}", line_no, title_field)
-        yield Document(doc_id, title, _required_str(path, line_no, obj, text_field))
+        if len(text_fields) == 1 and "." not in text_fields[0]:
+            text = _required_str(path, line_no, obj, text_fields[0])
+        else:
+            text = joined_text(obj, text_fields)
+            if not text:
+                raise InputError(path, "is empty", line_no, ",".join(text_fields))
+        yield Document(doc_id, title, text)
 
 
-def read_corpus(path: Path, id_field: str = "_id", title_field: str = "title", text_field: str = "text") -> Corpus:
-    corpus = {d.id: {"title": d.title, "text": d.text} for d in iter_documents(path, id_field, title_field, text_field)}
+def read_corpus(path: Path, id_field: str = "_id", title_field: str | None = "title", text_fields: list[str] | None = None) -> Corpus:
+    corpus = {d.id: {"title": d.title, "text": d.text} for d in iter_documents(path, id_field, title_field, text_fields)}
     if not corpus:
         raise InputError(path, "no documents")
     return corpus
@@ -166,9 +194,11 @@ def load_collection(
     path: Path,
     split: str = "test",
     id_field: str = "_id",
-    title_field: str = "title",
-    text_field: str = "text",
+    title_field: str | None = "title",
+    text_fields: list[str] | None = None,
     with_qrels: bool = True,
+    queries_path: Path | None = None,
+    qrels_path: Path | None = None,
 ) -> Collection:
     """Load a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``).
 
@@ -177,14 +207,17 @@ def load_collection(
     path = Path(path)
     if not path.is_dir():
         raise GenqError(f"{path}: not a directory (expected a BEIR folder with corpus.jsonl)")
-    corpus = read_corpus(path / "corpus.jsonl", id_field, title_field, text_field)
+    corpus = read_corpus(path / "corpus.jsonl", id_field, title_field, text_fields)
     if not with_qrels:
         return Collection(corpus, {}, {})
-    queries = read_queries(path / "queries.jsonl")
-    qrels_path = path / "qrels" / f"{split}.tsv"
+    return Collection(corpus, *read_labels(corpus, queries_path or path / "queries.jsonl", qrels_path or path / "qrels" / f"{split}.tsv"))
+
+
+def read_labels(corpus: Corpus, queries_path: Path, qrels_path: Path) -> tuple[Queries, Qrels]:
+    """Labelled queries and their judgements, checked against the corpus' ids; only judged queries are kept."""
+    queries = read_queries(queries_path)
     qrels = check_qrels(read_qrels(qrels_path), corpus, queries, qrels_path)
-    queries = {q: queries[q] for q in qrels}
-    return Collection(corpus, queries, qrels)
+    return {q: queries[q] for q in qrels}, qrels
 
 
 # --- atomic artifacts and stage manifests -------------------------------------------------------------

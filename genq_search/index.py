@@ -1,10 +1,18 @@
-"""Zero-downtime reindex of an existing OpenSearch index with passage vectors.
+"""Reindex a live OpenSearch index (or every index behind an alias) into ``<alias>-v<N>`` with passage vectors,
+losing nothing.
 
-Reads every document of the source (point-in-time + ``search_after`` on ``_id``, plain ``search_after`` where PIT
-is unavailable), encodes the configured text fields, writes into ``<alias>-v<N>`` (a copy of the source's
-settings and mappings plus the vector field), verifies counts, sampled sources and the vector dimension, then
-switches the alias atomically. The source is never modified. A checkpoint (last ``_id`` written) makes an
-interrupted run resume; documents are written by ``_id``, so a replayed batch never duplicates.
+1. Plan: the state file ``<run_dir>/reindex-<alias>.json`` names the target and is written *before* the target is
+   created, so a crash at any point resumes (the target is marked in its ``_meta`` as the tool's, for this run).
+2. Copy: shard by shard in ``_seq_no`` order up to the shards' checkpoints (see ``sources.scan``); batch i+1 is
+   encoded while batch i is bulk-written. Per-shard cursors advance as batches land; documents that fail are
+   recorded with their reasons and retried, exactly those, by the next run.
+3. Catch-up: rounds copying what moved past the cursors (documents created or updated since) until a round finds
+   nothing (or ``catchup_rounds`` are spent); deletions are found by comparing every id of source and target.
+4. With ``freeze_writes`` the source gets a write block for the final round, the verification and the switch; it
+   is released in every case.
+5. Verify: identical id sets, a random sample of sources identical field by field (a different sample each run),
+   vectors of the model's dimension on every document that has text. Then the alias moves in one atomic call.
+The source is only read (and refreshed, which makes already-written documents searchable and changes no data).
 """
 
 from __future__ import annotations
@@ -12,9 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import random
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,257 +35,419 @@ from genq_search.backends.opensearch import (
     VECTOR_FIELD,
     OpenSearchBackend,
     connect,
-    copy_mapping_with_vectors,
     explain_error,
+    tool_meta,
+    vector_field_mapping,
 )
-from genq_search.config import BackendConfig
+from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
 from genq_search.data import fingerprint, write_json
 from genq_search.encoders import Encoder
 from genq_search.errors import GenqError
 from genq_search.passages import split_documents
+from genq_search.sources import (
+    Cursors,
+    concrete_indices,
+    hit_document,
+    refreshed_checkpoints,
+    scan,
+    source_fields,
+)
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ReindexPlan:
+class ReindexState:
+    """What a run has done so far; saved atomically after every batch (``<run_dir>/reindex-<alias>.json``)."""
+
     source: str
     source_indices: list[str]
     alias: str
     target: str
-    documents: int
-    text_fields: list[str]
     model: str
     dim: int
-    engine: str
-    resume_after: str | None = None
-    written: int = 0
+    settings_hash: str
+    documents: int = 0
+    cursors: Cursors = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    copied: int = 0
+    caught_up: int = 0
+    deleted: int = 0
+    without_text: int = 0
+    resumed: bool = False
     checkpoint: str = ""
-    settings_hash: str = ""
+    alias_now: list[str] = field(default_factory=list)
+
+    def save(self) -> None:
+        write_json(Path(self.checkpoint), {k: v for k, v in asdict(self).items() if k not in {"checkpoint", "resumed", "alias_now"}})
 
     def describe(self) -> str:
+        moves = f"{self.alias}: {', '.join(self.alias_now) or '(new alias)'} -> {self.target}"
         lines = [
             f"source      {self.source} -> {', '.join(self.source_indices)} ({self.documents} documents)",
-            (f"target      {self.target} (new; settings and mappings copied, + nested '{VECTOR_FIELD}' knn_vector "
-             f"dim {self.dim}, engine {self.engine})"),
-            f"encode      {', '.join(self.text_fields)} with {self.model}",
-            f"alias       {self.alias} -> {self.target} after verification (count, sampled sources, dimension)",
+            f"target      {self.target} (settings and mappings of the source + nested '{VECTOR_FIELD}' knn_vector, dim {self.dim})",
+            f"encode      with {self.model}",
+            f"alias       {moves}, only after catch-up and verification (every id, sampled sources, vectors)",
         ]
-        if self.resume_after is not None:
-            lines.append(f"resume      after _id {self.resume_after!r} ({self.written} documents already written)")
+        if self.resumed:
+            lines.append(f"resume      {self.copied} documents already copied; {len(self.failed)} failed earlier, retried now")
         return "\n".join(lines)
 
 
 @dataclass
 class ReindexResult:
-    plan: ReindexPlan
+    state: ReindexState
     written: int
     seconds: float
     docs_per_s: float
-    without_text: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _concrete_indices(client: Any, name: str, cfg: BackendConfig) -> list[str]:
-    try:
-        return sorted(client.indices.get(index=name))
-    except Exception as exc:  # noqa: BLE001
-        if type(exc).__name__ == "NotFoundError":
-            raise GenqError(f"source index or alias '{name}' does not exist at {cfg.url}") from None
-        raise explain_error(exc, cfg, f"reading '{name}'") from None
+    verified_ids: int
+    sample_seed: int
+    alias_switch_s: float
+    stages_s: dict[str, float]
+    changed_after_switch: int = 0
+    previous: list[str] = field(default_factory=list)
 
 
 def plan_reindex(client: Any, cfg: BackendConfig, source: str, alias: str | None, encoder: Encoder,
-                 text_fields: list[str], state_dir: Path) -> ReindexPlan:
-    indices = _concrete_indices(client, source, cfg)
-    is_alias = bool(client.indices.exists_alias(name=source))
+                 corpus: CorpusConfig, state_dir: Path) -> ReindexState:
+    """Resolve the source, alias and target; pick up an unfinished run with the same settings."""
+    indices = concrete_indices(client, cfg, source)
     if alias is None:
-        if not is_alias:
+        if not client.indices.exists_alias(name=source):
             raise GenqError(f"'{source}' is an index, not an alias: pass --alias NAME for the alias to create "
                             "(the source index keeps its name and is never modified)")
         alias = source
     if client.indices.exists(index=alias) and not client.indices.exists_alias(name=alias):
         raise GenqError(f"cannot create alias '{alias}': an index with that name exists; choose another --alias")
     checkpoint = Path(state_dir) / f"reindex-{alias}.json"
-    settings_hash = fingerprint([source, alias, encoder.fingerprint(), text_fields, cfg.engine, cfg.space_type])
+    settings_hash = fingerprint([source, alias, encoder.fingerprint(), corpus.title_field, corpus.text_fields,
+                                 corpus.passage_tokens, corpus.passage_stride, cfg.engine, cfg.space_type])
     documents = int(client.count(index=source)["count"])
     if checkpoint.is_file():
-        state = json.loads(checkpoint.read_text())
-        if state["settings_hash"] == settings_hash and client.indices.exists(index=state["target"]):
-            return ReindexPlan(**{**state, "documents": documents, "source_indices": indices})
-        logger.warning("ignoring stale checkpoint %s (settings changed or target gone)", checkpoint)
-    existing = [n for n in client.indices.get(index=f"{alias}-v*", ignore_unavailable=True, allow_no_indices=True)]
+        saved = json.loads(checkpoint.read_text())
+        if saved.get("settings_hash") == settings_hash:
+            state = ReindexState(**{**saved, "documents": documents, "source_indices": indices}, resumed=True,
+                                 checkpoint=str(checkpoint))
+            meta = tool_meta(client, state.target)
+            if meta is None and client.indices.exists(index=state.target):
+                raise GenqError(f"target '{state.target}' exists but was not created by genq-search; refusing to write into it")
+            return state
+        logger.warning("ignoring the unfinished reindex in %s: its settings differ (its target %s is left as it is)",
+                       checkpoint, saved.get("target"))
+    existing = client.indices.get(index=f"{alias}-v*", ignore_unavailable=True, allow_no_indices=True)
     versions = [int(m.group(1)) for n in existing if (m := re.fullmatch(rf"{re.escape(alias)}-v(\d+)", n))]
-    target = f"{alias}-v{max(versions, default=0) + 1}"
-    if target in indices:
-        target = f"{alias}-v{max(versions, default=0) + 2}"
-    return ReindexPlan(source, indices, alias, target, documents, text_fields, encoder.name, encoder.dim,
-                       cfg.engine.value, None, 0, str(checkpoint), settings_hash)
+    version = max(versions, default=0) + 1
+    while f"{alias}-v{version}" in indices or client.indices.exists(index=f"{alias}-v{version}"):
+        version += 1
+    return ReindexState(source, indices, alias, f"{alias}-v{version}", encoder.name, encoder.dim, settings_hash,
+                        documents, checkpoint=str(checkpoint))
 
 
-def _create_target(client: Any, cfg: BackendConfig, plan: ReindexPlan) -> None:
-    source_index = plan.source_indices[0]
-    settings = client.indices.get_settings(index=source_index)[source_index]["settings"]["index"]
-    mappings = client.indices.get_mapping(index=source_index)[source_index]["mappings"]
-    index_settings: dict[str, Any] = {
-        "knn": True, "knn.algo_param.ef_search": cfg.ef_search, "number_of_shards": int(settings.get("number_of_shards", 1)),
-        "number_of_replicas": 0, "refresh_interval": "-1",
-    }
-    for key in ("analysis", "similarity"):
-        if key in settings:
-            index_settings[key] = settings[key]
-    body = {"settings": {"index": index_settings}, "mappings": copy_mapping_with_vectors(mappings, cfg, plan.dim)}
+def merged_source_body(client: Any, cfg: BackendConfig, indices: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Settings (shards, analysis, similarity, replicas, refresh) and mappings of every source index, merged;
+    conflicting definitions are refused."""
+    settings = client.indices.get_settings(index=",".join(indices))
+    mappings = client.indices.get_mapping(index=",".join(indices))
+    merged: dict[str, Any] = {}
+    shared: dict[str, Any] = {}
+    for index in indices:
+        own = settings[index]["settings"]["index"]
+        for key in ("analysis", "similarity", "number_of_shards"):
+            if key in own:
+                if key in shared and shared[key] != own[key]:
+                    raise GenqError(f"the indices behind '{indices[0]}' differ in '{key}' ({indices[0]} vs {index}); "
+                                    "reindex them one by one")
+                shared[key] = own[key]
+        shared.setdefault("number_of_replicas", own.get("number_of_replicas", "1"))
+        shared.setdefault("refresh_interval", own.get("refresh_interval", "1s"))
+        _merge_properties(merged, mappings[index]["mappings"].get("properties", {}), index)
+    body_mappings = dict(mappings[indices[0]]["mappings"])
+    body_mappings["properties"] = merged
+    return shared, body_mappings
+
+
+def _merge_properties(into: dict[str, Any], new: dict[str, Any], index: str, prefix: str = "") -> None:
+    for name, spec in new.items():
+        if name not in into:
+            into[name] = spec
+        elif "properties" in spec and "properties" in into[name]:
+            _merge_properties(into[name]["properties"], spec["properties"], index, f"{prefix}{name}.")
+        elif into[name] != spec:
+            raise GenqError(f"mapping conflict between the indices behind the alias: field '{prefix}{name}' is "
+                            f"{json.dumps(into[name])} elsewhere but {json.dumps(spec)} in '{index}'")
+
+
+def create_target(client: Any, cfg: BackendConfig, state: ReindexState, corpus: CorpusConfig) -> dict[str, Any]:
+    """Create the target (no replicas, no refresh during the load); returns the settings to restore afterwards."""
+    shared, mappings = merged_source_body(client, cfg, state.source_indices)
+    restore = {"number_of_replicas": shared.pop("number_of_replicas"), "refresh_interval": shared.pop("refresh_interval")}
+    if client.indices.exists(index=state.target):
+        return restore
+    if VECTOR_FIELD in mappings["properties"]:
+        existing = mappings["properties"][VECTOR_FIELD]
+        if existing.get("type") != "nested" or "vector" not in existing.get("properties", {}):
+            raise GenqError(f"mapping conflict: the source already has a field '{VECTOR_FIELD}' that is not a genq-search vector field")
+    mappings["properties"][VECTOR_FIELD] = vector_field_mapping(cfg, state.dim)
+    mappings["_meta"] = {**mappings.get("_meta", {}), "genq_search": {
+        "created_by": "genq-search", "source": state.source, "settings_hash": state.settings_hash, "model": state.model,
+        "passage_tokens": corpus.passage_tokens, "passage_stride": corpus.passage_stride,
+        "title_field": corpus.title_field, "text_fields": corpus.text_fields}}
+    index_settings = {**{k: v for k, v in shared.items() if k in ("analysis", "similarity")},
+                      "knn": True, "knn.algo_param.ef_search": cfg.ef_search,
+                      "number_of_shards": int(shared.get("number_of_shards", 1)), "number_of_replicas": 0, "refresh_interval": "-1"}
     try:
-        client.indices.create(index=plan.target, body=body)
+        client.indices.create(index=state.target, body={"settings": {"index": index_settings}, "mappings": mappings})
     except Exception as exc:  # noqa: BLE001
-        raise explain_error(exc, cfg, f"creating '{plan.target}'") from None
+        raise explain_error(exc, cfg, f"creating '{state.target}'") from None
+    return restore
 
 
-def _read_batches(client: Any, cfg: BackendConfig, source: str, after: str | None, size: int):
-    """Yield lists of hits sorted by ``_id``, starting after ``after``; PIT when the cluster supports it."""
-    pit_id = None
+class Copier:
+    """Encodes batches of source hits and bulk-writes them into the target on a second thread (pipelined)."""
+
+    def __init__(self, client: Any, cfg: BackendConfig, corpus: CorpusConfig, encoder: Encoder, state: ReindexState,
+                 encode_batch: int):
+        self.client, self.cfg, self.corpus, self.encoder, self.state = client, cfg, corpus, encoder, state
+        self.encode_batch = encode_batch
+        self.target = OpenSearchBackend(client, state.target, cfg)
+        self.max_tokens = corpus.passage_tokens if corpus.passage_tokens is not None else encoder.max_seq_length
+
+    def actions(self, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        docs = {h["_id"]: hit_document(h, self.corpus)[1:] for h in hits}
+        with_text = {d: {"title": title, "text": text} if text else {"title": "", "text": title}
+                     for d, (title, text) in docs.items() if title or text}
+        self.state.without_text += len(docs) - len(with_text)
+        passages = split_documents(with_text, self.encoder.tokenizer, self.max_tokens, self.corpus.passage_stride)
+        vectors = self.encoder.encode_passages([p.text for p in passages], batch_size=self.encode_batch, progress=False) if passages else []
+        by_doc: dict[str, list[list[float]]] = {}
+        for passage, vector in zip(passages, vectors, strict=True):
+            by_doc.setdefault(passage.doc_id, []).append(vector.tolist())
+        out = []
+        for h in hits:
+            action = {"_index": self.state.target, "_id": h["_id"],
+                      "_source": {**h["_source"], VECTOR_FIELD: [{"vector": v} for v in by_doc.get(h["_id"], [])]}}
+            if h.get("_routing"):
+                action["routing"] = h["_routing"]
+            out.append(action)
+        return out
+
+    def run(self, batches: Iterable[tuple[str, str, list[dict[str, Any]]]], progress: Any, counter: str) -> int:
+        """Copy every batch; advance the cursors and save the state as batches land. Returns documents written."""
+        work: queue.Queue[tuple[list[dict[str, Any]], str, str, int] | None] = queue.Queue(maxsize=2)
+        errors: list[BaseException] = []
+        written = 0
+
+        def writer() -> None:
+            nonlocal written
+            while (item := work.get()) is not None:
+                actions, index, shard, last_seq = item
+                if errors:
+                    continue
+                try:
+                    ok, failed = self.target.bulk(actions, progress=False)
+                    failed_ids = dict(failed)
+                    for action in actions:
+                        if action["_id"] not in failed_ids:
+                            self.state.failed.pop(action["_id"], None)
+                    self.state.failed.update(failed_ids)
+                    written += ok
+                    setattr(self.state, counter, getattr(self.state, counter) + ok)
+                    if index:
+                        self.state.cursors.setdefault(index, {})[shard] = max(last_seq, self.state.cursors.get(index, {}).get(shard, -1))
+                    self.state.save()
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                    errors.append(exc)
+
+        thread = threading.Thread(target=writer, name="reindex-bulk-writer", daemon=True)
+        thread.start()
+        try:
+            for index, shard, hits in batches:
+                if errors:
+                    break
+                work.put((self.actions(hits), index, shard, int(hits[-1].get("_seq_no", -1))))
+                progress.update(len(hits))
+        except GenqError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. the cluster went away mid-read
+            raise explain_error(exc, self.cfg, f"reading '{self.state.source}'") from None
+        finally:
+            work.put(None)
+            thread.join()
+        if errors:
+            raise errors[0]
+        return written
+
+    def copy_ids(self, ids: list[str], progress: Any, counter: str) -> int:
+        """Copy the current version of these source documents (those still in the source)."""
+        hits = []
+        for start in range(0, len(ids), 500):
+            docs = self.client.mget(index=self.state.source, body={"ids": ids[start : start + 500]})["docs"]
+            hits += [{"_id": d["_id"], "_source": d["_source"], **({"_routing": d["_routing"]} if d.get("_routing") else {})}
+                     for d in docs if d.get("found")]
+        gone = set(ids) - {h["_id"] for h in hits}
+        for doc_id in gone:
+            self.state.failed.pop(doc_id, None)
+        batches = (("", "", hits[i : i + 256]) for i in range(0, len(hits), 256))
+        return self.run(batches, progress, counter)
+
+
+def all_ids(client: Any, cfg: BackendConfig, indices: list[str]) -> set[str]:
+    upto, _ = refreshed_checkpoints(client, cfg, indices)
+    return {h["_id"] for _, _, hits in scan(client, indices, None, upto, 5000, source=False) for h in hits}
+
+
+def _set_write_block(client: Any, cfg: BackendConfig, indices: list[str], blocked: bool | None) -> None:
     try:
-        pit_id = client.create_pit(index=source, params={"keep_alive": "10m"})["pit_id"]
-    except Exception:  # noqa: BLE001 - PIT needs OpenSearch 2.4+: fall back to plain search_after
-        logger.info("point-in-time search unavailable; reading with search_after only")
-    try:
-        while True:
-            body: dict[str, Any] = {"size": size, "sort": [{"_id": "asc"}], "query": {"match_all": {}}}
-            if after is not None:
-                body["search_after"] = [after]
-            if pit_id:
-                body["pit"] = {"id": pit_id, "keep_alive": "10m"}
-                response = client.search(body=body)
-            else:
-                response = client.search(index=source, body=body)
-            hits = response["hits"]["hits"]
-            if not hits:
-                return
-            after = hits[-1]["_id"]
-            yield hits
-    finally:
-        if pit_id:
-            try:
-                client.delete_pit(body={"pit_id": [pit_id]})
-            except Exception:
-                logger.debug("could not delete PIT", exc_info=True)
+        client.indices.put_settings(index=",".join(indices), body={"index": {"blocks.write": blocked}})
+    except Exception as exc:  # noqa: BLE001
+        raise explain_error(exc, cfg, f"{'setting' if blocked else 'releasing'} the write block on {', '.join(indices)}") from None
 
 
-def _text(source: dict[str, Any], fields: list[str]) -> str:
-    parts = []
-    for name in fields:
-        value: Any = source
-        for key in name.split("."):
-            value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, str) and value.strip():
-            parts.append(value.strip())
-    return " ".join(parts)
-
-
-def run_reindex(cfg: BackendConfig, source: str, alias: str | None, encoder: Encoder, text_fields: list[str],
-                state_dir: Path, read_batch: int = 256, encode_batch: int = 64, passage_tokens: int | None = None,
-                passage_stride: int = 32, dry_run: bool = False, verify_sample: int = 50) -> ReindexPlan | ReindexResult:
-    """Reindex ``source`` into a new versioned index with vectors and point ``alias`` at it."""
+def run_reindex(cfg: BackendConfig, corpus: CorpusConfig, reindex: ReindexConfig, source: str, encoder: Encoder,
+                state_dir: Path, encode_batch: int = 64, dry_run: bool = False) -> ReindexState | ReindexResult:
+    """Reindex ``source`` into a new versioned index with vectors and point ``reindex.alias`` at it."""
     client = connect(cfg)
-    plan = plan_reindex(client, cfg, source, alias, encoder, text_fields, state_dir)
+    state = plan_reindex(client, cfg, source, reindex.alias, encoder, corpus, state_dir)
+    previous = sorted(client.indices.get_alias(name=state.alias)) if client.indices.exists_alias(name=state.alias) else []
+    state.alias_now = previous
     if dry_run:
-        return plan
-    if plan.resume_after is None and plan.written == 0:
-        _create_target(client, cfg, plan)
-        write_json(Path(plan.checkpoint), asdict(plan))
-    target = OpenSearchBackend(client, plan.target, cfg)
-    max_tokens = passage_tokens if passage_tokens is not None else encoder.max_seq_length
-    started, written, without_text, resumed_at = time.perf_counter(), plan.written, 0, plan.written
-    failures: list[tuple[str, str]] = []
-    work: queue.Queue[tuple[list[dict[str, Any]], str] | None] = queue.Queue(maxsize=2)
-    writer_error: list[BaseException] = []
-
-    def writer() -> None:  # bulk-writes batch i while the main thread encodes batch i+1
-        nonlocal written
-        while (item := work.get()) is not None:
-            actions, last_id = item
-            if writer_error:
-                continue
-            try:
-                ok, failed = target.bulk(actions, progress=False)
-                failures.extend(failed)
-                written += ok
-                plan.resume_after, plan.written = last_id, written
-                write_json(Path(plan.checkpoint), asdict(plan))
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-                writer_error.append(exc)
-
-    thread = threading.Thread(target=writer, name="reindex-bulk-writer", daemon=True)
-    thread.start()
-    progress = tqdm(total=plan.documents, initial=plan.written, desc=f"reindex {plan.target}", unit="doc")
+        return state
+    started, stages = time.perf_counter(), {}
+    state.save()  # the intent first: a crash right after the target is created resumes into it
+    restore = create_target(client, cfg, state, corpus)
+    copier = Copier(client, cfg, corpus, encoder, state, encode_batch)
+    indices = state.source_indices
+    written_before = state.copied + state.caught_up
+    progress = tqdm(total=state.documents, initial=min(state.copied, state.documents), desc=f"reindex {state.target}", unit="doc")
     try:
-        for hits in _read_batches(client, cfg, plan.source, plan.resume_after, read_batch):
-            if writer_error:
+        if state.failed:
+            logger.info("retrying %d documents that failed in the previous run", len(state.failed))
+            copier.copy_ids(sorted(state.failed), progress, "copied")
+        upto, _ = refreshed_checkpoints(client, cfg, indices)
+        copier.run(scan(client, indices, state.cursors, upto, corpus.read_batch), progress, "copied")
+        stages["copy_s"] = time.perf_counter() - started
+        _raise_failures(state)
+        start = time.perf_counter()
+        for _ in range(reindex.catchup_rounds):
+            upto, _ = refreshed_checkpoints(client, cfg, indices)
+            if not copier.run(scan(client, indices, state.cursors, upto, corpus.read_batch), progress, "caught_up"):
                 break
-            corpus = {h["_id"]: {"title": "", "text": _text(h["_source"], text_fields)} for h in hits}
-            with_text = {d: v for d, v in corpus.items() if v["text"]}
-            without_text += len(corpus) - len(with_text)
-            passages = split_documents(with_text, encoder.tokenizer, max_tokens, passage_stride)
-            vectors = encoder.encode_passages([p.text for p in passages], batch_size=encode_batch, progress=False) if passages else []
-            by_doc: dict[str, list[list[float]]] = {}
-            for passage, vector in zip(passages, vectors, strict=True):
-                by_doc.setdefault(passage.doc_id, []).append(vector.tolist())
-            actions = [
-                {"_index": plan.target, "_id": h["_id"],
-                 "_source": {**h["_source"], VECTOR_FIELD: [{"vector": v} for v in by_doc.get(h["_id"], [])]}}
-                for h in hits
-            ]
-            work.put((actions, hits[-1]["_id"]))
-            progress.update(len(hits))
+        _raise_failures(state)
+        stages["catchup_s"] = time.perf_counter() - start
     finally:
-        work.put(None)
-        thread.join()
         progress.close()
-    if writer_error:
-        raise writer_error[0]
-    if failures:
-        shown = "; ".join(f"{i}: {r}" for i, r in failures[:5])
-        raise GenqError(f"{len(failures)} documents failed to index into '{plan.target}' (alias not switched; rerun "
-                        f"to resume): {shown}")
-    target.finish_load()
-    _verify(client, cfg, plan, verify_sample)
-    _switch_alias(client, cfg, plan)
-    Path(plan.checkpoint).unlink(missing_ok=True)
+    OpenSearchBackend(client, state.target, cfg).finish_load(restore["number_of_replicas"], restore["refresh_interval"])
+    start = time.perf_counter()
+    if reindex.freeze_writes:
+        settings = client.indices.get_settings(index=",".join(indices), name="index.blocks.write")
+        before = {i: settings.get(i, {}).get("settings", {}).get("index", {}).get("blocks", {}).get("write") for i in indices}
+        _set_write_block(client, cfg, indices, True)
+        try:
+            verified, seed, switch_s = _final(client, cfg, copier, reindex)
+        finally:
+            for index, value in before.items():
+                _set_write_block(client, cfg, [index], None if value is None else value == "true")
+    else:
+        verified, seed, switch_s = _final(client, cfg, copier, reindex)
+    stages["verify_switch_s"] = time.perf_counter() - start
+    changed_after = 0
+    if not reindex.freeze_writes:
+        upto, _ = refreshed_checkpoints(client, cfg, indices)
+        changed_after = sum(len(h) for _, _, h in scan(client, indices, state.cursors, upto, 5000, source=False))
+        if changed_after:
+            logger.warning("%d documents changed in '%s' between the last catch-up and the alias switch; rerun with "
+                           "--freeze-writes for a switch that loses nothing under live writes", changed_after, source)
+    Path(state.checkpoint).unlink(missing_ok=True)
     seconds = time.perf_counter() - started
-    return ReindexResult(plan, written, seconds, (written - resumed_at) / seconds if seconds else 0.0, without_text, failures)
+    written = state.copied + state.caught_up - written_before
+    return ReindexResult(state, written, seconds, written / seconds if seconds else 0.0, verified, seed, switch_s, stages,
+                         changed_after, previous)
 
 
-def _verify(client: Any, cfg: BackendConfig, plan: ReindexPlan, sample: int) -> None:
-    source_count = int(client.count(index=plan.source)["count"])
-    target_count = int(client.count(index=plan.target)["count"])
-    if source_count != target_count:
-        raise GenqError(f"verification failed: source '{plan.source}' has {source_count} documents, target "
-                        f"'{plan.target}' has {target_count} (did the source change during the reindex?); alias not switched")
-    dim = OpenSearchBackend(client, plan.target, cfg).vector_dimension()
-    if dim != plan.dim:
-        raise GenqError(f"verification failed: target vector dimension {dim}, expected {plan.dim}; alias not switched")
-    query = {"function_score": {"random_score": {"seed": 13, "field": "_seq_no"}}}
-    hits = client.search(index=plan.source, body={"size": sample, "_source": False, "query": query})["hits"]["hits"]
-    chosen = [h["_id"] for h in hits]
-    if not chosen:
-        return
-    src = {d["_id"]: d["_source"] for d in client.mget(index=plan.source, body={"ids": chosen})["docs"]}
-    dst = {d["_id"]: d.get("_source") for d in client.mget(index=plan.target, body={"ids": chosen})["docs"]}
-    for doc_id in chosen:
-        copied, original = dict(dst.get(doc_id) or {}), dict(src[doc_id])
-        copied.pop(VECTOR_FIELD, None)
-        original.pop(VECTOR_FIELD, None)  # re-reindexing an index that already has vectors replaces them
-        if copied != original:
-            raise GenqError(f"verification failed: document '{doc_id}' differs between source and target; alias not switched")
+def _raise_failures(state: ReindexState) -> None:
+    if state.failed:
+        shown = "; ".join(f"{i}: {r}" for i, r in list(state.failed.items())[:5])
+        raise GenqError(f"{len(state.failed)} documents failed to index into '{state.target}' (alias not switched; "
+                        f"rerun to retry exactly those): {shown}")
 
 
-def _switch_alias(client: Any, cfg: BackendConfig, plan: ReindexPlan) -> None:
+def _final(client: Any, cfg: BackendConfig, copier: Copier, reindex: ReindexConfig) -> tuple[int, int, float]:
+    """Last catch-up, deletions, verification (retried while concurrent writes keep it from agreeing), switch."""
+    state = copier.state
+    for attempt in range(1, 4):
+        upto, _ = refreshed_checkpoints(client, cfg, state.source_indices)
+        copier.run(scan(client, state.source_indices, state.cursors, upto, 1000), tqdm(disable=True), "caught_up")
+        client.indices.refresh(index=state.target)
+        source_ids, target_ids = all_ids(client, cfg, state.source_indices), all_ids(client, cfg, [state.target])
+        extra, missing = target_ids - source_ids, source_ids - target_ids
+        if extra:
+            _delete(copier.target, sorted(extra))
+            state.deleted += len(extra)
+        if missing:
+            copier.copy_ids(sorted(missing), tqdm(disable=True), "caught_up")
+        state.save()
+        client.indices.refresh(index=state.target)
+        if not extra and not missing or attempt == 3:
+            break
+        logger.info("catch-up: %d deleted and %d missing documents found; verifying again", len(extra), len(missing))
+    seed = random.SystemRandom().randrange(2**31)
+    verified = verify(client, cfg, state, copier.corpus, reindex.verify_sample, seed)
+    start = time.perf_counter()
+    switch_alias(client, cfg, state.alias, state.target)
+    return verified, seed, time.perf_counter() - start
+
+
+def _delete(target: OpenSearchBackend, ids: list[str]) -> None:
+    _, failures = target.bulk(({"_op_type": "delete", "_index": target.index_name, "_id": i} for i in ids), progress=False)
+    real = [(i, r) for i, r in failures if "not_found" not in r and "not found" not in r]
+    if real:
+        raise GenqError(f"could not delete {len(real)} documents removed from the source, e.g. {real[0][0]}: {real[0][1]}")
+
+
+def verify(client: Any, cfg: BackendConfig, state: ReindexState, corpus: CorpusConfig, sample: int, seed: int) -> int:
+    """Every id present on both sides, a random sample of sources identical, vectors wherever there is text."""
+    source_ids, target_ids = all_ids(client, cfg, state.source_indices), all_ids(client, cfg, [state.target])
+    if source_ids != target_ids:
+        missing, extra = sorted(source_ids - target_ids), sorted(target_ids - source_ids)
+        raise GenqError(f"verification failed: {len(missing)} source documents missing from '{state.target}' "
+                        f"(e.g. {missing[:3]}), {len(extra)} not in the source (e.g. {extra[:3]}); the source is still "
+                        "changing: rerun with --freeze-writes; alias not switched")
+    dim = OpenSearchBackend(client, state.target, cfg).vector_dimension()
+    if dim != state.dim:
+        raise GenqError(f"verification failed: target vector dimension {dim}, expected {state.dim}; alias not switched")
+    chosen = random.Random(seed).sample(sorted(source_ids), min(sample, len(source_ids)))
+    for start in range(0, len(chosen), 100):
+        ids = chosen[start : start + 100]
+        src = {d["_id"]: d["_source"] for d in client.mget(index=state.source, body={"ids": ids})["docs"] if d.get("found")}
+        dst = {d["_id"]: d.get("_source") for d in client.mget(index=state.target, body={"ids": ids})["docs"]}
+        for doc_id in ids:
+            if doc_id not in src:
+                continue  # deleted since the id scan: the next run's catch-up handles it
+            copied, original = dict(dst.get(doc_id) or {}), dict(src[doc_id])
+            vectors = copied.pop(VECTOR_FIELD, None) or []
+            original.pop(VECTOR_FIELD, None)  # re-reindexing an index that already has vectors replaces them
+            if copied != original:
+                raise GenqError(f"verification failed: document '{doc_id}' differs between source and target; alias not switched")
+            if any(len(v.get("vector", [])) != state.dim for v in vectors):
+                raise GenqError(f"verification failed: document '{doc_id}' has a vector that is not {state.dim}-d; alias not switched")
+    no_vectors = {"nested": {"path": VECTOR_FIELD, "query": {"exists": {"field": f"{VECTOR_FIELD}.vector"}}}}
+    upto, _ = refreshed_checkpoints(client, cfg, [state.target])
+    without = [h for _, _, hits in scan(client, [state.target], None, upto, 1000, source_fields(corpus), must_not=no_vectors)
+               for h in hits if any(hit_document(h, corpus)[1:])]
+    if without:
+        raise GenqError(f"verification failed: {len(without)} documents with text have no vectors (e.g. "
+                        f"'{without[0]['_id']}'); alias not switched")
+    return len(target_ids)
+
+
+def switch_alias(client: Any, cfg: BackendConfig, alias: str, target: str) -> None:
+    """Point ``alias`` at ``target`` only, in one atomic call."""
     actions: list[dict[str, Any]] = []
-    if client.indices.exists_alias(name=plan.alias):
-        for index in client.indices.get_alias(name=plan.alias):
-            actions.append({"remove": {"index": index, "alias": plan.alias}})
-    actions.append({"add": {"index": plan.target, "alias": plan.alias}})
+    if client.indices.exists_alias(name=alias):
+        for index in client.indices.get_alias(name=alias):
+            actions.append({"remove": {"index": index, "alias": alias}})
+    actions.append({"add": {"index": target, "alias": alias}})
     try:
         client.indices.update_aliases(body={"actions": actions})
     except Exception as exc:  # noqa: BLE001
-        raise explain_error(exc, cfg, f"switching alias '{plan.alias}'") from None
+        raise explain_error(exc, cfg, f"switching alias '{alias}'") from None

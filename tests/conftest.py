@@ -93,6 +93,39 @@ def beir_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.fixture(scope="session")
+def cfg():
+    """Connection settings of the test cluster (OPENSEARCH_URL; scripts/test.sh starts a local OpenSearch)."""
+    from genq_search.config import BackendConfig
+
+    url = os.environ.get("OPENSEARCH_URL")
+    if not url:
+        pytest.skip("OPENSEARCH_URL is not set (scripts/test.sh starts a local OpenSearch)")
+    return BackendConfig(kind="opensearch", url=url, replicas=0, ef_search=512)
+
+
+@pytest.fixture
+def names(cfg):
+    """Fresh index names, deleted (with their aliases and versions) after the test."""
+    from genq_search.backends.opensearch import connect
+
+    created: list[str] = []
+    yield created
+    client = connect(cfg)
+    for name in created:
+        client.indices.put_settings(index=f"{name}*", body={"index": {"blocks.write": None}}, ignore_unavailable=True,
+                                    allow_no_indices=True, expand_wildcards="all")
+        client.indices.delete(index=f"{name}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
+
+
+def new_name(names: list[str], prefix: str = "t") -> str:
+    import uuid
+
+    name = f"genq-test-{prefix}-{uuid.uuid4().hex[:8]}"
+    names.append(name)
+    return name
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     try:
         import torch

@@ -31,7 +31,7 @@ def test_load_collection_reads_beir_folder(beir_dir: Path) -> None:
 
 def test_custom_fields_and_numeric_ids(tmp_path: Path) -> None:
     path = write(tmp_path / "docs.jsonl", json.dumps({"id": 7, "headline": "H", "body": "B text"}) + "\n")
-    assert read_corpus(path, "id", "headline", "body") == {"7": {"title": "H", "text": "B text"}}
+    assert read_corpus(path, "id", "headline", ["body"]) == {"7": {"title": "H", "text": "B text"}}
 
 
 @pytest.mark.parametrize(

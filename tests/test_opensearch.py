@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import new_name
 
 from genq_search.backends.embedded import EmbeddedBackend
 from genq_search.config import BackendConfig
@@ -23,32 +17,6 @@ from genq_search.fusion import FusionMethod, fuse
 from genq_search.passages import Passage
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def cfg() -> BackendConfig:
-    url = os.environ.get("OPENSEARCH_URL")
-    if not url:
-        pytest.skip("OPENSEARCH_URL is not set (scripts/test.sh starts a local OpenSearch)")
-    return BackendConfig(kind="opensearch", url=url, replicas=0, ef_search=512)
-
-
-@pytest.fixture
-def names(cfg: BackendConfig) -> Iterator[list[str]]:
-    """Fresh index names, deleted (with their aliases) after the test."""
-    from genq_search.backends.opensearch import connect
-
-    created: list[str] = []
-    yield created
-    client = connect(cfg)
-    for name in created:
-        client.indices.delete(index=f"{name}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
-
-
-def new_name(names: list[str], prefix: str = "t") -> str:
-    name = f"genq-test-{prefix}-{uuid.uuid4().hex[:8]}"
-    names.append(name)
-    return name
 
 
 def backend_for(cfg: BackendConfig, index: str, **changes: object):
@@ -131,7 +99,7 @@ def test_safety_errors(cfg: BackendConfig, names: list[str], beir_dir: Path) -> 
     backend = backend_for(cfg, vec_index)
     backend.index(corpus, passages, vectors)
     with pytest.raises(GenqError, match="vector dimension mismatch: index .* holds 8-d vectors, the model gives 4"):
-        backend.reusable(5, 4)
+        backend.reusable(5, 4, {})
     # a document whose vector has the wrong dimension fails alone, reported with its id
     ok, failures = backend.bulk([
         {"_index": vec_index, "_id": "good", "_source": {"title": "", "text": "x", "passages": [{"vector": [0.1] * 8}]}},
@@ -175,69 +143,6 @@ def make_source(cfg: BackendConfig, name: str, n_docs: int) -> dict[str, dict[st
 
     helpers.bulk(client, ({"_index": name, "_id": k, "_source": v} for k, v in docs.items()), refresh=True)
     return docs
-
-
-def test_reindex_moves_everything_and_switches_the_alias(cfg: BackendConfig, names: list[str], tiny_bi_encoder: Path, tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
-    from genq_search.encoders import load_encoder
-    from genq_search.index import ReindexPlan, run_reindex
-
-    source, alias = new_name(names, "src"), new_name(names, "live")
-    docs = make_source(cfg, source, 120)
-    encoder = load_encoder(str(tiny_bi_encoder), device="cpu")
-    plan = run_reindex(cfg, source, alias, encoder, ["title", "text"], tmp_path, dry_run=True)
-    assert isinstance(plan, ReindexPlan) and plan.target == f"{alias}-v1" and plan.documents == 120
-    client = connect(cfg)
-    assert not client.indices.exists(index=plan.target)  # dry run changes nothing
-    result = run_reindex(cfg, source, alias, encoder, ["title", "text"], tmp_path, read_batch=32)
-    assert result.written == 120
-    assert sorted(client.indices.get_alias(name=alias)) == [f"{alias}-v1"]
-    assert client.count(index=alias)["count"] == 120
-    for doc_id in ["id-0000", "id-0007", "id-0013"]:
-        got = client.get(index=alias, id=doc_id)["_source"]
-        vectors = got.pop("passages")
-        assert got == docs[doc_id]
-        assert vectors and len(vectors[0]["vector"]) == encoder.dim
-    assert len(client.get(index=alias, id="id-0007")["_source"]["passages"]) > 1  # the long doc was split
-    mapping = client.indices.get_mapping(index=f"{alias}-v1")[f"{alias}-v1"]["mappings"]["properties"]
-    assert mapping["title"]["analyzer"] == "folded" and mapping["year"]["type"] == "integer"
-    assert client.count(index=source)["count"] == 120 and "passages" not in client.get(index=source, id="id-0001")["_source"]
-    # a second run builds v2 from the alias and swaps atomically
-    again = run_reindex(cfg, alias, None, encoder, ["title", "text"], tmp_path, read_batch=64)
-    assert again.plan.target == f"{alias}-v2"
-    assert sorted(client.indices.get_alias(name=alias)) == [f"{alias}-v2"]
-    assert not list(tmp_path.glob("reindex-*.json"))  # checkpoint removed on success
-
-
-def test_reindex_killed_half_way_resumes_without_loss_or_duplicates(cfg: BackendConfig, names: list[str], tiny_bi_encoder: Path, tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
-
-    source, alias = new_name(names, "src"), new_name(names, "live")
-    docs = make_source(cfg, source, 1500)
-    command = [sys.executable, "-m", "genq_search.cli", "reindex", source, "--alias", alias, "--model", str(tiny_bi_encoder),
-               "--url", cfg.url, "--run-dir", str(tmp_path), "--read-batch", "50", "--device", "cpu"]
-    checkpoint = tmp_path / f"reindex-{alias}.json"
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if checkpoint.is_file() and json.loads(checkpoint.read_text()).get("written", 0) >= 300:
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"reindex ended before it could be killed: {proc.stderr.read().decode()[-500:]}")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    state = json.loads(checkpoint.read_text())
-    client = connect(cfg)
-    assert not client.indices.exists_alias(name=alias)  # nothing switched half-way
-    assert 300 <= state["written"] < 1500
-    resumed = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resume      after _id" in resumed.stdout
-    client.indices.refresh(index=alias)
-    assert client.count(index=alias)["count"] == 1500
-    ids = sorted(h["_id"] for h in client.search(index=alias, body={"size": 2000, "_source": False})["hits"]["hits"])
-    assert ids == sorted(docs)
 
 
 def test_compare_against_the_cluster(cfg: BackendConfig, names: list[str], tiny_bi_encoder: Path, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ Hybrid: client-side fusion (shared with the embedded backend) or, with ``server_
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -87,6 +86,16 @@ def connect(cfg: BackendConfig) -> Any:
     return client
 
 
+def tool_meta(client: Any, index: str) -> dict[str, Any] | None:
+    """The ``_meta.genq_search`` section of an index the tool created (None for a user's index or no index)."""
+    if not client.indices.exists(index=index):
+        return None
+    for body in client.indices.get_mapping(index=index).values():
+        meta = (body["mappings"].get("_meta") or {}).get("genq_search")
+        return meta if isinstance(meta, dict) and meta.get("created_by") == "genq-search" else None
+    return None
+
+
 def _template(name: str) -> dict[str, Any]:
     return json.loads(files("genq_search.mappings").joinpath(name).read_text(encoding="utf-8"))
 
@@ -144,20 +153,26 @@ class OpenSearchBackend(SearchBackend):
             raise explain_error(exc, self.cfg, action) from None
 
     # -- indexing ----------------------------------------------------------------------------------------
-    def create_index(self, dim: int | None) -> None:
-        """Create the index for a bulk load (no refresh, no replicas); refuse to replace one unless overwrite."""
+    def create_index(self, dim: int | None, meta: dict[str, Any] | None = None) -> None:
+        """Create the index for a bulk load (no refresh, no replicas), marked as the tool's in ``_meta``; an existing
+        index is replaced only with overwrite, and only when the tool created it."""
         exists = self._call("checking the index", self.client.indices.exists, index=self.index_name)
         if exists and not self.cfg.overwrite:
             raise GenqError(f"index '{self.index_name}' already exists; pass --overwrite to replace it")
         if exists:
+            if self._call("reading the index metadata", tool_meta, self.client, self.index_name) is None:
+                raise GenqError(f"index '{self.index_name}' was not created by genq-search: it is never deleted, even "
+                                "with --overwrite; choose another --index")
             self._call("deleting the old index", self.client.indices.delete, index=self.index_name)
         body = index_body(self.cfg, dim)
         body["settings"]["index"].update({"refresh_interval": "-1", "number_of_replicas": 0})
+        body["mappings"]["_meta"] = {"genq_search": {"created_by": "genq-search", **(meta or {})}}
         self._call(f"creating index '{self.index_name}'", self.client.indices.create, index=self.index_name, body=body)
 
-    def finish_load(self) -> None:
+    def finish_load(self, replicas: int | str | None = None, refresh_interval: str = "1s") -> None:
         """Restore refresh and replicas after a bulk load, then refresh."""
-        settings = {"index": {"refresh_interval": "1s", "number_of_replicas": self.cfg.replicas}}
+        replicas = self.cfg.replicas if replicas is None else replicas
+        settings = {"index": {"refresh_interval": refresh_interval, "number_of_replicas": replicas}}
         self._call("restoring index settings", self.client.indices.put_settings, index=self.index_name, body=settings)
         self._call("refreshing", self.client.indices.refresh, index=self.index_name)
 
@@ -182,10 +197,11 @@ class OpenSearchBackend(SearchBackend):
             raise explain_error(exc, self.cfg, f"bulk indexing into '{self.index_name}'") from None
         return ok, failures
 
-    def index(self, corpus: Corpus, passages: Sequence[Passage], vectors: np.ndarray | None) -> None:
+    def index(self, corpus: Corpus, passages: Sequence[Passage], vectors: np.ndarray | None,
+              meta: dict[str, Any] | None = None) -> None:
         if vectors is not None and len(vectors) != len(passages):
             raise GenqError(f"{len(vectors)} vectors for {len(passages)} passages")
-        self.create_index(None if vectors is None else int(vectors.shape[1]))
+        self.create_index(None if vectors is None else int(vectors.shape[1]), meta)
         by_doc: dict[str, list[int]] = {}
         for row, passage in enumerate(passages):
             by_doc.setdefault(passage.doc_id, []).append(row)
@@ -205,16 +221,24 @@ class OpenSearchBackend(SearchBackend):
         if self.count() != len(corpus):
             raise GenqError(f"index '{self.index_name}' holds {self.count()} documents, expected {len(corpus)}")
 
-    def reusable(self, documents: int, dim: int | None) -> bool:
-        """True when the index already holds ``documents`` documents (and vectors of ``dim``) and may be searched as is."""
-        if self.cfg.overwrite or not self._call("checking the index", self.client.indices.exists, index=self.index_name):
+    def reusable(self, documents: int, dim: int | None, meta: dict[str, Any]) -> bool:
+        """True when the index already holds these documents with vectors written under exactly ``meta`` (model,
+        passage settings, corpus) and may be searched as is; an index of another model is never searched."""
+        if not self._call("checking the index", self.client.indices.exists, index=self.index_name):
             return False
-        if dim is not None:
-            have = self.vector_dimension()
-            if have is None:
-                raise GenqError(f"index '{self.index_name}' has no '{VECTOR_FIELD}' vector field; reindex it with vectors or pass --overwrite")
-            if have != dim:
-                raise GenqError(f"vector dimension mismatch: index '{self.index_name}' holds {have}-d vectors, the model gives {dim}")
+        have = self._call("reading the index metadata", tool_meta, self.client, self.index_name)
+        if have is None:
+            raise GenqError(f"index '{self.index_name}' was not created by genq-search, so which model wrote its "
+                            "vectors is unknown; choose another --index (the tool never replaces a user's index)")
+        if self.cfg.overwrite:
+            return False
+        if dim is not None and self.vector_dimension() not in (None, dim):
+            raise GenqError(f"vector dimension mismatch: index '{self.index_name}' holds {self.vector_dimension()}-d "
+                            f"vectors, the model gives {dim}")
+        differs = sorted(k for k in meta if have.get(k) != meta[k])
+        if differs:
+            raise GenqError(f"index '{self.index_name}' was written with other {', '.join(differs)} (e.g. model "
+                            f"{have.get('model')!r}); pass --overwrite to rebuild it or choose another --index")
         count = self.count()
         if count != documents:
             raise GenqError(f"index '{self.index_name}' holds {count} documents but the corpus has {documents}; pass --overwrite to rebuild it")
@@ -302,19 +326,3 @@ class OpenSearchBackend(SearchBackend):
     def plugins(self) -> set[str]:
         rows = self._call("listing plugins", self.client.cat.plugins, format="json")
         return {row["component"] for row in rows}
-
-
-def copy_mapping_with_vectors(source_mapping: dict[str, Any], cfg: BackendConfig, dim: int) -> dict[str, Any]:
-    """The source index's mappings plus the vector field; refuses a conflicting existing field."""
-    mappings = copy.deepcopy(source_mapping)
-    properties = mappings.setdefault("properties", {})
-    existing = properties.get(VECTOR_FIELD)
-    wanted = vector_field_mapping(cfg, dim)
-    if existing is not None:
-        old_dim = existing.get("properties", {}).get("vector", {}).get("dimension")
-        if existing.get("type") != "nested" or old_dim is None:
-            raise GenqError(f"mapping conflict: the source already has a field '{VECTOR_FIELD}' that is not a genq-search vector field")
-        if old_dim != dim:
-            raise GenqError(f"vector dimension mismatch: the source field '{VECTOR_FIELD}' has dimension {old_dim}, the model gives {dim}")
-    properties[VECTOR_FIELD] = wanted
-    return mappings

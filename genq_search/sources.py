@@ -1,0 +1,183 @@
+"""Document sources: a BEIR folder or a live OpenSearch index/alias. Every stage gets its corpus from here.
+
+A live index is read shard by shard in ``_seq_no`` order (``preference=_shards:N``, a range on ``_seq_no`` and
+``search_after`` on it): a stable order the cluster supports without fielddata on ``_id`` (OpenSearch 2.x has no
+``_shard_doc`` tiebreaker for point-in-time reads). Each read stops at the shard's global checkpoint, taken just
+before the source is refreshed, so every operation up to it is visible; an update moves a document past the cursor,
+so a later read picks it up. The same cursors let a reindex resume and catch up writes made while it ran.
+Fingerprint of a live source: index UUIDs, document counts and per-shard max ``_seq_no`` (changes on every write).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from genq_search.config import BackendConfig, CorpusConfig
+from genq_search.data import (
+    Collection,
+    SourceCorpus,
+    field_value,
+    fingerprint,
+    joined_text,
+    load_collection,
+    read_labels,
+)
+from genq_search.errors import GenqError
+
+logger = logging.getLogger(__name__)
+
+Cursors = dict[str, dict[str, int]]  # index -> shard number (as a string, JSON-friendly) -> _seq_no
+
+
+def load_source_collection(corpus: CorpusConfig, backend: BackendConfig, split: str | None = None,
+                           with_qrels: bool = True) -> Collection:
+    """The corpus (and labelled queries, when configured) of a BEIR folder or a live index."""
+    split = split or corpus.split
+    if corpus.index is None:
+        qrels = corpus.qrels if split == corpus.split else None
+        return load_collection(corpus.path, split, corpus.id_field, corpus.title_field, corpus.text_fields,
+                               with_qrels=with_qrels, queries_path=corpus.queries, qrels_path=qrels)
+    docs = read_index_corpus(corpus, backend)
+    if not with_qrels or corpus.queries is None:
+        if with_qrels and corpus.qrels is not None:
+            raise GenqError("corpus.qrels is set but corpus.queries is not: give both (BEIR queries.jsonl + qrels TSV)")
+        return Collection(docs, {}, {})
+    if corpus.qrels is None:
+        raise GenqError("corpus.queries is set but corpus.qrels is not: give both (BEIR queries.jsonl + qrels TSV)")
+    return Collection(docs, *read_labels(docs, corpus.queries, corpus.qrels))
+
+
+def concrete_indices(client: Any, cfg: BackendConfig, name: str) -> list[str]:
+    """The indices behind an index name or alias; a one-line error when there are none."""
+    from genq_search.backends.opensearch import explain_error
+
+    try:
+        return sorted(client.indices.get(index=name))
+    except Exception as exc:  # noqa: BLE001
+        if type(exc).__name__ == "NotFoundError":
+            raise GenqError(f"index or alias '{name}' does not exist at {cfg.url}") from None
+        raise explain_error(exc, cfg, f"reading '{name}'") from None
+
+
+def shard_checkpoints(client: Any, indices: list[str]) -> tuple[Cursors, dict[str, Any]]:
+    """Per primary shard the global checkpoint (every operation up to it is complete), and identity facts."""
+    stats = client.indices.stats(index=",".join(indices), level="shards")["indices"]
+    checkpoints: Cursors = {}
+    identity: dict[str, Any] = {}
+    for index in indices:
+        entry = stats[index]
+        checkpoints[index] = {}
+        max_seq: dict[str, int] = {}
+        for shard, copies in entry["shards"].items():
+            primary = next(c for c in copies if c["routing"]["primary"])
+            checkpoints[index][shard] = int(primary["seq_no"]["global_checkpoint"])
+            max_seq[shard] = int(primary["seq_no"]["max_seq_no"])
+        identity[index] = {"uuid": entry["uuid"], "docs": entry["primaries"]["docs"]["count"], "max_seq_no": max_seq}
+    return checkpoints, identity
+
+
+def scan(client: Any, indices: list[str], after: Cursors | None, upto: Cursors, batch: int = 1000,
+         source: bool | list[str] = True, must_not: dict[str, Any] | None = None) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
+    """Yield ``(index, shard, hits)`` for every document with ``after < _seq_no <= upto`` (per shard; not matching
+    ``must_not``), in ``_seq_no`` order. Callers advance their own cursors from the hits' ``_seq_no``."""
+    for index in indices:
+        for shard, last in sorted(upto[index].items(), key=lambda item: int(item[0])):
+            cursor = (after or {}).get(index, {}).get(shard, -1)
+            while cursor < last:
+                query: dict[str, Any] = {"range": {"_seq_no": {"gt": cursor, "lte": last}}}
+                if must_not:
+                    query = {"bool": {"filter": query, "must_not": must_not}}
+                body = {"size": batch, "_source": source, "seq_no_primary_term": True, "track_total_hits": False,
+                        "sort": [{"_seq_no": "asc"}], "query": query}
+                hits = client.search(index=index, body=body, params={"preference": f"_shards:{shard}"})["hits"]["hits"]
+                if not hits:
+                    break
+                cursor = int(hits[-1]["_seq_no"])
+                yield index, shard, hits
+
+
+def refreshed_checkpoints(client: Any, cfg: BackendConfig, indices: list[str]) -> tuple[Cursors, dict[str, Any]]:
+    """Checkpoints taken first, then a refresh, so every operation up to them is searchable (the refresh changes
+    no data)."""
+    from genq_search.backends.opensearch import explain_error
+
+    try:
+        checkpoints, identity = shard_checkpoints(client, indices)
+        client.indices.refresh(index=",".join(indices))
+    except Exception as exc:  # noqa: BLE001
+        raise explain_error(exc, cfg, f"reading shard statistics of {', '.join(indices)}") from None
+    return checkpoints, identity
+
+
+def index_fingerprint(identity: dict[str, Any], corpus: CorpusConfig) -> str:
+    """Cheap identity of a live source: UUIDs, counts, per-shard max ``_seq_no``, and the fields read."""
+    return fingerprint(["opensearch", identity, corpus.id_field, corpus.title_field, corpus.text_fields])
+
+
+def hit_document(hit: dict[str, Any], corpus: CorpusConfig) -> tuple[str | None, str, str]:
+    """``(id, title, text)`` of a search hit under the configured fields (id None when the id field is missing)."""
+    source = hit.get("_source") or {}
+    doc_id = hit["_id"] if corpus.id_field == "_id" else field_value(source, corpus.id_field)
+    title = joined_text(source, [corpus.title_field]) if corpus.title_field else ""
+    return (None if doc_id is None else str(doc_id)), title, joined_text(source, corpus.text_fields)
+
+
+def source_fields(corpus: CorpusConfig) -> list[str]:
+    """The ``_source`` paths a stage needs from a live index."""
+    fields = [*corpus.text_fields, *([corpus.title_field] if corpus.title_field else [])]
+    return fields + ([corpus.id_field] if corpus.id_field != "_id" else [])
+
+
+def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCorpus:
+    """Stream a live index into a corpus; documents without text are counted and left out."""
+    from genq_search.backends.opensearch import connect, explain_error
+
+    assert corpus.index is not None
+    client = connect(backend)
+    indices = concrete_indices(client, backend, corpus.index)
+    upto, identity = refreshed_checkpoints(client, backend, indices)
+    total = sum(v["docs"] for v in identity.values())
+    docs: dict[str, dict[str, str]] = {}
+    without_text, without_id = 0, 0
+    progress = tqdm(total=total, desc=f"read {corpus.index}", unit="doc", disable=total < 5000)
+    try:
+        for _, _, hits in scan(client, indices, None, upto, corpus.read_batch, source_fields(corpus)):
+            for hit in hits:
+                doc_id, title, text = hit_document(hit, corpus)
+                if doc_id is None:
+                    without_id += 1
+                elif text:
+                    if doc_id in docs:
+                        raise GenqError(f"index '{corpus.index}': duplicate id '{doc_id}' in field '{corpus.id_field}'")
+                    docs[doc_id] = {"title": title, "text": text}
+                else:
+                    without_text += 1
+            progress.update(len(hits))
+    except GenqError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. the cluster went away mid-read
+        raise explain_error(exc, backend, f"reading '{corpus.index}'") from None
+    finally:
+        progress.close()
+    read = len(docs) + without_text + without_id
+    if read and not docs:
+        raise GenqError(f"index '{corpus.index}': none of its {read} documents has text in "
+                        f"{', '.join(corpus.text_fields)} (set corpus.text_fields to the fields that hold the text)")
+    if not docs:
+        raise GenqError(f"index '{corpus.index}' has no documents")
+    if without_id:
+        raise GenqError(f"index '{corpus.index}': {without_id} documents have no '{corpus.id_field}' (corpus.id_field)")
+    if without_text:
+        logger.warning("index '%s': %d of %d documents have no text in %s and are left out", corpus.index,
+                       without_text, read, ", ".join(corpus.text_fields))
+    logger.info("read %d documents from '%s' (%s)", len(docs), corpus.index, ", ".join(indices))
+    return SourceCorpus(docs, index_fingerprint(identity, corpus))
+
+
+def describe_source(corpus: CorpusConfig) -> str:
+    return f"index '{corpus.index}'" if corpus.index else str(Path(corpus.path))

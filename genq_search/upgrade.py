@@ -1,0 +1,200 @@
+"""``genq-search upgrade``: one command from a live index to an adapted, verified hybrid index.
+
+read the index -> adapt (GenQ / GPL / TSDAE+GPL, every stage resumable) -> gate (label-free dev set, and labels
+when given) -> export the ONNX bundle -> hybrid search pipeline -> reindex into ``<alias>-v<N>`` with catch-up and
+verification -> alias switch. The live alias moves only when the gate passed and the reindex verified; otherwise
+it stays where it was and the report says why. Report: ``<run_dir>/upgrade/report.md`` and ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from genq_search.config import RunConfig
+from genq_search.data import fingerprint, read_manifest, stage_is_complete, write_json
+from genq_search.errors import GenqError
+
+logger = logging.getLogger(__name__)
+
+STAGES = {"genq": ["generate", "train"], "gpl": ["generate", "mine", "label", "train-gpl"],
+          "tsdae+gpl": ["generate", "pretrain-tsdae", "mine", "label", "train-gpl"]}
+
+
+def plan_upgrade(cfg: RunConfig) -> dict[str, Any]:
+    """What ``upgrade`` will do: source size, stages to run or reuse, target index and alias move."""
+    from genq_search.backends.opensearch import connect
+    from genq_search.sources import concrete_indices, shard_checkpoints
+
+    if not cfg.corpus.index:
+        raise GenqError("upgrade works on a live index: --corpus opensearch://HOST:9200/NAME (or [corpus] index = NAME)")
+    client = connect(cfg.backend)
+    source = cfg.corpus.index
+    indices = concrete_indices(client, cfg.backend, source)
+    alias = cfg.reindex.alias or (source if client.indices.exists_alias(name=source) else None)
+    if alias is None:
+        raise GenqError(f"'{source}' is an index, not an alias: pass --alias NAME for the alias your application "
+                        "will search (the index keeps its name and is never modified)")
+    if client.indices.exists(index=alias) and not client.indices.exists_alias(name=alias):
+        raise GenqError(f"cannot create alias '{alias}': an index with that name exists; choose another --alias")
+    _, identity = shard_checkpoints(client, indices)
+    stages = {name: ("done earlier: reused if its settings are unchanged" if (cfg.run_dir / name / "manifest.json").is_file()
+                     else "to run") for name in STAGES[cfg.method]}
+    current = sorted(client.indices.get_alias(name=alias)) if client.indices.exists_alias(name=alias) else []
+    existing = client.indices.get(index=f"{alias}-v*", ignore_unavailable=True, allow_no_indices=True)
+    return {"source": source, "source_indices": indices, "documents": sum(v["docs"] for v in identity.values()),
+            "alias": alias, "alias_now": current, "existing_versions": sorted(existing), "method": cfg.method,
+            "stages": stages, "freeze_writes": cfg.reindex.freeze_writes, "run_dir": str(cfg.run_dir)}
+
+
+def describe_plan(plan: dict[str, Any]) -> str:
+    lines = [f"source      {plan['source']} -> {', '.join(plan['source_indices'])} ({plan['documents']} documents; only read)",
+             f"adapt       {plan['method']}: " + "; ".join(f"{k} {v}" for k, v in plan["stages"].items()),
+             "gate        the adapted model must beat the zero-shot one (label-free dev set, labels when given)",
+             "export      ONNX bundle of the adapted model (parity-checked)",
+             f"reindex     {plan['source']} -> {plan['alias']}-v<N> with passage vectors, catch-up of live writes"
+             + (", writes blocked for the final catch-up" if plan["freeze_writes"] else ""),
+             (f"alias       {plan['alias']}: {', '.join(plan['alias_now']) or '(new alias)'} -> {plan['alias']}-v<N>, "
+              "only if the gate passed and the reindex verified")]
+    return "\n".join(lines)
+
+
+def run_upgrade(cfg: RunConfig, dry_run: bool = False, overwrite: bool = False) -> dict[str, Any]:
+    """The whole upgrade; returns the report (also written to ``<run_dir>/upgrade/report.{md,json}``)."""
+    from genq_search.pipeline import run_adapt
+
+    plan = plan_upgrade(cfg)
+    if dry_run:
+        return {"plan": plan}
+    started, stages_s = time.perf_counter(), {}
+    out_dir = cfg.run_dir / "upgrade"
+    comparison, summary = run_adapt(cfg, overwrite=overwrite)
+    stages_s["adapt"] = time.perf_counter() - started
+    label = cfg.method.replace("+", "-")
+    gate = summary.get("gate") or {"passed": False, "reason": "no gate verdict was produced"}
+    report: dict[str, Any] = {"plan": plan, "comparison": comparison.markdown(), "runs": summary.get("runs", {}),
+                              "label_free": summary.get("label_free"), "agreement": summary.get("agreement"),
+                              "gate": gate, "tuned_fusion": (summary.get("tuned_fusion") or {}).get(label),
+                              "index_before": plan["alias_now"], "stages_s": stages_s}
+    if not gate.get("passed"):
+        report["deployed"] = False
+        _write_report(out_dir, report)
+        raise GenqError(f"not deployed: {gate.get('reason')}; alias '{plan['alias']}' left on "
+                        f"{', '.join(plan['alias_now']) or '(nothing)'}; report: {out_dir / 'report.md'}")
+    model = summary["adapt"]["train"]["model"]
+    start = time.perf_counter()
+    bundle = export_for_upgrade(cfg, model, read_manifest(Path(model).parent)["settings_hash"])
+    stages_s["export"] = time.perf_counter() - start
+    report.update(_deploy(cfg, plan, bundle, report["tuned_fusion"], stages_s))
+    report["deployed"] = True
+    report["stages_s"]["total"] = time.perf_counter() - started
+    _write_report(out_dir, report)
+    return report
+
+
+def export_for_upgrade(cfg: RunConfig, model: str, model_hash: str) -> Path:
+    """The adapted model's ONNX bundle in ``<run_dir>/bundle``; reused while the model and profile are unchanged."""
+    from genq_search.export import export_bundle
+    from genq_search.passages import document_text
+    from genq_search.pipeline import load_run_collection
+
+    bundle, stage = cfg.run_dir / "bundle", cfg.run_dir / "upgrade" / "export"
+    settings = fingerprint([model_hash, cfg.upgrade.export_profile])
+    if stage_is_complete(stage, settings) and (bundle / "manifest.json").is_file():
+        logger.info("export: bundle %s is up to date, skipping", bundle)
+        return bundle
+    corpus = load_run_collection(cfg, with_qrels=False).corpus
+    sample = [document_text(corpus[d]) for d in sorted(corpus)[:256]]
+    export_bundle(model, bundle, cfg.upgrade.export_profile, sample, overwrite=True)
+    write_json(stage / "manifest.json", {"settings_hash": settings, "bundle": str(bundle)})
+    return bundle
+
+
+def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str, Any] | None,
+            stages_s: dict[str, float]) -> dict[str, Any]:
+    """Search pipeline, reindex (catch-up, verification, alias switch) and the query body for the application."""
+    from genq_search.backends.opensearch import OpenSearchBackend, connect
+    from genq_search.export import OnnxEncoder
+    from genq_search.index import ReindexResult, run_reindex
+    from genq_search.labelfree import search_params
+
+    params = search_params(tuned) if tuned else {"mode": "hybrid", "method": None, "weights": None, "rrf_k": None}
+    if params["mode"] == "hybrid" and params["method"] is None:
+        from genq_search.fusion import FusionMethod
+
+        params = {**params, "method": FusionMethod.MINMAX, "weights": (0.5, 0.5)}
+    client = connect(cfg.backend)
+    pipeline_id = None
+    if params["mode"] == "hybrid":
+        try:
+            pipeline_id = OpenSearchBackend(client, plan["alias"], cfg.backend).ensure_hybrid_pipeline(
+                params["method"], params["weights"] or (0.5, 0.5), params["rrf_k"] or 60)
+        except GenqError as exc:
+            logger.warning("no server-side hybrid pipeline (%s): fuse on the client instead", exc)
+    start = time.perf_counter()
+    encoder = OnnxEncoder(bundle, provider="cpu" if cfg.encoder.device == "cpu" else "auto")
+    result = run_reindex(cfg.backend, cfg.corpus, cfg.reindex.model_copy(update={"alias": plan["alias"]}), plan["source"],
+                         encoder, cfg.run_dir, encode_batch=cfg.reindex.encode_batch or cfg.encoder.batch_size)
+    assert isinstance(result, ReindexResult)
+    stages_s["reindex"] = time.perf_counter() - start
+    state = result.state
+    return {
+        "bundle": str(bundle), "index_after": state.target, "alias": state.alias,
+        "alias_move": {"from": result.previous, "to": state.target, "switch_s": result.alias_switch_s},
+        "search_pipeline": pipeline_id, "search": {k: (v.value if hasattr(v, "value") else v) for k, v in params.items()},
+        "reindex": {"source_documents": state.documents, "copied": state.copied, "caught_up": state.caught_up,
+                    "deleted_caught_up": state.deleted, "verified_ids": result.verified_ids, "without_text": state.without_text,
+                    "changed_after_switch": result.changed_after_switch, "docs_per_s": result.docs_per_s,
+                    "sample_seed": result.sample_seed, "stages_s": result.stages_s},
+        "query_body": query_body(cfg, state.alias, pipeline_id, params),
+    }
+
+
+def query_body(cfg: RunConfig, alias: str, pipeline_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
+    """A ready-to-paste search request for the application (the query vector comes from the bundle)."""
+    from genq_search.backends.opensearch import VECTOR_FIELD
+
+    fields = [*([cfg.corpus.title_field] if cfg.corpus.title_field else []), *cfg.corpus.text_fields]
+    lexical = {"multi_match": {"query": "<user query>", "fields": fields, "type": "best_fields", "tie_breaker": 0.5}}
+    knn = {"nested": {"path": VECTOR_FIELD, "score_mode": "max", "query": {"knn": {f"{VECTOR_FIELD}.vector": {
+        "vector": ["<embedding of the user query by the bundle>"], "k": 100}}}}}
+    if params["mode"] == "bm25":
+        return {"method": "POST", "path": f"/{alias}/_search", "body": {"size": 10, "query": lexical}}
+    if params["mode"] == "dense" or pipeline_id is None:
+        body = {"size": 10, "query": knn}
+        note = None if params["mode"] == "dense" else "no neural-search plugin: run this and the BM25 query, then fuse"
+        return {"method": "POST", "path": f"/{alias}/_search", "body": body, **({"note": note} if note else {})}
+    return {"method": "POST", "path": f"/{alias}/_search?search_pipeline={pipeline_id}",
+            "body": {"size": 10, "query": {"hybrid": {"queries": [lexical, knn]}}}}
+
+
+def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
+    from genq_search.data import atomic_write
+
+    write_json(out_dir / "report.json", report)
+    plan = report["plan"]
+    lines = [f"# Upgrade of `{plan['source']}`", "",
+             f"- documents: {plan['documents']} ({', '.join(plan['source_indices'])})",
+             f"- method: {plan['method']}",
+             f"- gate: {'passed' if report['gate'].get('passed') else 'FAILED'} — {report['gate'].get('reason', '')}",
+             f"- tuned fusion: {json.dumps(report.get('tuned_fusion'))}", ""]
+    if report.get("deployed"):
+        move = report["alias_move"]
+        rx = report["reindex"]
+        lines += [f"- alias `{report['alias']}`: {', '.join(move['from']) or '(new)'} -> `{move['to']}` ({move['switch_s'] * 1000:.0f} ms)",
+                  f"- index before: {', '.join(report['index_before']) or '(none)'}; after: `{report['index_after']}`",
+                  (f"- documents: {rx['copied']} copied, {rx['caught_up']} caught up, {rx['deleted_caught_up']} deletions "
+                   f"caught up, {rx['verified_ids']} ids verified, {rx['without_text']} without text (no vectors), "
+                   f"{rx['changed_after_switch']} changed after the switch"),
+                  f"- search pipeline: {report['search_pipeline'] or '(none)'}", "", "## Query for your application", "",
+                  f"`{report['query_body']['method']} {report['query_body']['path']}`", "", "```json",
+                  json.dumps(report["query_body"]["body"], indent=2), "```", ""]
+    else:
+        lines += [f"**Not deployed**: the alias stays on {', '.join(report['index_before']) or '(nothing)'}.", ""]
+    lines += ["## Comparison", "", report["comparison"], ""]
+    with atomic_write(out_dir / "report.md") as handle:
+        handle.write("\n".join(lines))
+

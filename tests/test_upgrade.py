@@ -1,0 +1,154 @@
+"""`genq-search upgrade` and stages that read a live index, end to end on a real OpenSearch with tiny models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SAMPLE, new_name
+from typer.testing import CliRunner
+
+from genq_search.config import BackendConfig
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def live_index(cfg: BackendConfig, name: str, limit: int | None = None) -> list[str]:
+    """The sample collection as a user's index (its own mapping, ``_id`` = the BEIR id); returns the ids."""
+    from opensearchpy import helpers
+
+    from genq_search.backends.opensearch import connect
+    from genq_search.data import iter_documents
+
+    client = connect(cfg)
+    client.indices.create(index=name, body={"settings": {"number_of_shards": 2, "number_of_replicas": 0},
+                                            "mappings": {"properties": {"title": {"type": "text"}, "text": {"type": "text"},
+                                                                        "views": {"type": "integer"}}}})
+    docs = list(iter_documents(SAMPLE / "corpus.jsonl"))[:limit]
+    helpers.bulk(client, ({"_index": name, "_id": d.id, "_source": {"title": d.title, "text": d.text, "views": i}}
+                          for i, d in enumerate(docs)), refresh=True)
+    return [d.id for d in docs]
+
+
+def write_config(path: Path, run_dir: Path, url: str, index: str, tiny_t5: Path, tiny_bi_encoder: Path, extra: str = "") -> Path:
+    path.write_text(f"""
+run_dir = "{run_dir}"
+[corpus]
+path = "opensearch://{url.split('://')[1]}/{index}"
+read_batch = 100
+[generate]
+model = "{tiny_t5}"
+queries_per_passage = "2"
+max_passages = 24
+batch_size = 8
+chunk_size = 8
+max_new_tokens = 8
+min_query_words = 1
+dev_queries = 40
+dev_max_overlap = 1.0
+[train]
+base_model = "{tiny_bi_encoder}"
+batch_size = 8
+max_seq_length = 48
+[compare]
+modes = ["bm25", "dense", "hybrid-minmax"]
+min_dev_queries = 5
+[reindex]
+verify_sample = 20
+{extra}
+""")
+    return path
+
+
+def test_adapt_and_compare_straight_from_an_index(cfg: BackendConfig, names: list[str], tiny_t5: Path, tiny_bi_encoder: Path,
+                                                 tmp_path: Path) -> None:
+    from genq_search.cli import app
+
+    index = new_name(names, "docs")
+    live_index(cfg, index)
+    labels = f'queries = "{SAMPLE / "queries.jsonl"}"\nqrels = "{SAMPLE / "qrels" / "test.tsv"}"\n'
+    config = write_config(tmp_path / "run.toml", tmp_path / "run", cfg.url, index, tiny_t5, tiny_bi_encoder)
+    config.write_text(config.read_text().replace("read_batch = 100\n", "read_batch = 100\n" + labels))
+    result = CliRunner().invoke(app, ["adapt", "--config", str(config), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    metrics = {r["name"]: r["metrics"]["ndcg@10"] for r in json.loads((tmp_path / "run" / "compare" / "metrics.json").read_text())["runs"]}
+    assert metrics["bm25"] > 0.5 and {"dense-zeroshot", "dense-genq"} <= set(metrics)  # labelled queries scored on the index's docs
+    stamp = (tmp_path / "run" / "generate" / "manifest.json").stat().st_mtime_ns
+    again = CliRunner().invoke(app, ["adapt", "--config", str(config), "--device", "cpu"])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "run" / "generate" / "manifest.json").stat().st_mtime_ns == stamp  # unchanged index: stage skipped
+
+
+def _upgrade(config: Path, *extra: str) -> Any:
+    from genq_search.cli import app
+
+    return CliRunner().invoke(app, ["upgrade", "--config", str(config), "--device", "cpu", *extra])
+
+
+def test_upgrade_end_to_end_switches_the_alias(cfg: BackendConfig, names: list[str], tiny_t5: Path, tiny_bi_encoder: Path,
+                                              tmp_path: Path) -> None:
+    from genq_search.backends.opensearch import connect
+
+    source, alias = new_name(names, "src"), new_name(names, "live")
+    ids = live_index(cfg, source, 120)
+    client = connect(cfg)
+    client.indices.update_aliases(body={"actions": [{"add": {"index": source, "alias": alias}}]})
+    config = write_config(tmp_path / "up.toml", tmp_path / "run", cfg.url, alias, tiny_t5, tiny_bi_encoder,
+                          "[gate]\nmargin = -1.0\n")  # tiny random models: let any adapted model through
+    plan = _upgrade(config, "--dry-run")
+    assert plan.exit_code == 0, plan.output
+    assert f"{alias}: {source} -> {alias}-v<N>" in plan.output and "generate to run" in plan.output
+    assert not list(tmp_path.glob("run/generate/manifest.json"))  # a dry run does nothing
+    result = _upgrade(config)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "run" / "upgrade" / "report.json").read_text())
+    assert report["deployed"] and report["gate"]["passed"]
+    assert sorted(client.indices.get_alias(name=alias)) == [f"{alias}-v1"] == [report["index_after"]]
+    assert report["alias_move"]["from"] == [source] and report["reindex"]["verified_ids"] == 120
+    hits = client.search(index=alias, body={"size": 200, "query": {"match_all": {}}})["hits"]["hits"]
+    assert sorted(h["_id"] for h in hits) == sorted(ids) and all(h["_source"]["passages"] for h in hits)
+    assert "query" in report["query_body"]["body"] and (tmp_path / "run" / "upgrade" / "report.md").is_file()
+    assert (tmp_path / "run" / "bundle" / "manifest.json").is_file()
+    # the deployed query body works as printed, with a query vector from the bundle
+    from genq_search.export import OnnxEncoder
+
+    body = json.loads(json.dumps(report["query_body"]["body"]).replace('"<user query>"', '"regular expression"'))
+    vector = OnnxEncoder(tmp_path / "run" / "bundle", provider="cpu").encode_queries(["regular expression"])[0].tolist()
+    _put_vector(body, vector)
+    _, _, path = report["query_body"]["path"].partition("?")
+    params = dict(p.split("=") for p in path.split("&")) if path else {}
+    assert client.search(index=alias, body=body, params=params)["hits"]["hits"]
+    assert client.count(index=source)["count"] == 120 and "passages" not in client.get(index=source, id=ids[0])["_source"]
+
+
+def _put_vector(node: Any, vector: list[float]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "vector":
+                node[key] = vector
+            else:
+                _put_vector(value, vector)
+    elif isinstance(node, list):
+        for item in node:
+            _put_vector(item, vector)
+
+
+def test_upgrade_whose_gate_fails_leaves_the_alias_untouched(cfg: BackendConfig, names: list[str], tiny_t5: Path,
+                                                            tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    from genq_search.backends.opensearch import connect
+
+    source, alias = new_name(names, "src"), new_name(names, "live")
+    live_index(cfg, source, 80)
+    client = connect(cfg)
+    client.indices.update_aliases(body={"actions": [{"add": {"index": source, "alias": alias}}]})
+    config = write_config(tmp_path / "up.toml", tmp_path / "run", cfg.url, alias, tiny_t5, tiny_bi_encoder,
+                          "[gate]\nmargin = 1.0\n")  # a gain of 100 nDCG points: no model passes
+    result = _upgrade(config)
+    assert result.exit_code == 1
+    assert "not deployed" in result.output and f"alias '{alias}' left on {source}" in result.output
+    assert sorted(client.indices.get_alias(name=alias)) == [source]
+    assert not client.indices.exists(index=f"{alias}-v1")
+    report = json.loads((tmp_path / "run" / "upgrade" / "report.json").read_text())
+    assert report["deployed"] is False and report["gate"]["passed"] is False
