@@ -17,7 +17,7 @@ from pathlib import Path
 from common import SCIFACT, print_table, write_results
 
 from genq_search.backends.opensearch import OpenSearchBackend, connect
-from genq_search.config import RunConfig
+from genq_search.config import CorpusConfig, ReindexConfig, RunConfig
 from genq_search.data import read_queries
 from genq_search.encoders import load_encoder
 from genq_search.fusion import FusionMethod
@@ -104,7 +104,7 @@ def main() -> None:
     plain = OpenSearchBackend(client, source, cfg.backend.model_copy(update={"overwrite": True}))
     plain.index(collection.corpus, [], None)
     t0 = time.perf_counter()
-    result = run_reindex(cfg.backend, source, "genq-bench-scifact-live", encoder, ["title", "text"], args.run_dir)
+    result = run_reindex(cfg.backend, CorpusConfig(), ReindexConfig(alias="genq-bench-scifact-live"), source, encoder, args.run_dir)
     reindex_s = time.perf_counter() - t0
     print_table(rows, METRICS)
     for name, stats in latency.items():
