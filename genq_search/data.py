@@ -65,8 +65,15 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise GenqError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        offset = 0
+        for line_no, raw in enumerate(handle, start=1):
+            try:  # a UTF-8 byte-order mark (Windows tools write one) is skipped; CRLF line ends are whitespace to JSON
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(path, f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte offset {offset + exc.start} "
+                                       "of the file (save it as UTF-8)", line_no) from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:

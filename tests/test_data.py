@@ -110,3 +110,12 @@ def test_stage_manifest_tracks_settings(tmp_path: Path) -> None:
     mark_stage_complete(tmp_path, "abc", {"n": 1})
     assert stage_is_complete(tmp_path, "abc")
     assert not stage_is_complete(tmp_path, "changed-settings")
+
+
+def test_bom_crlf_and_bad_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"_id": "a", "text": "caf\xc3\xa9"}\r\n{"_id": "b", "text": "two"}\r\n')
+    assert read_corpus(path) == {"a": {"title": "", "text": "café"}, "b": {"title": "", "text": "two"}}
+    path.write_bytes(b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"corpus.jsonl:2: not valid UTF-8: byte 0xe9 at byte offset 52 of the file"):
+        read_corpus(path)
