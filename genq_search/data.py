@@ -160,23 +160,29 @@ def read_queries(path: Path, id_field: str = "_id", text_field: str = "text") ->
 
 
 def read_qrels(path: Path) -> Qrels:
-    """Read a BEIR qrels TSV (header ``query-id corpus-id score``)."""
+    """Read qrels: BEIR's TSV (header ``query-id corpus-id score``) or TREC's ``qid 0 doc_id rel`` lines (no header)."""
     path = Path(path)
     if not path.is_file():
         raise GenqError(f"{path}: file not found")
     qrels: Qrels = {}
-    with path.open(encoding="utf-8") as handle:
-        header = handle.readline().rstrip("\n").split("\t")
-        if header != QRELS_HEADER:
-            expected, got = "<TAB>".join(QRELS_HEADER), "<TAB>".join(header)
-            raise InputError(path, f"expected the header {expected!r}, got {got!r}", 1)
-        for line_no, line in enumerate(handle, start=2):
+    with path.open(encoding="utf-8-sig", newline=None) as handle:
+        lines = iter(enumerate(handle, start=1))
+        first = next(lines, (1, ""))[1].rstrip("\n")
+        trec = len(first.split()) == 4 and first.split("\t") != QRELS_HEADER
+        if not trec:
+            if first.split("\t") != QRELS_HEADER:
+                expected, got = "<TAB>".join(QRELS_HEADER), "<TAB>".join(first.split("\t"))
+                raise InputError(path, f"expected the header {expected!r} (or TREC 'qid 0 doc_id rel' lines), got {got!r}", 1)
+        else:
+            lines = iter([(1, first), *lines])
+        for line_no, line in lines:
             if not line.strip():
                 continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 3:
-                raise InputError(path, f"expected 3 tab-separated columns, got {len(parts)}", line_no)
-            qid, doc_id, score = parts
+            parts = line.split() if trec else line.rstrip("\n").split("\t")
+            if len(parts) != (4 if trec else 3):
+                raise InputError(path, f"expected {4 if trec else 3} {'whitespace' if trec else 'tab'}-separated columns, "
+                                       f"got {len(parts)}", line_no)
+            qid, doc_id, score = (parts[0], parts[2], parts[3]) if trec else parts
             try:
                 qrels.setdefault(qid, {})[doc_id] = int(score)
             except ValueError:

@@ -119,3 +119,14 @@ def test_bom_crlf_and_bad_bytes(tmp_path: Path) -> None:
     path.write_bytes(b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "caf\xe9"}\n')
     with pytest.raises(InputError, match=r"corpus.jsonl:2: not valid UTF-8: byte 0xe9 at byte offset 52 of the file"):
         read_corpus(path)
+
+
+def test_qrels_in_trec_form_and_with_a_bom(tmp_path: Path) -> None:
+    path = tmp_path / "qrels.tsv"
+    path.write_text("q1 0 d1 1\nq1 0 d2 0\nq2 Q0 d3 2\n")
+    assert read_qrels(path) == {"q1": {"d1": 1, "d2": 0}, "q2": {"d3": 2}}
+    path.write_bytes(b"\xef\xbb\xbfquery-id\tcorpus-id\tscore\r\nq1\td1\t1\r\n")
+    assert read_qrels(path) == {"q1": {"d1": 1}}
+    path.write_text("qid,doc,rel\nq1,d1,1\n")
+    with pytest.raises(InputError, match="qrels.tsv:1: expected the header 'query-id<TAB>corpus-id<TAB>score'"):
+        read_qrels(path)
