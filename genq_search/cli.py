@@ -26,13 +26,22 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config file (TOML or YAML).")]
 RunDirOpt = Annotated[Path | None, typer.Option(help="Run directory holding every artifact.")]
-CorpusOpt = Annotated[Path | None, typer.Option("--corpus", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.")]
+CorpusOpt = Annotated[str | None, typer.Option(
+    "--corpus", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a live index: opensearch://HOST:9200/NAME.")]
+TitleFieldOpt = Annotated[str | None, typer.Option(help="Dotted path of the documents' title field.")]
+TextFieldsOpt = Annotated[str | None, typer.Option(help="Comma-separated dotted paths of the text fields (joined).")]
+FreezeOpt = Annotated[bool | None, typer.Option("--freeze-writes/--no-freeze-writes",
+                                               help="Block writes on the source for the final catch-up, verification and alias switch (always released).")]
+AliasOpt = Annotated[str | None, typer.Option(help="Alias to point at the new index (default: the source, when it is an alias).")]
 SplitOpt = Annotated[str | None, typer.Option(help="Qrels split to evaluate on.")]
 ModelOpt = Annotated[
     list[str] | None,
     typer.Option("--model", "-m", help="Bi-encoder as LABEL=ID_OR_PATH (or just ID_OR_PATH); repeatable. 'onnx:<dir>' uses an ONNX bundle."),
 ]
-ModeOpt = Annotated[list[str] | None, typer.Option("--mode", help="bm25, dense, hybrid-rrf, hybrid-minmax, hybrid-zscore; repeatable.")]
+ModeOpt = Annotated[list[str] | None, typer.Option(
+    "--mode", help="bm25, dense, hybrid-rrf, hybrid-minmax, hybrid-zscore, hybrid-tuned (fusion tuned on the synthetic dev set); repeatable.")]
+DevQueriesOpt = Annotated[int | None, typer.Option(help="Size of the synthetic dev set (queries for documents kept out of training; 0 = none).")]
+MarginOpt = Annotated[float | None, typer.Option(help="Model gate: nDCG@10 gain the adapted model must exceed (0.01 = 1 point).")]
 BackendOpt = Annotated[BackendKind | None, typer.Option("--backend", help="embedded (in-process) or opensearch.")]
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar="OPENSEARCH_URL", help="OpenSearch URL.")]
 IndexOpt = Annotated[str | None, typer.Option("--index", help="OpenSearch index (or alias) name.")]
@@ -185,14 +194,16 @@ def _adapt_overrides(run_dir: Path | None, corpus: Path | None, generator: str |
 @user_errors
 def generate(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, generator: GenOpt = None,
-    queries_per_passage: QppOpt = None, max_passages: MaxPassagesOpt = None, device: DeviceOpt = None,
-    overwrite: OverwriteOpt = None,
+    queries_per_passage: QppOpt = None, max_passages: MaxPassagesOpt = None, dev_queries: DevQueriesOpt = None,
+    device: DeviceOpt = None, overwrite: OverwriteOpt = None,
 ) -> None:
     """Generate synthetic queries for the corpus (resumable; output in <run-dir>/generate)."""
     from genq_search.generate import run_generate
     from genq_search.pipeline import load_run_collection
 
-    cfg = RunConfig.load(config, _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, None, None, None, None, device))
+    overrides = _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, None, None, None, None, device)
+    overrides["generate"]["dev_queries"] = dev_queries
+    cfg = RunConfig.load(config, overrides)
     summary = run_generate(cfg.generate, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate", overwrite=bool(overwrite))
     typer.echo(f"{summary['queries']} queries for {summary['documents']} documents (dropped: {summary['dropped']}) "
                f"-> {cfg.run_dir / 'generate' / 'gen-queries.jsonl'}")
@@ -243,8 +254,12 @@ def mine(
 @user_errors
 def label(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None,
-    teacher: Annotated[str | None, typer.Option(help="Cross-encoder id/path, or lm:<causal LM> for query likelihood.")] = None,
+    teacher: Annotated[str | None, typer.Option(
+        help="Cross-encoder id/path, lm:<causal LM>, bi:<bi-encoder>, bm25, or ensemble:A+B+... (normalised sum).")] = None,
     tuples_per_query: Annotated[int | None, typer.Option(help="Training tuples per query (fresh negative each).")] = None,
+    tuples: Annotated[int | None, typer.Option(help="Total tuples, drawn round-robin over the queries (GPL budget: steps x batch).")] = None,
+    max_query_tokens: Annotated[int | None, typer.Option(help="Query tokens the teacher keeps (passages: max_length).")] = None,
+    teacher_weights: Annotated[str | None, typer.Option(help="Ensemble weights, comma-separated, one per member.")] = None,
     device: DeviceOpt = None, overwrite: OverwriteOpt = None,
 ) -> None:
     """GPL: pseudo-label (query, positive, negative) tuples with teacher margins (resumable; output in <run-dir>/label)."""
@@ -252,7 +267,9 @@ def label(
     from genq_search.pipeline import load_run_collection
 
     cfg = RunConfig.load(config, {"run": {"run_dir": run_dir}, "corpus": {"path": corpus},
-                                  "label": {"teacher": teacher, "tuples_per_query": tuples_per_query, "device": device}})
+                                  "label": {"teacher": teacher, "tuples_per_query": tuples_per_query, "tuples": tuples,
+                                            "max_query_tokens": max_query_tokens, "device": device,
+                                            "teacher_weights": teacher_weights.split(",") if teacher_weights else None}})
     summary = run_label(cfg.label, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate",
                         cfg.run_dir / "mine", cfg.run_dir / "label", overwrite=bool(overwrite))
     typer.echo(f"{summary['tuples']} tuples labelled by {summary['teacher']} (mean margin {summary['margin_mean']:.3f}) "
@@ -287,9 +304,9 @@ def adapt(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None,
     method: Annotated[str | None, typer.Option(help="genq, gpl or tsdae+gpl.")] = None,
     generator: GenOpt = None, queries_per_passage: QppOpt = None, max_passages: MaxPassagesOpt = None, base_model: BaseOpt = None,
-    teacher: Annotated[str | None, typer.Option(help="GPL teacher: cross-encoder id/path or lm:<causal LM>.")] = None,
+    teacher: Annotated[str | None, typer.Option(help="GPL teacher: cross-encoder id/path, lm:, bi:, bm25 or ensemble:A+B.")] = None,
     epochs: EpochsOpt = None, train_batch_size: TrainBatchOpt = None, learning_rate: LrOpt = None,
-    device: DeviceOpt = None, overwrite: OverwriteOpt = None,
+    dev_queries: DevQueriesOpt = None, margin: MarginOpt = None, device: DeviceOpt = None, overwrite: OverwriteOpt = None,
 ) -> None:
     """The whole run: generate queries, (pre-train,) mine + label (GPL), train, then compare BM25 / zero-shot / adapted / hybrids."""
     from genq_search.pipeline import run_adapt
@@ -297,7 +314,9 @@ def adapt(
     overrides = _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, base_model,
                                  epochs, train_batch_size, learning_rate, device)
     overrides["run"]["method"] = method
-    overrides.update({"label": {"teacher": teacher, "device": device}, "mine": {"device": device}, "pretrain": {"device": device}})
+    overrides["generate"]["dev_queries"] = dev_queries
+    overrides.update({"label": {"teacher": teacher, "device": device}, "mine": {"device": device}, "pretrain": {"device": device},
+                      "gate": {"margin": margin}})
     cfg = RunConfig.load(config, overrides)
     comparison, _ = run_adapt(cfg, overwrite=bool(overwrite))
     typer.echo(comparison.markdown())
@@ -333,35 +352,72 @@ def index_command(
 @app.command()
 @user_errors
 def reindex(
-    source: Annotated[str, typer.Argument(help="Source index or alias (never modified).")],
+    source: Annotated[str, typer.Argument(help="Source index or alias (only read).")],
     model: Annotated[str, typer.Option("--model", "-m", help="Bi-encoder: HF id, path or onnx:<dir>.")],
-    alias: Annotated[str | None, typer.Option(help="Alias to point at the new index (default: SOURCE when it is an alias).")] = None,
-    text_fields: Annotated[str, typer.Option(help="Comma-separated source fields to embed.")] = "title,text",
+    alias: AliasOpt = None, title_field: TitleFieldOpt = None, text_fields: TextFieldsOpt = None,
     config: ConfigOpt = None, run_dir: RunDirOpt = None,
     url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None,
     verify_certs: VerifyOpt = None,
     engine: Annotated[str | None, typer.Option(help="k-NN engine: lucene | faiss | nmslib.")] = None,
-    read_batch: Annotated[int, typer.Option(help="Documents read (and encoded) per batch.")] = 256,
+    read_batch: Annotated[int | None, typer.Option(help="Documents read (and encoded) per batch.")] = None,
+    freeze_writes: FreezeOpt = None,
+    catchup_rounds: Annotated[int | None, typer.Option(help="Catch-up rounds of documents changed during the copy.")] = None,
     device: DeviceOpt = None, batch_size: BatchOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
 ) -> None:
-    """Copy an index into <alias>-v<N> with passage vectors, verify, then switch the alias (resumable)."""
+    """Copy an index into <alias>-v<N> with passage vectors, catch up live writes, verify, then switch the alias (resumable)."""
     from genq_search.encoders import load_encoder
-    from genq_search.index import ReindexPlan, run_reindex
+    from genq_search.index import ReindexState, run_reindex
 
     cfg = RunConfig.load(config, {
         "run": {"run_dir": run_dir}, "encoder": {"model": model, "device": device, "batch_size": batch_size},
+        "corpus": {"title_field": title_field, "text_fields": text_fields, "read_batch": read_batch},
+        "reindex": {"alias": alias, "freeze_writes": freeze_writes, "catchup_rounds": catchup_rounds},
         "backend": {**backend_overrides(BackendKind.OPENSEARCH, url, None, username, password, ca_certs, verify_certs), "engine": engine},
     })
     encoder = load_encoder(cfg.encoder.model, cfg.encoder.device, cfg.encoder.normalize)
-    result = run_reindex(cfg.backend, source, alias, encoder, [f.strip() for f in text_fields.split(",") if f.strip()],
-                         cfg.run_dir, read_batch=read_batch, encode_batch=cfg.encoder.batch_size, dry_run=dry_run)
-    if isinstance(result, ReindexPlan):
+    result = run_reindex(cfg.backend, cfg.corpus, cfg.reindex, source, encoder, cfg.run_dir,
+                         encode_batch=cfg.reindex.encode_batch or cfg.encoder.batch_size, dry_run=dry_run)
+    if isinstance(result, ReindexState):
         typer.echo(result.describe())
         return
-    typer.echo(result.plan.describe())
-    typer.echo(f"done: {result.written} documents in {result.seconds:.1f}s ({result.docs_per_s:.1f} docs/s); "
-               f"{result.without_text} without text; alias '{result.plan.alias}' -> '{result.plan.target}'")
+    state = result.state
+    typer.echo(state.describe())
+    typer.echo(f"done: {result.written} documents written in {result.seconds:.1f}s ({result.docs_per_s:.1f} docs/s): "
+               f"{state.caught_up} caught up, {state.deleted} deletions caught up, {result.verified_ids} ids verified, "
+               f"{state.without_text} without text; alias '{state.alias}' -> '{state.target}'")
+
+
+@app.command()
+@user_errors
+def upgrade(
+    config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, alias: AliasOpt = None,
+    method: Annotated[str | None, typer.Option(help="genq, gpl or tsdae+gpl.")] = None,
+    title_field: TitleFieldOpt = None, text_fields: TextFieldsOpt = None, freeze_writes: FreezeOpt = None,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None,
+    verify_certs: VerifyOpt = None, dev_queries: DevQueriesOpt = None, margin: MarginOpt = None, device: DeviceOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
+    overwrite: OverwriteOpt = None,
+) -> None:
+    """Live index -> adapted model (gated) -> ONNX bundle -> <alias>-v<N> with vectors -> alias switch, all resumable."""
+    from genq_search.upgrade import describe_plan, run_upgrade
+
+    cfg = RunConfig.load(config, {
+        "run": {"run_dir": run_dir, "method": method},
+        "corpus": {"path": corpus, "title_field": title_field, "text_fields": text_fields},
+        "reindex": {"alias": alias, "freeze_writes": freeze_writes},
+        "backend": {"url": url, "username": username, "password": password, "ca_certs": ca_certs, "verify_certs": verify_certs},
+        "generate": {"device": device, "dev_queries": dev_queries}, "train": {"device": device}, "encoder": {"device": device},
+        "gate": {"margin": margin},
+    })
+    report = run_upgrade(cfg, dry_run=dry_run, overwrite=bool(overwrite))
+    typer.echo(describe_plan(report["plan"]))
+    if dry_run:
+        return
+    typer.echo(report["comparison"])
+    move = report["alias_move"]
+    typer.echo(f"alias '{report['alias']}': {', '.join(move['from']) or '(new)'} -> '{move['to']}'; "
+               f"search pipeline: {report['search_pipeline'] or '(none)'}; report: {cfg.run_dir / 'upgrade' / 'report.md'}")
 
 
 @app.command()

@@ -13,11 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from genq_search.errors import GenqError
 
 DEFAULT_BI_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+INDEX_SCHEMES = {"opensearch": "http", "opensearchs": "https"}
 
 
 class StageConfig(BaseModel):
@@ -25,15 +33,26 @@ class StageConfig(BaseModel):
 
 
 class CorpusConfig(StageConfig):
-    """Where the documents (and labelled queries) come from."""
+    """Where the documents (and labelled queries) come from: a BEIR folder or a live OpenSearch index/alias."""
 
     path: Path = Field(Path("data/pydocs"), description="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) ")
+    index: str | None = Field(None, description="read documents from this OpenSearch index or alias instead "
+                                                "(connection from [backend]); on the CLI: --corpus opensearch://host:9200/NAME")
+    queries: Path | None = Field(None, description="labelled queries (BEIR queries.jsonl; default: <path>/queries.jsonl)")
+    qrels: Path | None = Field(None, description="relevance judgements (BEIR TSV; default: <path>/qrels/<split>.tsv)")
     split: str = "test"
-    id_field: str = "_id"
-    title_field: str = "title"
-    text_field: str = "text"
+    id_field: str = Field("_id", description="document id: '_id' (an index's own ids) or a dotted path into the document")
+    title_field: str | None = Field("title", description="dotted path of the title (none: no title)")
+    text_fields: list[str] = Field(default_factory=lambda: ["text"],
+                                   description="dotted paths of the text; several are joined with a space")
+    read_batch: int = Field(1000, description="documents per request when reading an index")
     passage_tokens: int | None = Field(None, description="passage length in tokens (default: encoder max; 0 = no split)")
     passage_stride: int = Field(32, description="tokens shared by consecutive passages")
+
+    @field_validator("text_fields", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
 class EncoderConfig(StageConfig):
@@ -91,6 +110,14 @@ class CompareConfig(StageConfig):
     lexical_weight: float = 0.5
     baseline: str | None = None
     contrast: list[str] | None = None
+    alpha: float = Field(0.05, gt=0.0, lt=1.0,
+                         description="significance level of every paired test (report marks, fusion tuning, model gate)")
+    min_dev_queries: int = Field(100, ge=0, description="a synthetic dev set smaller than this is too small to decide: "
+                                                        "fusion tuning is marked undecided and the model gate does not rely on it")
+    tune_lexical_weights: list[float] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(11)],
+        description="lexical weights tried for min-max and z-score fusion on the dev set (0 = dense only, 1 = BM25 only)")
+    tune_rrf_k: list[int] = Field(default_factory=lambda: [10, 30, 60, 100], description="RRF constants tried on the dev set")
 
 
 class GenerateConfig(StageConfig):
@@ -112,6 +139,11 @@ class GenerateConfig(StageConfig):
     seed: int = 42
     chunk_size: int = 64
     device: str = "auto"
+    dev_queries: int = Field(1000, ge=0, description="target size of the synthetic dev set, generated for documents kept "
+                                                     "out of training (0 = no dev set)")
+    dev_max_overlap: float = Field(0.4, gt=0.0, le=1.0, description="dev set lexical-gap filter: keep a query only if at "
+                                                                    "most this share of its content words (stop words left "
+                                                                    "out) occur in its source")
 
 
 class MineConfig(StageConfig):
@@ -130,9 +162,14 @@ class LabelConfig(StageConfig):
     """GPL pseudo-labels: margin teacher(q, p+) - teacher(q, p-) for (query, positive, sampled negative) tuples."""
 
     teacher: str = Field("cross-encoder/ms-marco-MiniLM-L-6-v2",
-                         description="cross-encoder id/path, or 'lm:<causal LM id/path/.gguf>' for query likelihood")
+                         description="cross-encoder id/path, 'lm:<causal LM>' (query likelihood), 'bi:<bi-encoder>', 'bm25', "
+                                     "or 'ensemble:<teacher>+<teacher>+...' (margins normalised, then combined)")
+    teacher_weights: list[float] | None = Field(None, description="ensemble: one weight per member (default: equal)")
     tuples_per_query: int = Field(1, description="training tuples per query, each with a freshly sampled negative")
-    max_length: int = Field(350, description="teacher input length in tokens (longer passages are truncated)")
+    tuples: int | None = Field(None, description="total tuples, drawn round-robin over the queries (GPL: steps x batch, "
+                                                 "e.g. 140000 x 32); default: tuples_per_query per query")
+    max_query_tokens: int = Field(350, description="teacher: query tokens kept (longer queries are truncated)")
+    max_length: int = Field(350, description="teacher: passage tokens kept, separately from the query (longer passages are truncated)")
     batch_size: int = 32
     chunk_size: int = Field(512, description="tuples per resumable chunk")
     lm_prompt: str = Field("Document: {document}\nRelevant query:", description="query-likelihood prompt ('lm:' teachers)")
@@ -172,6 +209,31 @@ class TrainConfig(StageConfig):
     device: str = "auto"
 
 
+class ReindexConfig(StageConfig):
+    """Copy a live index into ``<alias>-v<N>`` with passage vectors, catch up concurrent writes, verify, switch."""
+
+    alias: str | None = Field(None, description="alias to point at the new index (default: the source, when it is an alias)")
+    freeze_writes: bool = Field(False, description="block writes on the source for the final catch-up, verification and "
+                                                   "alias switch (always released)")
+    catchup_rounds: int = Field(5, description="catch-up rounds of changed documents before the final one")
+    verify_sample: int = Field(50, description="documents whose sources are compared field by field (random per run)")
+    encode_batch: int | None = Field(None, description="encoding batch size (default: [encoder] batch_size)")
+
+
+class UpgradeConfig(StageConfig):
+    """``genq-search upgrade``: adapt on a live index, gate, export, reindex, search pipeline, alias switch."""
+
+    export_profile: str = Field("cpu", description="ONNX export profile for the deployed bundle (cpu, gpu, all)")
+
+
+class GateConfig(StageConfig):
+    """Model gate of ``adapt``: keep the adapted model only if it beats the zero-shot one (paired test, ``compare.alpha``)."""
+
+    margin: float = Field(0.0, description="nDCG@10 gain (absolute, 0.01 = 1 point) the adapted dense run must exceed on "
+                                           "the dev set, and on labels when given (negative: keep it unless it is worse "
+                                           "by more than that)")
+
+
 class RunConfig(StageConfig):
     """Everything one ``genq-search adapt`` run needs; each section maps to one stage's CLI flags."""
 
@@ -186,6 +248,24 @@ class RunConfig(StageConfig):
     mine: MineConfig = Field(default_factory=MineConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    reindex: ReindexConfig = Field(default_factory=ReindexConfig)
+    upgrade: UpgradeConfig = Field(default_factory=UpgradeConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _corpus_url(cls, data: Any) -> Any:
+        """``corpus.path = "opensearch://host:9200/NAME"`` (or ``opensearchs://`` for HTTPS) reads that index."""
+        corpus = data.get("corpus") if isinstance(data, dict) else None
+        if isinstance(corpus, dict) and isinstance(corpus.get("path"), str):
+            scheme, sep, rest = corpus["path"].partition("://")
+            if sep and scheme in INDEX_SCHEMES:
+                host, _, name = rest.partition("/")
+                if not host or not name or "/" in name:
+                    raise ValueError(f"corpus '{corpus['path']}': expected {scheme}://HOST:PORT/INDEX")
+                data = {**data, "corpus": {**{k: v for k, v in corpus.items() if k != "path"}, "index": name},
+                        "backend": {**data.get("backend", {}), "url": f"{INDEX_SCHEMES[scheme]}://{host}"}}
+        return data
 
     @classmethod
     def load(cls, path: Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> RunConfig:
@@ -225,7 +305,9 @@ class RunConfig(StageConfig):
 
 def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
     """Make the path-valued settings of a config file relative to the file's own folder."""
-    targets = [(data, "run_dir"), (data.get("corpus", {}), "path"), (data.get("backend", {}), "ca_certs")]
+    corpus = data.get("corpus", {})
+    targets = [(data, "run_dir"), (corpus, "path"), (corpus, "queries"), (corpus, "qrels"), (data.get("backend", {}), "ca_certs")]
     for section, key in targets:
-        if isinstance(section, dict) and isinstance(section.get(key), str) and not Path(section[key]).is_absolute():
+        value = section.get(key) if isinstance(section, dict) else None
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
             section[key] = str((base / section[key]).resolve())

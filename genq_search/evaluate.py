@@ -56,15 +56,19 @@ def evaluate(qrels: Qrels, results: Results, metrics: list[str] | None = None) -
     return mean_scores(per_query_scores(qrels, results, metrics or DEFAULT_METRICS))
 
 
-def paired_p_value(a: dict[str, float], b: dict[str, float]) -> float:
-    """Two-sided paired t-test over the queries both dicts score (1.0 when the runs are identical)."""
+def paired_p_value(a: dict[str, float], b: dict[str, float], greater_by: float | None = None) -> float:
+    """Paired t-test over the queries both dicts score (1.0 when the runs are identical): two-sided, or with
+    ``greater_by = m`` one-sided for "``b`` beats ``a`` by more than ``m``" (per-query differences minus ``m``)."""
     from scipy.stats import ttest_rel
 
     qids = sorted(a.keys() & b.keys())
     x, y = [a[q] for q in qids], [b[q] for q in qids]
     if len(qids) < 2 or all(i == j for i, j in zip(x, y, strict=True)):
         return 1.0
-    p = float(ttest_rel(x, y).pvalue)
+    if greater_by is None:
+        p = float(ttest_rel(x, y).pvalue)
+    else:
+        p = float(ttest_rel(y, [v + greater_by for v in x], alternative="greater").pvalue)
     return 1.0 if math.isnan(p) else p
 
 
@@ -90,13 +94,16 @@ def write_trec_run(path: Path, results: Results, name: str) -> None:
 class Comparison:
     """Metrics of several named runs on one set of judged queries, with tests against a baseline."""
 
-    def __init__(self, qrels: Qrels, queries: Queries, metrics: list[str] | None = None, baseline: str | None = None):
+    def __init__(self, qrels: Qrels, queries: Queries, metrics: list[str] | None = None, baseline: str | None = None,
+                 alpha: float = 0.05, label: str = "queries"):
         self.qrels, self.queries = qrels, queries
         self.metrics = metrics or DEFAULT_METRICS
         self.baseline = baseline
+        self.alpha, self.label = alpha, label
         self.results: dict[str, Results] = {}
         self.scores: dict[str, dict[str, dict[str, float]]] = {}
         self.info: dict[str, dict[str, Any]] = {}
+        self.columns: dict[str, dict[str, float]] = {}  # extra columns of the table: {title: {run: value}}
 
     def add(self, name: str, results: Results, **info: Any) -> dict[str, float]:
         self.results[name] = results
@@ -116,18 +123,20 @@ class Comparison:
             rows.append(row)
         return rows
 
-    def markdown(self, alpha: float = 0.05) -> str:
-        header = "| run | " + " | ".join(self.metrics) + " |"
-        lines = [header, "|" + "---|" * (len(self.metrics) + 1)]
+    def markdown(self, alpha: float | None = None) -> str:
+        alpha = self.alpha if alpha is None else alpha
+        header = "| run | " + " | ".join([*self.metrics, *self.columns]) + " |"
+        lines = [header, "|" + "---|" * (len(self.metrics) + len(self.columns) + 1)]
         for row in self.table():
             cells = []
             for m in self.metrics:
                 p = row.get("p_value_vs_baseline", {}).get(m)
                 mark = "†" if p is not None and p < alpha else ""
                 cells.append(f"{100 * row['metrics'][m]:.1f}{mark}")
+            cells += [f"{100 * col[row['name']]:.1f}" if row["name"] in col else "–" for col in self.columns.values()]
             lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
         note = (
-            f"\nScores ×100 on {len(self.qrels)} queries. † = differs from `{self.baseline}` "
+            f"\nScores ×100 on {len(self.qrels)} {self.label}. † = differs from `{self.baseline}` "
             f"(paired two-sided t-test over queries, p < {alpha})."
         )
         return "\n".join(lines) + "\n" + note + "\n"
@@ -137,13 +146,15 @@ class Comparison:
         means = mean_scores(per_query_scores(self.qrels, self.results[name], metrics))
         return {k: means[f"recall@{k}"] for k in RECALL_CURVE_KS}
 
-    def write(self, out_dir: Path, contrast: tuple[str, str] | None = None, top: int = 20) -> dict[str, Path]:
-        """Write ``report.md``, ``metrics.json``, ``runs/<name>.trec``, ``winloss.json`` and ``plots/*.png``."""
+    def write(self, out_dir: Path, contrast: tuple[str, str] | None = None, top: int = 20, title: str = "Retrieval comparison",
+              appendix: str = "", extra: dict[str, Any] | None = None) -> dict[str, Path]:
+        """Write ``report.md`` (``appendix`` at its end), ``metrics.json`` (``extra`` merged in), ``runs/<name>.trec``,
+        ``winloss.json`` and ``plots/*.png``."""
         out_dir = Path(out_dir)
         for name, results in self.results.items():
             write_trec_run(out_dir / "runs" / f"{name}.trec", results, name)
         contrast = contrast or self.default_contrast()
-        report = ["# Retrieval comparison", "", self.markdown()]
+        report = [f"# {title}", "", self.markdown()]
         wl: list[dict[str, Any]] = []
         if contrast:
             a, b = contrast
@@ -163,9 +174,9 @@ class Comparison:
                     f"| {row['qid']} | {query} | {row['before']:.3f} | {row['after']:.3f} | {row['delta']:+.3f} |"
                 )
         write_json(out_dir / "winloss.json", {"contrast": contrast, "queries": wl})
-        write_json(out_dir / "metrics.json", {"baseline": self.baseline, "runs": self.table()})
+        write_json(out_dir / "metrics.json", {"baseline": self.baseline, "runs": self.table(), **(extra or {})})
         with atomic_write(out_dir / "report.md") as handle:
-            handle.write("\n".join(report) + "\n")
+            handle.write("\n".join(report) + "\n" + (f"\n{appendix.rstrip()}\n" if appendix else ""))
         self._plot(out_dir / "plots")
         return {"report": out_dir / "report.md", "metrics": out_dir / "metrics.json"}
 

@@ -65,3 +65,49 @@ def fuse(
                     combined[doc_id] = combined.get(doc_id, 0.0) + weight * normed.get(doc_id, floor)
         fused[qid] = dict(sorted(combined.items(), key=lambda item: (-item[1], item[0]))[:k])
     return fused
+
+
+def fuse_many(runs: list[Results], settings: list[tuple[FusionMethod, list[float], int]], k: int = 1000,
+              with_ties: bool = False) -> list[Results]:
+    """``[fuse(runs, method, weights, rrf_k, k) for method, weights, rrf_k in settings]`` with the same output, each
+    list normalised (or ranked) once per query for all settings: what a grid of fusion settings needs.
+
+    ``with_ties`` also keeps the documents tied with the ``k``-th, so an evaluation that breaks ties its own way
+    (trec_eval) sees the same top ``k`` as it would in a longer list.
+    """
+    fused: list[Results] = [{} for _ in settings]
+    for qid in sorted({q for run in runs for q in run}):
+        lists = [run.get(qid, {}) for run in runs]
+        docs = sorted({d for scores in lists for d in scores})  # ties go to the smaller id, as in fuse
+        position = {d: i for i, d in enumerate(docs)}
+        terms: dict[FusionMethod, list[np.ndarray]] = {}
+        for n, (method, weights, rrf_k) in enumerate(settings):
+            method = FusionMethod(method)
+            if method not in terms:
+                terms[method] = [_aligned(scores, position, method) for scores in lists]
+            combined = np.zeros(len(docs))
+            for weight, values in zip(weights, terms[method], strict=True):
+                combined = combined + (weight / (rrf_k + values) if method is FusionMethod.RRF else weight * values)
+            order = np.lexsort((np.arange(len(docs)), -combined))
+            cut = min(k, len(docs))
+            while with_ties and 0 < cut < len(docs) and combined[order[cut]] == combined[order[cut - 1]]:
+                cut += 1
+            fused[n][qid] = {docs[i]: float(combined[i]) for i in order[:cut]}
+    return fused
+
+
+def _aligned(scores: dict[str, float], position: dict[str, int], method: FusionMethod) -> np.ndarray:
+    """One list's part of ``fuse`` for every document of the query: the rank for RRF (inf when missing: it adds
+    nothing), else the normalised score (the list's lowest when missing)."""
+    if method is FusionMethod.RRF:
+        out = np.full(len(position), np.inf)
+        values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+        ids = list(scores)
+        for rank, i in enumerate(np.argsort(-values, kind="stable"), start=1):  # sorted(reverse=True) keeps ties in order
+            out[position[ids[i]]] = rank
+        return out
+    normed = _normalise(scores, method) if scores else {}
+    out = np.full(len(position), min(normed.values()) if normed else 0.0)
+    for doc_id, value in normed.items():
+        out[position[doc_id]] = value
+    return out

@@ -16,11 +16,11 @@ from genq_search.backends.base import SearchBackend
 from genq_search.backends.embedded import exact_top_k
 from genq_search.config import MineConfig
 from genq_search.data import (
-    corpus_fingerprint,
     Corpus,
     Qrels,
     Queries,
     chunk_file,
+    corpus_fingerprint,
     fingerprint,
     mark_stage_complete,
     merge_chunks,

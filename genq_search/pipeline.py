@@ -8,59 +8,137 @@ from pathlib import Path
 from typing import Any
 
 from genq_search.config import RunConfig
-from genq_search.data import Collection, load_collection, write_json
+from genq_search.data import Collection, Results, write_json
 from genq_search.errors import GenqError
-from genq_search.evaluate import Comparison
+from genq_search.evaluate import Comparison, mean_scores
 from genq_search.search import Mode, build_index, load_encoders, parse_modes, search
 
 logger = logging.getLogger(__name__)
 
 
 def load_run_collection(cfg: RunConfig, with_qrels: bool = True) -> Collection:
-    c = cfg.corpus
-    return load_collection(c.path, c.split, c.id_field, c.title_field, c.text_field, with_qrels=with_qrels)
+    """The run's documents (BEIR folder or live index) and, when asked and configured, its labelled queries."""
+    from genq_search.sources import load_source_collection
+
+    return load_source_collection(cfg.corpus, cfg.backend, with_qrels=with_qrels)
 
 
-def run_compare(cfg: RunConfig, out_dir: Path | None = None) -> tuple[Comparison, dict[str, Any]]:
-    """Evaluate every configured mode for every configured model; write the report into ``out_dir``."""
+def run_compare(cfg: RunConfig, out_dir: Path | None = None, gate: tuple[str, str] | None = None) -> tuple[Comparison, dict[str, Any]]:
+    """Evaluate every configured mode for every configured model on the labelled queries and, label-free, on the
+    synthetic dev set of ``<run_dir>/generate`` (when there is one); tune the hybrid on the dev set, measure how far
+    label-free agrees with labels, and write the report into ``out_dir``. Without labelled queries the report is the
+    label-free one. ``gate = (zero-shot label, adapted label)`` adds the model gate of ``adapt``."""
+    from genq_search import labelfree
+
     started = time.perf_counter()
     out_dir = out_dir or cfg.run_dir / "compare"
-    modes = parse_modes(cfg.compare.modes)
+    c = cfg.compare
+    modes = parse_modes(c.modes)
     collection = load_run_collection(cfg)
-    comparison = Comparison(collection.qrels, collection.queries, cfg.compare.metrics, cfg.compare.baseline)
-    summary: dict[str, Any] = {"documents": len(collection.corpus), "queries": len(collection.queries), "stages_s": {}, "runs": {}}
+    dev = labelfree.read_dev_set(cfg.run_dir / "generate", collection.corpus)
+    if dev is None and not collection.qrels:
+        raise GenqError(f"no labelled queries and no synthetic dev set in {cfg.run_dir / 'generate'}: run "
+                        "`genq-search generate` with this run directory first, or pass labelled queries")
+    if dev is None and Mode.HYBRID_TUNED in modes:
+        raise GenqError(f"mode 'hybrid-tuned' tunes the fusion on the synthetic dev set and there is none in "
+                        f"{cfg.run_dir / 'generate'}: run `genq-search generate` first (generate.dev_queries > 0)")
+    labelled = Comparison(collection.qrels, collection.queries, c.metrics, c.baseline, c.alpha) if collection.qrels else None
+    label_free = None
+    if dev is not None:
+        label_free = Comparison(dev.qrels, dev.queries, list(dict.fromkeys([*c.metrics, "ndcg@10"])), c.baseline, c.alpha,
+                                label="synthetic dev queries (each with its source document as the one relevant document)")
+    summary: dict[str, Any] = {"documents": len(collection.corpus), "queries": len(collection.queries), "stages_s": {}, "runs": {},
+                               "dev_set": None if dev is None else {"queries": len(dev.queries), "documents": dev.documents,
+                                                                    "too_small": len(dev.queries) < c.min_dev_queries}}
+    tuned: dict[str, dict[str, Any]] = {}
+    grid_agreement: dict[str, dict[str, Any]] = {}
+    lexical: dict[str, Results] = {}  # BM25 candidates per query set: the same for every model
 
     dense_modes = [m for m in modes if m is not Mode.BM25]
-    encoders = load_encoders(cfg.compare.models, cfg.encoder) if dense_modes else {"lexical": None}
+    encoders = load_encoders(c.models, cfg.encoder) if dense_modes else {"lexical": None}
     for position, (label, encoder) in enumerate(encoders.items()):
-        backend, timings = build_index(collection, encoder, cfg.corpus, cfg.encoder, cfg.backend, cfg.run_dir, label)
+        backend, timings = build_index(collection, encoder, cfg.corpus, cfg.encoder, cfg.backend, cfg.run_dir, label,
+                                       separate_index=len(encoders) > 1)
         summary["stages_s"][f"index-{label}"] = timings.index_s
         if encoder is not None:
             summary["stages_s"][f"encode-{label}"] = timings.encode_s
             summary.setdefault("passages", {})[label] = timings.passages
             if timings.encode_s > 0.5:
                 summary.setdefault("encode_passages_per_s", {})[label] = timings.passages / timings.encode_s
-        if position == 0 and Mode.BM25 in modes:  # BM25 does not depend on the model: run it once
-            _timed_search(comparison, summary, "bm25", backend, Mode.BM25, collection, None, cfg, model=None)
-        for mode in dense_modes:
-            name = f"{mode.value}-{label}"
-            _timed_search(comparison, summary, name, backend, mode, collection, encoder, cfg, model=encoder.name)
+        candidates = None
+        if dev is not None:
+            start = time.perf_counter()
+            candidates = labelfree.retrieve_candidates(backend, dev.queries, encoder, c, cfg.encoder.batch_size, lexical.get("dev"))
+            lexical["dev"] = candidates.lexical
+            if encoder is not None:
+                tuned[label], _ = labelfree.tune_fusion(candidates, dev.qrels, c)
+                if labelled is not None:  # the same grid on labels, to measure agreement (never to choose)
+                    on_labels = labelfree.retrieve_candidates(backend, collection.queries, encoder, c, cfg.encoder.batch_size,
+                                                              lexical.get("labels"))
+                    lexical["labels"] = on_labels.lexical
+                    grid = labelfree.grid_scores(on_labels, collection.qrels, labelfree.fusion_grid(c))
+                    grid_agreement[label] = labelfree.grid_agreement(tuned[label], mean_scores(grid))
+            summary["stages_s"][f"label-free-{label}"] = time.perf_counter() - start
+        run_modes = ([Mode.BM25] if position == 0 and Mode.BM25 in modes else []) + dense_modes  # BM25 once: it does not depend on the model
+        for mode in run_modes:
+            name = "bm25" if mode is Mode.BM25 else f"{mode.value}-{label}"
+            model = None if mode is Mode.BM25 else encoder.name
+            fusion = tuned.get(label) if mode is Mode.HYBRID_TUNED else None
+            if labelled is not None:
+                _timed_search(labelled, summary, name, backend, mode, collection, encoder, cfg, model=model, fusion=fusion)
+            if label_free is not None and candidates is not None:
+                setting = labelfree.mode_setting(mode, c, fusion)
+                label_free.add(name, labelfree.results_for(candidates, setting, c.k), backend=backend.name, model=model)
 
-    contrast = tuple(cfg.compare.contrast) if cfg.compare.contrast else None
-    comparison.write(out_dir, contrast)  # type: ignore[arg-type]
+    comparison = labelled or label_free
+    assert comparison is not None
+    label_means = labelfree.ndcg_means(labelled) if labelled is not None else None
+    free_means = labelfree.ndcg_means(label_free) if label_free is not None else {}
+    summary["label_free"] = {name: mean_scores(scores) for name, scores in label_free.scores.items()} if label_free else {}
+    summary["tuned_fusion"] = tuned
+    contrasts = labelfree.run_contrasts(modes, list(encoders), set(free_means))
+    summary["agreement"] = {**labelfree.agreement(free_means, label_means, contrasts), "fusion_grid": grid_agreement}
+    if labelled is not None and free_means:
+        labelled.columns["label-free ndcg@10"] = free_means
+    if gate is not None:
+        summary["gate"] = _gate(cfg, gate, labelled, label_free)
+    contrast = tuple(c.contrast) if c.contrast else None
+    extra = {k: summary[k] for k in ("dev_set", "label_free", "tuned_fusion", "agreement", "gate") if k in summary}
+    title = "Retrieval comparison" if labelled is not None else "Retrieval comparison (label-free: no labelled queries)"
+    comparison.write(out_dir, contrast, title=title, appendix=labelfree.report_section(summary, label_free, labelled is not None),  # type: ignore[arg-type]
+                     extra=extra)
     summary["wall_s"] = time.perf_counter() - started
     write_json(out_dir / "summary.json", summary)
     return comparison, summary
 
 
+def _gate(cfg: RunConfig, gate: tuple[str, str], labelled: Comparison | None, label_free: Comparison | None) -> dict[str, Any]:
+    """The model gate on the dense runs of the zero-shot and the adapted model (``labelfree.model_gate``)."""
+    from genq_search.labelfree import model_gate, ndcg_per_query
+
+    baseline, adapted = (f"dense-{label}" for label in gate)
+    main = labelled or label_free
+    if main is None or not {baseline, adapted} <= main.results.keys():
+        raise GenqError("the model gate compares the dense runs of both models: add the mode 'dense'")
+
+    def pair(comparison: Comparison | None) -> tuple[dict[str, float], dict[str, float]] | None:
+        return None if comparison is None else (ndcg_per_query(comparison, baseline), ndcg_per_query(comparison, adapted))
+
+    verdict = model_gate(pair(label_free), pair(labelled), cfg.compare.models[gate[0]], cfg.compare.models[gate[1]],
+                         cfg.gate, cfg.compare.alpha, cfg.compare.min_dev_queries)
+    (logger.info if verdict["passed"] else logger.warning)("model gate %s: %s", "passed" if verdict["passed"] else "failed",
+                                                           verdict["reason"])
+    return verdict
+
+
 def _timed_search(
     comparison: Comparison, summary: dict[str, Any], name: str, backend: Any, mode: Mode,
-    collection: Collection, encoder: Any, cfg: RunConfig, model: str | None,
+    collection: Collection, encoder: Any, cfg: RunConfig, model: str | None, fusion: dict[str, Any] | None = None,
 ) -> None:
     start = time.perf_counter()
-    results = search(backend, mode, collection.queries, encoder, cfg.compare, cfg.encoder.batch_size)
+    results = search(backend, mode, collection.queries, encoder, cfg.compare, cfg.encoder.batch_size, fusion=fusion)
     elapsed = time.perf_counter() - start
-    metrics = comparison.add(name, results, backend=backend.name, model=model)
+    metrics = comparison.add(name, results, backend=backend.name, model=model, **({"fusion": fusion["setting"]} if fusion else {}))
     summary["runs"][name] = {"search_s": elapsed, "metrics": metrics}
     logger.info("%s: nDCG@10 %.4f (%.1fs)", name, metrics.get("ndcg@10", float("nan")), elapsed)
 
@@ -102,14 +180,17 @@ def eval_collection(cfg: RunConfig) -> Collection | None:
     """Labelled queries for evaluation during training (``train.eval_split``), if configured."""
     if not cfg.train.eval_split:
         return None
-    c = cfg.corpus
-    return load_collection(c.path, cfg.train.eval_split, c.id_field, c.title_field, c.text_field)
+    from genq_search.sources import load_source_collection
+
+    return load_source_collection(cfg.corpus, cfg.backend, split=cfg.train.eval_split)
 
 
 def run_adapt(cfg: RunConfig, overwrite: bool = False) -> tuple[Comparison, dict[str, Any]]:
     """corpus -> generate -> [TSDAE] -> train (GenQ) or mine -> label -> train (GPL) -> compare; finished stages are skipped.
 
-    The comparison covers BM25, the zero-shot base model, the adapted model(s) and their hybrids with BM25.
+    The comparison covers BM25, the zero-shot base model, the adapted model(s), their hybrids with BM25 and the hybrid
+    tuned on the dev set; ``summary["gate"]`` says whether the adapted model beat the zero-shot one
+    (``labelfree.model_gate``) and which model to keep.
     """
     from genq_search.generate import run_generate
     from genq_search.pretrain import run_pretrain
@@ -137,9 +218,12 @@ def run_adapt(cfg: RunConfig, overwrite: bool = False) -> tuple[Comparison, dict
         stages["train_s"] = time.perf_counter() - start
     else:
         stages.update(run_gpl_stages(cfg, collection, base, overwrite))
-    models[cfg.method.replace("+", "-")] = stages["train"]["model"]
-    compare_cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"models": models})})
-    comparison, summary = run_compare(compare_cfg)
+    adapted = cfg.method.replace("+", "-")
+    models[adapted] = stages["train"]["model"]
+    # the gate compares the dense runs; the tuned hybrid is the one to deploy when there is a dev set
+    modes = [*cfg.compare.modes, "dense", *(["hybrid-tuned"] if (stages["generate"].get("dev") or {}).get("queries") else [])]
+    compare_cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"models": models, "modes": list(dict.fromkeys(modes))})})
+    comparison, summary = run_compare(compare_cfg, gate=("zeroshot", adapted))
     summary["adapt"] = stages
     write_json(cfg.run_dir / "adapt-summary.json", summary)
     return comparison, summary

@@ -13,8 +13,8 @@ from typing import Any
 
 from genq_search.config import PretrainConfig
 from genq_search.data import (
-    corpus_fingerprint,
     Corpus,
+    corpus_fingerprint,
     fingerprint,
     mark_stage_complete,
     read_manifest,

@@ -39,6 +39,7 @@ class Mode(StrEnum):
     HYBRID_RRF = "hybrid-rrf"
     HYBRID_MINMAX = "hybrid-minmax"
     HYBRID_ZSCORE = "hybrid-zscore"
+    HYBRID_TUNED = "hybrid-tuned"  # the fusion chosen on the synthetic dev set (labelfree.tune_fusion)
 
     @property
     def fusion(self) -> FusionMethod | None:
@@ -72,10 +73,13 @@ def build_index(
     backend_cfg: BackendConfig,
     run_dir: Path,
     label: str,
+    separate_index: bool = False,
 ) -> tuple[SearchBackend, Timings]:
     """Index the collection (BM25 text + passage vectors when an encoder is given) in the configured backend.
 
-    The embedded index is persisted under ``run_dir/index/<label>`` and reused when its settings match.
+    The embedded index is persisted under ``run_dir/index/<label>`` and reused when its settings match. An
+    OpenSearch index records in ``_meta`` which model, passage settings and corpus wrote it and is searched only
+    with exactly those; ``separate_index`` (several models compared) gives each model ``<index>-<label>``.
     """
     timings = Timings()
     max_tokens = corpus_cfg.passage_tokens if corpus_cfg.passage_tokens is not None else (encoder.max_seq_length if encoder else 0)
@@ -91,9 +95,14 @@ def build_index(
         from genq_search.backends.opensearch import OpenSearchBackend, connect
 
         name = backend_cfg.index or f"genq-{corpus_fingerprint(collection.corpus)[:8]}-{label}"
+        if backend_cfg.index and separate_index:
+            name = f"{backend_cfg.index}-{label}"
+        meta = {"model": encoder.name if encoder else None, "model_fingerprint": encoder.fingerprint() if encoder else None,
+                "passage_tokens": max_tokens, "passage_stride": corpus_cfg.passage_stride,
+                "corpus": corpus_fingerprint(collection.corpus)}
         backend: SearchBackend = OpenSearchBackend(connect(backend_cfg), name, backend_cfg)
-        if not backend.reusable(len(collection.corpus), encoder.dim if encoder else None):
-            backend.index(collection.corpus, passages, vectors)
+        if not backend.reusable(len(collection.corpus), encoder.dim if encoder else None, meta):
+            backend.index(collection.corpus, passages, vectors, meta)
     else:
         from genq_search.backends.embedded import EmbeddedBackend
 
@@ -114,9 +123,20 @@ def build_index(
 
 
 def search(
-    backend: SearchBackend, mode: Mode, queries: Queries, encoder: Encoder | None, cfg: CompareConfig, batch_size: int = 64
+    backend: SearchBackend, mode: Mode, queries: Queries, encoder: Encoder | None, cfg: CompareConfig, batch_size: int = 64,
+    fusion: dict | None = None,
 ) -> Results:
-    """Run one retrieval mode for all queries; documents ranked by their best passage."""
+    """Run one retrieval mode for all queries; documents ranked by their best passage. ``hybrid-tuned`` runs the
+    ``fusion`` chosen by ``labelfree.tune_fusion`` (which may be BM25 or dense alone)."""
+    method, weights, rrf_k = mode.fusion, (cfg.lexical_weight, 1.0 - cfg.lexical_weight), cfg.rrf_k
+    if mode is Mode.HYBRID_TUNED:
+        from genq_search.labelfree import search_params
+
+        if fusion is None:
+            raise GenqError("mode 'hybrid-tuned' needs the fusion tuned on the synthetic dev set")
+        params = search_params(fusion)
+        mode = Mode(params["mode"]) if params["mode"] != "hybrid" else mode
+        method, weights, rrf_k = params["method"], params["weights"] or (0.5, 0.5), params["rrf_k"] or cfg.rrf_k
     if mode is Mode.BM25:
         return backend.lexical_search(queries, cfg.k)
     if encoder is None:
@@ -125,15 +145,9 @@ def search(
     vectors = encoder.encode_queries([queries[q] for q in qids], batch_size=batch_size)
     if mode is Mode.DENSE:
         return backend.vector_search(qids, vectors, cfg.k)
-    assert mode.fusion is not None
+    assert method is not None
     return backend.hybrid_search(
-        {q: queries[q] for q in qids},
-        vectors,
-        cfg.k,
-        method=mode.fusion,
-        weights=(cfg.lexical_weight, 1.0 - cfg.lexical_weight),
-        rrf_k=cfg.rrf_k,
-        depth=cfg.fusion_depth,
+        {q: queries[q] for q in qids}, vectors, cfg.k, method=method, weights=weights, rrf_k=rrf_k, depth=cfg.fusion_depth
     )
 
 

@@ -1,10 +1,14 @@
 """Bi-encoder training with the sentence-transformers v3+ trainer.
 
 - ``genq``: (generated query, source passage) pairs, MultipleNegativesRankingLoss, no-duplicates batches.
-- ``gpl``: (query, positive, negative, teacher margin) tuples from the label stage, MarginMSE on dot-product scores.
+- ``gpl``: (query, positive, negative, teacher margin) tuples from the label stage, MarginMSE on the model's own
+  similarity scaled to the teacher's margins.
 
-Checkpoints go to ``<stage>/checkpoints`` and a rerun resumes from the last one; the final model is a normal
-sentence-transformers folder with a model card and ``GENQ_TRAINING.json``.
+Both use the model's own similarity (``similarity_fn_name``: cosine, or dot product for dot-product models), as
+search and the ONNX bundle do; so does the best-checkpoint metric. Warm-up is ``ceil(warmup_ratio * steps)`` steps.
+Checkpoints go to ``<stage>/checkpoints``, keyed by the settings hash (which includes the base model folder's
+fingerprint): a rerun under the same settings resumes from the last one, under other settings it starts afresh.
+The final model is a normal sentence-transformers folder with a model card and ``GENQ_TRAINING.json``.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from genq_search.data import (
     mark_stage_complete,
     read_manifest,
     stage_is_complete,
+    write_json,
 )
-from genq_search.encoders import pick_device
+from genq_search.encoders import model_fingerprint, pick_device
 from genq_search.errors import GenqError
 from genq_search.generate import read_generated
 from genq_search.models import resolve_model
@@ -36,7 +41,7 @@ from genq_search.passages import document_text
 logger = logging.getLogger(__name__)
 
 METHODS = {"genq": "GenQ (MultipleNegativesRankingLoss, no-duplicates batches)",
-           "gpl": "GPL (MarginMSE on teacher margins, dot-product scores)"}
+           "gpl": "GPL (MarginMSE on teacher margins, the model's similarity scaled)"}
 
 
 def training_pairs(generate_dir: Path, corpus: Corpus) -> list[dict[str, str]]:
@@ -46,9 +51,10 @@ def training_pairs(generate_dir: Path, corpus: Corpus) -> list[dict[str, str]]:
 
 
 def training_tuples(generate_dir: Path, label_dir: Path, corpus: Corpus) -> list[dict[str, Any]]:
-    """(query, positive, negative, margin) rows from the label stage."""
+    """(query, positive, negative, margin) rows from the label stage (each document's text built once and shared)."""
     queries, _ = read_generated(generate_dir, corpus)
     path = Path(label_dir) / "gpl-training.jsonl"
+    texts: dict[str, str] = {}
     rows = []
     for line_no, row in iter_jsonl(path):
         for field in ("qid", "positive", "negative", "margin"):
@@ -56,8 +62,11 @@ def training_tuples(generate_dir: Path, label_dir: Path, corpus: Corpus) -> list
                 raise GenqError(f"{path}:{line_no}: field '{field}' is missing")
         if row["qid"] not in queries or row["positive"] not in corpus or row["negative"] not in corpus:
             raise GenqError(f"{path}:{line_no}: unknown query or document id (was the label stage run on another corpus?)")
-        rows.append({"query": queries[row["qid"]], "positive": document_text(corpus[row["positive"]]),
-                     "negative": document_text(corpus[row["negative"]]), "label": float(row["margin"])})
+        for doc_id in (row["positive"], row["negative"]):
+            if doc_id not in texts:
+                texts[doc_id] = document_text(corpus[doc_id])
+        rows.append({"query": queries[row["qid"]], "positive": texts[row["positive"]], "negative": texts[row["negative"]],
+                     "label": float(row["margin"])})
     return rows
 
 
@@ -88,14 +97,14 @@ def set_max_seq_length(model: Any, wanted: int) -> None:
 
 
 def calibrate_score_scale(model: Any, rows: list[dict[str, Any]], seed: int, sample: int = 256) -> float:
-    """The scale that puts the base model's dot-product margins on the teacher's scale (equal root mean square on a
-    sample of tuples). MarginMSE otherwise spends its first steps squashing or stretching all margins, which wrecks
-    a normalised encoder (cosine margins ~0.1) under a teacher whose margins are ~1-10."""
+    """The scale that puts the base model's margins (its own similarity) on the teacher's scale (equal root mean
+    square on a sample of tuples). MarginMSE otherwise spends its first steps squashing or stretching all margins,
+    which wrecks a normalised encoder (cosine margins ~0.1) under a teacher whose margins are ~1-10."""
     import numpy as np
 
     picked = random.Random(seed).sample(rows, min(sample, len(rows)))
-    q, p, n = (model.encode([r[k] for r in picked], batch_size=32, convert_to_numpy=True) for k in ("query", "positive", "negative"))
-    student = (q * p).sum(1) - (q * n).sum(1)
+    q, p, n = (model.encode([r[k] for r in picked], batch_size=32, convert_to_tensor=True) for k in ("query", "positive", "negative"))
+    student = (model.similarity_pairwise(q, p) - model.similarity_pairwise(q, n)).double().cpu().numpy()
     teacher = np.array([r["label"] for r in picked])
     student_rms = float(np.sqrt(np.mean(student**2)))
     scale = float(np.sqrt(np.mean(teacher**2))) / student_rms if student_rms > 1e-6 else 1.0
@@ -104,17 +113,35 @@ def calibrate_score_scale(model: Any, rows: list[dict[str, Any]], seed: int, sam
     return scale
 
 
-class ScaledDotScore:
-    """``scale * <a, b>``: MarginMSE on a normalised encoder needs scores on the teacher's scale, not in [-1, 1]."""
+class ScaledSimilarity:
+    """``scale * similarity(a, b)`` pairwise: MarginMSE on a normalised encoder needs scores on the teacher's scale,
+    not in [-1, 1]."""
 
-    def __init__(self, scale: float):
-        self.scale = scale
-        self.__name__ = f"pairwise_dot_score_x{scale:g}"
+    def __init__(self, scale: float, similarity: str):
+        from sentence_transformers import SimilarityFunction
+
+        self.scale, self.pairwise = scale, SimilarityFunction.to_similarity_pairwise_fn(similarity)
+        self.__name__ = f"{self.pairwise.__name__}_x{scale:g}"
 
     def __call__(self, a: Any, b: Any) -> Any:
-        from sentence_transformers.util import pairwise_dot_score
+        return self.scale * self.pairwise(a, b)
 
-        return self.scale * pairwise_dot_score(a, b)
+
+def warmup_steps(rows: int, batch_size: int, epochs: int, ratio: float) -> int:
+    """``ceil(ratio * optimizer steps)``, passed to the trainer as a step count: transformers before 5 reads a float
+    ``warmup_steps`` as steps (0.1 step: no warm-up), so a ratio there would not mean 10% on every version."""
+    return math.ceil(ratio * epochs * math.ceil(rows / batch_size))
+
+
+def keep_checkpoints(checkpoints: Path, key: str) -> bool:
+    """Wipe ``checkpoints`` unless they were written under ``key`` (settings hash and batch size), mark them with it,
+    and say whether there is one to resume from."""
+    marker = checkpoints / "settings.json"
+    if checkpoints.exists() and not (marker.is_file() and json.loads(marker.read_text()).get("settings_hash") == key):
+        logger.info("train: checkpoints in %s were written under other settings; starting afresh", checkpoints)
+        shutil.rmtree(checkpoints)
+    write_json(marker, {"settings_hash": key})
+    return any(checkpoints.glob("checkpoint-*"))
 
 
 def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: Path, label_dir: Path | None = None,
@@ -129,7 +156,9 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
     if cfg.method == "gpl":
         inputs.append(read_manifest(label_dir).get("settings_hash"))  # type: ignore[arg-type]
     scale_rule = "rms-calibrated" if cfg.method == "gpl" and cfg.score_scale is None else None
-    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device"}), inputs, bool(eval_collection), scale_rule])
+    local_base = Path(cfg.base_model).expanduser()  # e.g. the TSDAE output: retrain when it is rewritten
+    base_identity = model_fingerprint(str(local_base)) if local_base.exists() else None
+    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device"}), inputs, bool(eval_collection), scale_rule, base_identity])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("train: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
@@ -148,10 +177,9 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
     checkpoints = stage_dir / "checkpoints"
     if overwrite and checkpoints.exists():
         shutil.rmtree(checkpoints)
-    evaluator, eval_args = _evaluator(eval_collection, cfg)
     while True:
-        model, trainer, scale = _trainer(cfg, rows, batch_size, device, checkpoints, evaluator, eval_args)
-        resume = any(checkpoints.glob("checkpoint-*")) if checkpoints.exists() else False
+        resume = keep_checkpoints(checkpoints, fingerprint([settings, batch_size]))
+        model, trainer, scale = _trainer(cfg, rows, batch_size, device, checkpoints, eval_collection)
         try:
             result = trainer.train(resume_from_checkpoint=True if resume else None)
             break
@@ -172,9 +200,10 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
         "distinct_passages": distinct_passages, "generated_queries": str(generate_dir),
         "pseudo_labels": str(label_dir) if label_dir else None,
         "hyper_parameters": {**cfg.model_dump(mode="json"), "batch_size": batch_size, "score_scale": scale},
-        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "similarity_fn_name": model.similarity_fn_name, "best_checkpoint": trainer.state.best_model_checkpoint,
     })
     summary = {"model": str(out), "method": cfg.method, "pairs": len(rows), "batch_size": batch_size, "steps": result.global_step,
+               "similarity_fn_name": model.similarity_fn_name, "warmup_steps": trainer.args.warmup_steps,
                "train_loss": result.training_loss, "losses": losses_seen, "resumed": resume, "device": device,
                "evaluations": [{k: v for k, v in row.items() if "ndcg" in k or k == "step"} for row in history if any("ndcg" in k for k in row)],
                "best_checkpoint": trainer.state.best_model_checkpoint}
@@ -183,8 +212,9 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
 
 
 def _trainer(cfg: TrainConfig, rows: list[dict[str, Any]], batch_size: int, device: str, checkpoints: Path,
-             evaluator: Any, eval_args: dict[str, Any]) -> tuple[Any, Any, float | None]:
-    """The base model, its loss (MNRL with no-duplicate batches, or MarginMSE) and a configured trainer."""
+             eval_collection: Collection | None) -> tuple[Any, Any, float | None]:
+    """The base model, its loss (MNRL with no-duplicate batches, or MarginMSE), both on the model's own similarity,
+    and a configured trainer."""
     import torch
     from datasets import Dataset
     from sentence_transformers import (
@@ -197,15 +227,19 @@ def _trainer(cfg: TrainConfig, rows: list[dict[str, Any]], batch_size: int, devi
 
     model = SentenceTransformer(resolve_model(cfg.base_model, "base bi-encoder"), device=device)
     set_max_seq_length(model, cfg.max_seq_length)
-    if cfg.method == "genq":
-        loss, sampler, scale = losses.MultipleNegativesRankingLoss(model), BatchSamplers.NO_DUPLICATES, None
+    similarity = model.similarity_fn_name  # sentence-transformers says "cosine" when the model names none
+    if cfg.method == "genq":  # the usual temperature 1/20 for cosine; unbounded scores (dot product) are not scaled
+        mnrl = losses.MultipleNegativesRankingLoss(model, scale=20.0 if similarity == "cosine" else 1.0, similarity_fct=model.similarity)
+        loss, sampler, scale = mnrl, BatchSamplers.NO_DUPLICATES, None
     else:
         scale = cfg.score_scale or calibrate_score_scale(model, rows, cfg.seed)
-        loss, sampler = losses.MarginMSELoss(model, similarity_fct=ScaledDotScore(scale)), BatchSamplers.BATCH_SAMPLER
+        loss, sampler = losses.MarginMSELoss(model, similarity_fct=ScaledSimilarity(scale, similarity)), BatchSamplers.BATCH_SAMPLER
+    evaluator, eval_args = _evaluator(eval_collection, cfg, similarity)
     cuda = device.startswith("cuda")
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints), num_train_epochs=cfg.epochs, per_device_train_batch_size=batch_size,
-        learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_ratio, seed=cfg.seed, data_seed=cfg.seed,
+        learning_rate=cfg.learning_rate, warmup_steps=warmup_steps(len(rows), batch_size, cfg.epochs, cfg.warmup_ratio),
+        seed=cfg.seed, data_seed=cfg.seed,
         batch_sampler=sampler, save_strategy="steps", save_steps=cfg.eval_steps if evaluator else cfg.checkpoint_steps,
         save_total_limit=2, logging_steps=max(1, min(50, math.ceil(len(rows) / batch_size / 10))),
         bf16=cuda and torch.cuda.is_bf16_supported(), fp16=cuda and not torch.cuda.is_bf16_supported(),
@@ -215,10 +249,12 @@ def _trainer(cfg: TrainConfig, rows: list[dict[str, Any]], batch_size: int, devi
     return model, trainer, scale
 
 
-def _evaluator(collection: Collection | None, cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
-    """nDCG@10 on labelled queries every ``eval_steps``; the best checkpoint is loaded at the end."""
+def _evaluator(collection: Collection | None, cfg: TrainConfig, similarity: str) -> tuple[Any, dict[str, Any]]:
+    """nDCG@10 on labelled queries under the model's ``similarity`` every ``eval_steps``; the best checkpoint (by
+    that metric) is loaded at the end."""
     if collection is None:
         return None, {}
+    from sentence_transformers import SimilarityFunction
     from sentence_transformers.evaluation import InformationRetrievalEvaluator
 
     name = cfg.eval_split or "eval"
@@ -226,7 +262,8 @@ def _evaluator(collection: Collection | None, cfg: TrainConfig) -> tuple[Any, di
         queries=collection.queries, corpus={d: document_text(doc) for d, doc in collection.corpus.items()},
         relevant_docs={q: {d for d, s in judged.items() if s > 0} for q, judged in collection.qrels.items()},
         name=name, ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1], precision_recall_at_k=[100], map_at_k=[100],
+        score_functions={similarity: SimilarityFunction.to_similarity_fn(similarity)}, main_score_function=similarity,
         show_progress_bar=False)
-    metric = f"eval_{name}_cosine_ndcg@10"
+    metric = f"eval_{name}_{similarity}_ndcg@10"
     return evaluator, {"eval_strategy": "steps", "eval_steps": cfg.eval_steps, "load_best_model_at_end": True,
                        "metric_for_best_model": metric, "greater_is_better": True}

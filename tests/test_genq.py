@@ -21,7 +21,7 @@ def small_corpus(n: int = 24) -> dict[str, dict[str, str]]:
 
 def gen_cfg(model: Path, **changes: object) -> GenerateConfig:
     settings: dict[str, object] = {"queries_per_passage": "2", "batch_size": 4, "chunk_size": 8, "max_new_tokens": 8,
-                                   "max_input_tokens": 48, "min_query_words": 1, "device": "cpu"}
+                                   "max_input_tokens": 48, "min_query_words": 1, "device": "cpu", "dev_queries": 0}
     return GenerateConfig(model=str(model), **(settings | changes))
 
 
@@ -140,6 +140,7 @@ batch_size = 8
 chunk_size = 8
 max_new_tokens = 8
 min_query_words = 1
+dev_queries = 40
 [train]
 base_model = "{tiny_bi_encoder}"
 batch_size = 8
@@ -152,7 +153,10 @@ modes = ["bm25", "dense", "hybrid-rrf"]
     for name in ["| bm25 |", "| dense-zeroshot |", "| dense-genq |", "| hybrid-rrf-genq |"]:
         assert name in result.output
     summary = json.loads((tmp_path / "run" / "adapt-summary.json").read_text())
-    assert summary["adapt"]["generate"]["documents"] == 16
+    assert summary["adapt"]["generate"]["documents"] == 16 and 0 < summary["dev_set"]["queries"] <= 40
+    assert not summary["gate"]["passed"] and summary["gate"]["reason"].startswith("dev set too small")  # 40 < 100: fails closed
+    assert summary["gate"]["model"] == str(tiny_bi_encoder) and "hybrid-tuned-genq" in summary["label_free"]
+    assert "## Model gate" in (tmp_path / "run" / "compare" / "report.md").read_text()
     stamp = (tmp_path / "run" / "train" / "model" / "modules.json").stat().st_mtime_ns
     again = CliRunner().invoke(app, ["adapt", "--config", str(config), "--device", "cpu"])
     assert again.exit_code == 0, again.output

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -23,7 +25,7 @@ def generated(tiny_t5: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     """24 documents with 2 generated queries each (tiny T5)."""
     corpus = small_corpus(24)
     out = tmp_path_factory.mktemp("gpl-generated") / "generate"
-    run_generate(gen_cfg(tiny_t5), corpus, out)
+    run_generate(gen_cfg(tiny_t5, dev_queries=0), corpus, out)
     return corpus, out
 
 
@@ -101,35 +103,48 @@ def test_a_query_whose_positive_is_missing_is_named(generated, tiny_bi_encoder: 
     assert not (tmp_path / "mine" / "manifest.json").exists()
 
 
+def cross_encoder_logit(model, tokenizer, query: str, passage: str, query_tokens: int, passage_tokens: int) -> float:
+    """The logit on [CLS] query[:query_tokens] [SEP] passage[:passage_tokens] [SEP], one pair, no padding."""
+    import torch
+
+    q = tokenizer(query, add_special_tokens=False)["input_ids"][:query_tokens]
+    p = tokenizer(passage, add_special_tokens=False)["input_ids"][:passage_tokens]
+    ids = [tokenizer.cls_token_id, *q, tokenizer.sep_token_id, *p, tokenizer.sep_token_id]
+    types = [0] * (len(q) + 2) + [1] * (len(p) + 1)
+    with torch.inference_mode():
+        return float(model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types])).logits[0, 0])
+
+
 def test_margins_are_cross_encoder_differences_and_labelling_resumes(generated, tiny_bi_encoder: Path, tiny_cross_encoder: Path,
                                                                      tmp_path: Path) -> None:
-    import torch
-    from sentence_transformers import CrossEncoder
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from genq_search.label import load_teacher
     from genq_search.passages import document_text
 
     corpus, gen_dir = generated
     run_mine(mine_cfg(tiny_bi_encoder), corpus, gen_dir, tmp_path / "mine")
-    cfg = LabelConfig(teacher=str(tiny_cross_encoder), tuples_per_query=2, chunk_size=10, batch_size=8, max_length=64, device="cpu")
+    cfg = LabelConfig(teacher=str(tiny_cross_encoder), tuples_per_query=2, chunk_size=10, batch_size=8, max_length=64,
+                      max_query_tokens=3, device="cpu")
     summary = run_label(cfg, corpus, gen_dir, tmp_path / "mine", tmp_path / "full")
     labelled = rows(tmp_path / "full" / "gpl-training.jsonl")
     mined = {r["qid"]: r for r in rows(tmp_path / "mine" / "hard-negatives.jsonl")}
     assert summary["tuples"] == len(labelled) == 2 * len(mined)
     assert summary["truncated_this_run"] > 0  # pydocs docstrings are longer than 64 tokens
     queries = {json.loads(l)["_id"]: json.loads(l)["text"] for l in (gen_dir / "gen-queries.jsonl").open()}
-    model = CrossEncoder(str(tiny_cross_encoder), device="cpu", max_length=64)
-    for row in labelled[:12]:
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_cross_encoder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_cross_encoder)
+    for row in labelled[:12]:  # query and passage cut separately (3 and 64 tokens), not the pair to 64
         assert row["negative"] in negative_pool(mined[row["qid"]]) and row["positive"] in mined[row["qid"]]["positives"]
-        direct = model.predict([[queries[row["qid"]], document_text(corpus[row["positive"]])],
-                                [queries[row["qid"]], document_text(corpus[row["negative"]])]], activation_fn=torch.nn.Identity())
-        assert row["margin"] == pytest.approx(float(direct[0] - direct[1]), abs=1e-5)
+        pos, neg = (cross_encoder_logit(model, tokenizer, queries[row["qid"]], document_text(corpus[row[k]]), 3, 64)
+                    for k in ("positive", "negative"))
+        assert row["margin"] == pytest.approx(pos - neg, rel=1e-3, abs=1e-8)  # a random teacher: margins ~1e-5
     per_query = {}
     for row in labelled:
         per_query.setdefault(row["qid"], []).append(row["negative"])
     assert all(len(set(negs)) == 2 for negs in per_query.values())  # a fresh negative per tuple
 
-    teacher = load_teacher(cfg)
+    teacher = load_teacher(cfg, corpus)
     calls = {"n": 0}
     original = teacher.score
 
@@ -165,6 +180,103 @@ def test_query_likelihood_teacher_equals_unbatched_log_likelihood(tiny_causal_lm
         direct = sum(float(logprobs[p - 1, ids[p]]) for p in range(len(ids) - n_query, len(ids))) / n_query
         assert score == pytest.approx(direct, abs=1e-3)
     assert np.all(batched < 0)
+
+
+def test_a_tuple_budget_is_drawn_round_robin_over_the_queries(tmp_path: Path) -> None:
+    from genq_search.label import plan_tuples
+
+    pools = {f"q{i}": [f"n{i}-{j}" for j in range(3)] for i in range(4)}
+    with (tmp_path / "hard-negatives.jsonl").open("w") as f:
+        for qid, pool in pools.items():
+            f.write(json.dumps({"qid": qid, "positives": [f"p-{qid}"], "negatives": {"r": pool}}) + "\n")
+        f.write(json.dumps({"qid": "q-empty", "positives": ["p"], "negatives": {"r": []}}) + "\n")
+    tuples, without = plan_tuples(tmp_path, 1, seed=7, total=22)  # 5.5 per query, pools of 3
+    assert len(tuples) == 22 and without == 1
+    assert [q for q, _, _ in tuples[:8]] == ["q0", "q1", "q2", "q3"] * 2  # every query's first, then second tuple, ...
+    counts = {q: [t[0] for t in tuples].count(q) for q in pools}
+    assert counts == {"q0": 6, "q1": 6, "q2": 5, "q3": 5}
+    for qid, pool in pools.items():
+        negatives = [n for q, _, n in tuples if q == qid]  # each negative once before any twice
+        assert sorted(negatives[:3]) == pool and len(set(negatives[3:])) == len(negatives[3:]) and set(negatives[3:]) <= set(pool)
+        assert all(p == f"p-{qid}" for q, p, _ in tuples if q == qid)
+    assert plan_tuples(tmp_path, 1, seed=7, total=22) == (tuples, without)  # seeded
+    assert plan_tuples(tmp_path, 2, seed=7)[0] == plan_tuples(tmp_path, 2, seed=7, total=8)[0]  # 2 per query either way
+
+
+def test_ensemble_teacher_margins_equal_the_hand_computed_combination(generated, tiny_bi_encoder: Path, tiny_causal_lm: Path,
+                                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rank_bm25 import BM25Okapi
+    from sentence_transformers import SentenceTransformer
+
+    from genq_search import label
+    from genq_search.passages import document_text
+
+    corpus, gen_dir = generated
+    run_mine(mine_cfg(tiny_bi_encoder), corpus, gen_dir, tmp_path / "mine")
+    spec = f"ensemble:bm25+bi:{tiny_bi_encoder}+lm:{tiny_causal_lm}"
+    cfg = LabelConfig(teacher=spec, teacher_weights=[1.0, 2.0, 0.5], tuples=24, chunk_size=8, max_length=40, device="cpu")
+    summary = run_label(cfg, corpus, gen_dir, tmp_path / "mine", tmp_path / "full")
+    labelled = rows(tmp_path / "full" / "gpl-training.jsonl")
+    assert summary["tuples"] == len(labelled) == 24
+
+    queries = {json.loads(l)["_id"]: json.loads(l)["text"] for l in (gen_dir / "gen-queries.jsonl").open()}
+    doc_ids = list(corpus)
+    bm25 = BM25Okapi([re.findall(r"\w+", document_text(corpus[d]).lower()) for d in doc_ids])
+    encoder = SentenceTransformer(str(tiny_bi_encoder), device="cpu")
+    lm = label.QueryLikelihoodTeacher(str(tiny_causal_lm), cfg)
+
+    @functools.cache
+    def members(qid: str, doc: str) -> list[float]:
+        query, text = queries[qid], document_text(corpus[doc])
+        encoder.max_seq_length = 64  # the model's own limit (queries are short)
+        query_vector = encoder.encode([query], convert_to_tensor=True)
+        encoder.max_seq_length = 40 + 2  # max_length passage tokens and [CLS], [SEP]
+        vectors = [query_vector[0], encoder.encode([text], convert_to_tensor=True)[0]]
+        return [float(bm25.get_scores(re.findall(r"\w+", query.lower()))[doc_ids.index(doc)]),
+                float(encoder.similarity(vectors[0], vectors[1])[0, 0]), float(lm.score([(query, text)])[0])]
+
+    scores = np.array([[members(r["qid"], r["positive"]), members(r["qid"], r["negative"])] for r in labelled])  # tuple, side, member
+    member_margins = scores[:, 0] - scores[:, 1]
+    rms = np.sqrt((member_margins**2).mean(0))
+    expected = (member_margins / rms * np.array([1.0, 2.0, 0.5])).sum(1)
+    assert [r["margin"] for r in labelled] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert list(summary["member_margin_rms"].values()) == pytest.approx(rms.tolist(), rel=1e-4)
+    stored = np.array([[r["scores"][m] for m in r["scores"]] for r in labelled])  # tuple, member, side
+    assert stored.transpose(0, 2, 1) == pytest.approx(scores, abs=1e-4)
+
+    alone = run_label(LabelConfig(teacher="bm25", tuples=24, chunk_size=8, device="cpu"), corpus, gen_dir, tmp_path / "mine",
+                      tmp_path / "bm25")  # each member also teaches alone, on its raw scale
+    assert [r["margin"] for r in rows(tmp_path / "bm25" / "gpl-training.jsonl")] == pytest.approx(member_margins[:, 0].tolist())
+    assert alone["member_margin_rms"] is None
+
+    calls = {"n": 0}
+    original = label._label_chunk
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Interrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(label, "_label_chunk", interrupted)
+    with pytest.raises(Interrupt):
+        run_label(cfg, corpus, gen_dir, tmp_path / "mine", tmp_path / "resumed")
+    monkeypatch.setattr(label, "_label_chunk", original)
+    run_label(cfg, corpus, gen_dir, tmp_path / "mine", tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "gpl-training.jsonl").read_bytes() == (tmp_path / "full" / "gpl-training.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize(("teacher", "weights", "message"), [
+    ("ensemble:bm25", None, "two or more distinct members"),
+    ("ensemble:bm25+bm25", None, "two or more distinct members"),
+    ("ensemble:bm25+bi:x", [1.0], "one weight per member"),
+    ("bm25", [1.0], "one weight per member"),
+])
+def test_bad_ensemble_specs_fail_before_any_work(teacher: str, weights: list[float] | None, message: str, tmp_path: Path) -> None:
+    from genq_search.label import teacher_members
+
+    with pytest.raises(GenqError, match=message):
+        teacher_members(LabelConfig(teacher=teacher, teacher_weights=weights))
 
 
 def test_gpl_training_reduces_the_margin_mse_loss(generated, tiny_bi_encoder: Path, tiny_cross_encoder: Path, tmp_path: Path) -> None:
