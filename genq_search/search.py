@@ -97,9 +97,10 @@ def build_index(
         name = backend_cfg.index or f"genq-{corpus_fingerprint(collection.corpus)[:8]}-{label}"
         if backend_cfg.index and separate_index:
             name = f"{backend_cfg.index}-{label}"
-        meta = {"model": encoder.name if encoder else None, "model_fingerprint": encoder.fingerprint() if encoder else None,
-                "passage_tokens": max_tokens, "passage_stride": corpus_cfg.passage_stride,
-                "corpus": corpus_fingerprint(collection.corpus)}
+        meta: dict[str, object] = {"corpus": corpus_fingerprint(collection.corpus)}  # BM25 alone needs nothing more
+        if encoder is not None:
+            meta.update({"model": encoder.name, "model_fingerprint": encoder.fingerprint(), "passage_tokens": max_tokens,
+                         "passage_stride": corpus_cfg.passage_stride})
         backend: SearchBackend = OpenSearchBackend(connect(backend_cfg), name, backend_cfg)
         if not backend.reusable(len(collection.corpus), encoder.dim if encoder else None, meta):
             backend.index(collection.corpus, passages, vectors, meta)
