@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--dev-queries", type=int, default=240, help="synthetic dev set size (queries)")
     parser.add_argument("--writes", type=int, default=300, help="adds/updates/deletes during the reindex")
     parser.add_argument("--generator", default="google/gemma-3-270m")
+    parser.add_argument("--gate-margin", type=float, default=0.0,
+                        help="model gate margin; a negative one lets a barely trained model through, to measure the deployment")
     args = parser.parse_args()
     started = time.perf_counter()
     collection = load_collection(args.data, "test")
@@ -102,7 +104,8 @@ def main() -> None:
         "generate": {"model": args.generator, "queries_per_passage": "3", "max_passages": args.max_passages, "batch_size": 4,
                      "max_input_tokens": 256, "filter_top_k": 10, "dev_queries": args.dev_queries},
         "train": {"base_model": "sentence-transformers/all-MiniLM-L6-v2", "epochs": 1, "batch_size": 32},
-        "compare": {"modes": ["bm25", "dense", "hybrid-minmax", "hybrid-tuned"]},
+        "compare": {"modes": ["bm25", "dense", "hybrid-minmax", *(["hybrid-tuned"] if args.dev_queries else [])]},
+        "gate": {"margin": args.gate_margin},
         "reindex": {"verify_sample": 200},
     })
     client = connect(cfg.backend)
@@ -183,7 +186,8 @@ def main() -> None:
                   "english analyzer on title and text, BM25 k1=0.9 b=0.4; a second copy with Lucene's default BM25 for BEIR's "
                   f"query. upgrade: GenQ, Gemma-3 270M (GGUF) writing 3 queries for {args.max_passages} random documents, round-trip "
                   f"filter top 10, a synthetic dev set of up to {args.dev_queries} queries from held-out documents, all-MiniLM-L6-v2 "
-                  "1 epoch batch 32 lr 2e-5, gate on the dev set and SciFact test qrels, ONNX bundle (cpu profile), reindex "
+                  f"1 epoch batch 32 lr 2e-5, gate margin {args.gate_margin} on the dev set and SciFact test qrels, ONNX bundle "
+                  "(cpu profile), reindex "
                   f"with {args.writes} writes (1/3 adds, updates, deletes) by a second thread during the reindex. Embedded runs "
                   "are the upgrade's own comparison (rank_bm25); '*-upgraded-index' runs search the upgraded OpenSearch index."),
     })

@@ -63,8 +63,9 @@ def paired_p_value(a: dict[str, float], b: dict[str, float], greater_by: float |
 
     qids = sorted(a.keys() & b.keys())
     x, y = [a[q] for q in qids], [b[q] for q in qids]
-    if len(qids) < 2 or all(i == j for i, j in zip(x, y, strict=True)):
-        return 1.0
+    differences = {j - i - (greater_by or 0.0) for i, j in zip(x, y, strict=True)}
+    if len(qids) < 2 or len(differences) == 1:  # no variance: the test is undefined, the answer is not
+        return 0.0 if greater_by is not None and len(qids) >= 2 and differences.pop() > 0 else 1.0
     if greater_by is None:
         p = float(ttest_rel(x, y).pvalue)
     else:

@@ -36,6 +36,7 @@ def test_paired_p_value_and_win_loss() -> None:
     a = {f"q{i}": 0.2 for i in range(20)}
     b = {f"q{i}": 0.2 + (0.5 if i % 2 else 0.4) for i in range(20)}
     assert paired_p_value(a, a) == 1.0
+    assert paired_p_value(a, a, greater_by=-0.01) == 0.0 and paired_p_value(a, a, greater_by=0.0) == 1.0  # no variance
     assert paired_p_value(a, b) < 1e-6
     rows = win_loss({"q1": "text"}, {"q1": 0.5, "q2": 0.3, "q3": 0.1}, {"q1": 0.2, "q2": 0.3, "q3": 0.9})
     assert [(r["qid"], round(r["delta"], 2)) for r in rows] == [("q3", 0.8), ("q1", -0.3)]
