@@ -205,7 +205,9 @@ def generate(
     overrides["generate"]["dev_queries"] = dev_queries
     cfg = RunConfig.load(config, overrides)
     summary = run_generate(cfg.generate, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate", overwrite=bool(overwrite))
-    typer.echo(f"{summary['queries']} queries for {summary['documents']} documents (dropped: {summary['dropped']}) "
+    speed = (f"; {summary['passages_per_s']:.2f} documents/s, {summary['queries_per_s']:.2f} queries/s ({summary['runtime']})"
+             if summary.get("queries_per_s") else "")
+    typer.echo(f"{summary['queries']} queries for {summary['documents']} documents (dropped: {summary['dropped']}{speed}) "
                f"-> {cfg.run_dir / 'generate' / 'gen-queries.jsonl'}")
 
 

@@ -123,6 +123,8 @@ class CompareConfig(StageConfig):
 class GenerateConfig(StageConfig):
     model: str = "BeIR/query-gen-msmarco-t5-base-v1"
     kind: str = Field("auto", description="seq2seq | causal | auto (from the model config)")
+    runtime: str = Field("auto", description="transformers | llama.cpp | auto (llama.cpp for a GGUF model on CPU when "
+                                             "llama-cpp-python is installed, else transformers)")
     queries_per_passage: str = Field("3", description="an integer, or 'auto' (GPL rule: ~250K queries in total)")
     max_passages: int | None = None
     batch_size: int = 8

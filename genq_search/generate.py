@@ -10,12 +10,15 @@ gives exactly the output of an uninterrupted one.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
+import os
 import random
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,7 +45,7 @@ from genq_search.data import (
 )
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
-from genq_search.models import resolve_model
+from genq_search.models import is_gguf, resolve_model
 from genq_search.passages import document_text
 
 logger = logging.getLogger(__name__)
@@ -149,16 +152,28 @@ class CausalGenerator:
             raise GenqError("the prompt template must contain '{document}'")
 
     def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+        """Sample ``per_document`` queries per document from one prefill of its prompt: the prompt's KV cache is
+        computed once and repeated for the samples (``generate(num_return_sequences=n)`` would copy each prompt
+        n times before the forward pass and compute it n times)."""
         import torch
 
         torch.manual_seed(seed)
         truncated = [self._truncate(d) for d in documents]
         prompts = [self.template.replace("{document}", d) for d in truncated]
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False).to(self.device)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
         with torch.inference_mode():
-            out = self.model.generate(**inputs, num_return_sequences=per_document, pad_token_id=self.tokenizer.pad_token_id,
-                                      **self.stop, **_sampling(self.cfg))
-        texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            # positions as generate() derives them from a left-padded mask; the last prompt token is left for
+            # generate() to feed, so that its first step samples from the shared state
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            prefix = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                                use_cache=True, logits_to_keep=1)
+            cache = prefix.past_key_values
+            cache.batch_repeat_interleave(per_document)
+            out = self.model.generate(input_ids=ids.repeat_interleave(per_document, 0), past_key_values=cache,
+                                      attention_mask=mask.repeat_interleave(per_document, 0),
+                                      pad_token_id=self.tokenizer.pad_token_id, **self.stop, **_sampling(self.cfg))
+        texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         texts = [t.split("\n")[0] for t in texts]  # the query ends at the first line break
         return [texts[i * per_document : (i + 1) * per_document] for i in range(len(documents))]
 
@@ -167,8 +182,77 @@ class CausalGenerator:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
+class LlamaCppGenerator:
+    """A GGUF causal LM through llama.cpp (``llama-cpp-python``, the ``llama`` extra): its quantised CPU kernels, and
+    its prompt cache: llama-cpp-python keeps the evaluated tokens and re-evaluates only what follows the longest
+    common prefix, so a document's prompt is evaluated once for all its queries, and the few-shot part of the
+    template once for the whole run. Same prompt, truncation and sampling settings (temperature, top-k, top-p, no
+    min-p) as ``CausalGenerator``; each query has its own seed.
+
+    Decoding the queries of a document together (llama.cpp sequences sharing the prompt's KV cells) was measured
+    and not kept: on a 2-core CPU a step for 3 sequences cost 3x a single one (the 262K-token output projection
+    is compute-bound), so it gained nothing and lost the cross-document prefix reuse.
+    """
+
+    def __init__(self, path: str, cfg: GenerateConfig):
+        from llama_cpp import Llama
+
+        self.cfg = cfg
+        self.template = cfg.prompt_template or DEFAULT_PROMPT
+        if "{document}" not in self.template:
+            raise GenqError("the prompt template must contain '{document}'")
+        self.llm = Llama(model_path=path, vocab_only=True, verbose=False)  # the tokenizer, to size the context
+        context = len(self._tokens(self.template)) + cfg.max_input_tokens + cfg.max_new_tokens + 16
+        self.llm = Llama(model_path=path, n_ctx=context, n_batch=min(512, context), n_threads=usable_cores(),
+                         seed=cfg.seed, verbose=False)
+        # The few-shot part is evaluated once, alone, and every document restarts from exactly it: a prefix reused
+        # at whatever length it happened to share with the previous prompt would change the floating-point sums
+        # and so the sampled queries, and resuming a run must give the queries an uninterrupted run gives.
+        prefix = self.template.split("{document}")[0].encode("utf-8")
+        self.prefix = self.llm.tokenize(prefix, add_bos=True, special=False)[:-1]  # its last token may merge with the document's
+        self.llm.eval(self.prefix)
+
+    def _tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+        out = []
+        for i, document in enumerate(documents):
+            doc = self.llm.detokenize(self._tokens(document)[: self.cfg.max_input_tokens]).decode("utf-8", errors="ignore")
+            prompt = self.template.replace("{document}", doc)
+            self.llm.n_tokens = len(self.prefix)
+            out.append([self.llm.create_completion(
+                prompt, max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                top_k=self.cfg.top_k, min_p=0.0, stop=["\n"], seed=zlib.crc32(f"{seed}:{i}:{k}".encode()),
+            )["choices"][0]["text"] for k in range(per_document)])
+        return out
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def generation_runtime(cfg: GenerateConfig) -> str:
+    """The runtime that will generate (``auto`` resolved without loading anything); part of the settings hash,
+    since two runtimes sample different queries from the same seed."""
+    if cfg.runtime not in {"auto", "transformers", "llama.cpp"}:
+        raise GenqError(f"unknown generate.runtime '{cfg.runtime}' (transformers, llama.cpp or auto)")
+    if cfg.runtime != "auto":
+        return cfg.runtime
+    gguf = is_gguf(cfg.model)
+    if gguf and pick_device(cfg.device) == "cpu" and importlib.util.find_spec("llama_cpp") is not None:
+        return "llama.cpp"
+    return "transformers"
+
+
 def load_generator(cfg: GenerateConfig) -> QueryGenerator:
     path = resolve_model(cfg.model, "query generator")
+    if generation_runtime(cfg) == "llama.cpp":
+        if not path.endswith(".gguf"):
+            raise GenqError(f"generate.runtime = 'llama.cpp' needs a .gguf model file, got '{path}'")
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise GenqError("generate.runtime = 'llama.cpp' needs llama-cpp-python: pip install 'genq-search[llama]'")
+        return LlamaCppGenerator(path, cfg)
     kind = cfg.kind
     if kind == "auto":
         if path.endswith(".gguf"):
@@ -381,7 +465,8 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
     rerun. Nothing is written to the output files before every query is in hand; the manifest is written last."""
     stage_dir = Path(stage_dir)
     corpus_hash = corpus_fingerprint(corpus)
-    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), corpus_hash])
+    runtime = generation_runtime(cfg)
+    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), runtime, corpus_hash])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("generate: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
@@ -389,7 +474,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
     dev_pool, per_dev = plan_dev_documents(corpus, cfg)
     ids, per_document = plan_documents(corpus, cfg, exclude=frozenset(dev_pool))
     # chunks hold raw generations: clean-up and filter settings may change without regenerating them
-    shaping = [cfg.model_dump(mode="json", exclude=POST_PROCESSING | {"device", "batch_size"}), corpus_hash]
+    shaping = [cfg.model_dump(mode="json", exclude=POST_PROCESSING | {"device", "batch_size"}), runtime, corpus_hash]
     lazy = _LazyGenerator(cfg, generator)
     started = time.perf_counter()
     dev: list[tuple[str, str, str, float]] = []
@@ -433,7 +518,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
     summary = {
         "documents": len(ids), "queries_per_passage": per_document, "queries": stats.kept, "dropped": stats.dropped,
         "documents_without_query": without_query,
-        "generator": cfg.model, "seconds_this_run": seconds,
+        "generator": cfg.model, "runtime": runtime, "seconds_this_run": seconds,
         "passages_per_s": (generated_docs + dev_docs) / seconds if made and seconds else None,
         "queries_per_s": made / seconds if made and seconds else None, "dev": dev_summary,
     }

