@@ -139,6 +139,14 @@ def load_causal_lm(path: str, device: str) -> tuple[Any, Any]:
     return tokenizer, AutoModelForCausalLM.from_pretrained(path, **kwargs).to(device).eval()
 
 
+def prompt_template(cfg: GenerateConfig) -> str:
+    """The few-shot prompt of the causal generators (``{document}`` marks where the document goes)."""
+    template = cfg.prompt_template or DEFAULT_PROMPT
+    if "{document}" not in template:
+        raise GenqError("the prompt template must contain '{document}'")
+    return template
+
+
 class CausalGenerator:
     """InPars-style few-shot prompting of a decoder-only LM (HF id, folder, or a ``.gguf`` file)."""
 
@@ -147,9 +155,7 @@ class CausalGenerator:
         self.tokenizer, self.model = load_causal_lm(path, self.device)
         probe = self.tokenizer.decode(self.tokenizer("a\nb", add_special_tokens=False)["input_ids"])
         self.stop = {"stop_strings": ["\n"], "tokenizer": self.tokenizer} if "\n" in probe else {}  # end at the line break
-        self.template = cfg.prompt_template or DEFAULT_PROMPT
-        if "{document}" not in self.template:
-            raise GenqError("the prompt template must contain '{document}'")
+        self.template = prompt_template(cfg)
 
     def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
         """Sample ``per_document`` queries per document from one prefill of its prompt: the prompt's KV cache is
@@ -198,9 +204,7 @@ class LlamaCppGenerator:
         from llama_cpp import Llama
 
         self.cfg = cfg
-        self.template = cfg.prompt_template or DEFAULT_PROMPT
-        if "{document}" not in self.template:
-            raise GenqError("the prompt template must contain '{document}'")
+        self.template = prompt_template(cfg)
         self.llm = Llama(model_path=path, vocab_only=True, verbose=False)  # the tokenizer, to size the context
         context = len(self._tokens(self.template)) + cfg.max_input_tokens + cfg.max_new_tokens + 16
         self.llm = Llama(model_path=path, n_ctx=context, n_batch=min(512, context), n_threads=usable_cores(),

