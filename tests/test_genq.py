@@ -154,8 +154,13 @@ modes = ["bm25", "dense", "hybrid-rrf"]
         assert name in result.output
     summary = json.loads((tmp_path / "run" / "adapt-summary.json").read_text())
     assert summary["adapt"]["generate"]["documents"] == 16 and 0 < summary["dev_set"]["queries"] <= 40
-    assert not summary["gate"]["passed"] and summary["gate"]["reason"].startswith("dev set too small")  # 40 < 100: fails closed
-    assert summary["gate"]["model"] == str(tiny_bi_encoder) and "hybrid-tuned-genq" in summary["label_free"]
+    gate = summary["gate"]
+    # 40 < 100 dev queries: not gated on; the sample's 48 labelled queries decide alone (the random tiny model may
+    # happen to pass them)
+    assert gate["reason"].startswith("dev set too small")
+    assert gate["passed"] == (gate["label_delta"] > 0 and gate["label_p"] < 0.05)
+    assert gate["model"] == (gate["adapted_model"] if gate["passed"] else str(tiny_bi_encoder))
+    assert "hybrid-tuned-genq" in summary["label_free"]
     assert "## Model gate" in (tmp_path / "run" / "compare" / "report.md").read_text()
     stamp = (tmp_path / "run" / "train" / "model" / "modules.json").stat().st_mtime_ns
     again = CliRunner().invoke(app, ["adapt", "--config", str(config), "--device", "cpu"])
