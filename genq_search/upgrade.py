@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genq_search.config import RunConfig
+from genq_search.config import CompareConfig, RunConfig
 from genq_search.data import fingerprint, read_manifest, stage_is_complete, write_json
 from genq_search.errors import GenqError
 
@@ -129,11 +129,7 @@ def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str,
     client = connect(cfg.backend)
     pipeline_id = None
     if params["mode"] == "hybrid":
-        try:
-            pipeline_id = OpenSearchBackend(client, plan["alias"], cfg.backend).ensure_hybrid_pipeline(
-                params["method"], params["weights"] or (0.5, 0.5), params["rrf_k"] or 60)
-        except GenqError as exc:
-            logger.warning("no server-side hybrid pipeline (%s): fuse on the client instead", exc)
+        pipeline_id, params = hybrid_pipeline(OpenSearchBackend(client, plan["alias"], cfg.backend), params, tuned, cfg.compare)
     start = time.perf_counter()
     encoder = OnnxEncoder(bundle, provider="cpu" if cfg.encoder.device == "cpu" else "auto")
     result = run_reindex(cfg.backend, cfg.corpus, cfg.reindex.model_copy(update={"alias": plan["alias"]}), plan["source"],
@@ -151,6 +147,35 @@ def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str,
                     "sample_seed": result.sample_seed, "stages_s": result.stages_s},
         "query_body": query_body(cfg, state.alias, pipeline_id, params),
     }
+
+
+def hybrid_pipeline(backend: Any, params: dict[str, Any], tuned: dict[str, Any] | None,
+                    compare: CompareConfig) -> tuple[str | None, dict[str, Any]]:
+    """Create the search pipeline of ``params``. When the cluster cannot run its fusion method (z-score
+    normalisation needs neural-search 3.0), the best hybrid of the dev-set grid whose method it can run instead,
+    returned with its params; ``(None, params)`` when none can be created (the application fuses on the client)."""
+    from genq_search.labelfree import SINGLE, fusion_grid, search_params, setting_name
+
+    scores = (tuned or {}).get("grid") or {}
+    ranked = sorted((s for s in fusion_grid(compare) if s["method"] not in SINGLE and setting_name(s) in scores),
+                    key=lambda s: -scores[setting_name(s)])
+    failed: set[str] = set()
+    for candidate in [params, *map(search_params, ranked)]:
+        method = candidate["method"]
+        if method in failed:
+            continue
+        try:
+            pipeline_id = backend.ensure_hybrid_pipeline(method, candidate["weights"] or (0.5, 0.5), candidate["rrf_k"] or 60)
+        except GenqError as exc:
+            failed.add(method)
+            logger.warning("the cluster cannot run the %s fusion (%s)", method.value, exc)
+            continue
+        if failed:
+            logger.warning("deploying %s (weights %s, rrf k %s) instead: the best fusion on the dev set that the cluster "
+                           "runs", method.value, candidate["weights"], candidate["rrf_k"])
+        return pipeline_id, candidate
+    logger.warning("no server-side hybrid pipeline: fuse on the client instead")
+    return None, params
 
 
 def query_body(cfg: RunConfig, alias: str, pipeline_id: str | None, params: dict[str, Any]) -> dict[str, Any]:

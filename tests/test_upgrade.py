@@ -152,3 +152,33 @@ def test_upgrade_whose_gate_fails_leaves_the_alias_untouched(cfg: BackendConfig,
     assert not client.indices.exists(index=f"{alias}-v1")
     report = json.loads((tmp_path / "run" / "upgrade" / "report.json").read_text())
     assert report["deployed"] is False and report["gate"]["passed"] is False
+
+
+def test_a_tuned_fusion_the_cluster_cannot_run_deploys_the_best_one_it_can(cfg: BackendConfig) -> None:
+    """z-score normalisation exists in neural-search from 3.0 only: on an older node `upgrade` deploys the best
+    other hybrid of the dev-set grid (here rrf-30, not the lower-scoring min-max settings), and says which."""
+    from genq_search.backends.opensearch import OpenSearchBackend, connect
+    from genq_search.config import CompareConfig
+    from genq_search.errors import GenqError
+    from genq_search.fusion import FusionMethod
+    from genq_search.labelfree import search_params
+    from genq_search.upgrade import hybrid_pipeline
+
+    backend = OpenSearchBackend(connect(cfg), "unused", cfg)
+    tuned = {"method": "zscore", "lexical_weight": 0.4, "rrf_k": None,
+             "grid": {"zscore-0.4": 0.50, "zscore-0.3": 0.49, "rrf-30": 0.45, "minmax-0.4": 0.44, "dense": 0.40}}
+    params = search_params(tuned)
+    try:
+        backend.ensure_hybrid_pipeline(FusionMethod.ZSCORE, (0.4, 0.6), 60)
+        runs_zscore = True
+    except GenqError:
+        runs_zscore = False
+    pipeline_id, deployed = hybrid_pipeline(backend, params, tuned, CompareConfig())
+    if runs_zscore:
+        assert deployed == params and pipeline_id == "genq-hybrid-z_score-0.4-0.6"
+    else:
+        assert deployed == {"mode": "hybrid", "method": FusionMethod.RRF, "weights": None, "rrf_k": 30}
+        assert pipeline_id == "genq-hybrid-rrf-30"
+    assert hybrid_pipeline(backend, search_params({"method": "minmax", "lexical_weight": 0.5, "rrf_k": None}),
+                           None, CompareConfig()) == ("genq-hybrid-min_max-0.5-0.5", search_params(
+                               {"method": "minmax", "lexical_weight": 0.5, "rrf_k": None}))
