@@ -199,13 +199,16 @@ def generate(
 ) -> None:
     """Generate synthetic queries for the corpus (resumable; output in <run-dir>/generate)."""
     from genq_search.generate import run_generate
-    from genq_search.pipeline import load_run_collection
+    from genq_search.pipeline import generation_windows, load_run_collection
 
     overrides = _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, None, None, None, None, device)
     overrides["generate"]["dev_queries"] = dev_queries
     cfg = RunConfig.load(config, overrides)
-    summary = run_generate(cfg.generate, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate", overwrite=bool(overwrite))
-    speed = (f"; {summary['passages_per_s']:.2f} documents/s, {summary['queries_per_s']:.2f} queries/s ({summary['runtime']})"
+    documents = load_run_collection(cfg, with_qrels=False).corpus
+    summary = run_generate(cfg.generate, documents, cfg.run_dir / "generate", overwrite=bool(overwrite),
+                           windows=generation_windows(cfg))
+    unit = "passages" if cfg.generate.passage_windows else "documents"
+    speed = (f"; {summary['passages_per_s']:.2f} {unit}/s, {summary['queries_per_s']:.2f} queries/s ({summary['runtime']})"
              if summary.get("queries_per_s") else "")
     typer.echo(f"{summary['queries']} queries for {summary['documents']} documents (dropped: {summary['dropped']}{speed}) "
                f"-> {cfg.run_dir / 'generate' / 'gen-queries.jsonl'}")
@@ -345,7 +348,7 @@ def index_command(
         "backend": {**backend_overrides(backend, url, index, username, password, ca_certs, verify_certs, overwrite), "engine": engine},
     })
     collection = load_run_collection(cfg, with_qrels=False)
-    encoder = load_encoder(cfg.encoder.model, cfg.encoder.device, cfg.encoder.normalize) if model or config else None
+    encoder = load_encoder(cfg.encoder.model, cfg.encoder.device, cfg.encoder.normalize, dtype=cfg.encoder.dtype) if model or config else None
     built, timings = build_index(collection, encoder, cfg.corpus, cfg.encoder, cfg.backend, cfg.run_dir, "index")
     where = getattr(built, "index_name", cfg.run_dir / "index" / "index")
     typer.echo(f"indexed {built.count()} documents ({timings.passages} passages) into {where}")
@@ -377,7 +380,7 @@ def reindex(
         "reindex": {"alias": alias, "freeze_writes": freeze_writes, "catchup_rounds": catchup_rounds},
         "backend": {**backend_overrides(BackendKind.OPENSEARCH, url, None, username, password, ca_certs, verify_certs), "engine": engine},
     })
-    encoder = load_encoder(cfg.encoder.model, cfg.encoder.device, cfg.encoder.normalize)
+    encoder = load_encoder(cfg.encoder.model, cfg.encoder.device, cfg.encoder.normalize, dtype=cfg.encoder.dtype)
     result = run_reindex(cfg.backend, cfg.corpus, cfg.reindex, source, encoder, cfg.run_dir,
                          encode_batch=cfg.reindex.encode_batch or cfg.encoder.batch_size, dry_run=dry_run)
     if isinstance(result, ReindexState):

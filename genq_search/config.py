@@ -10,7 +10,7 @@ import json
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -61,6 +61,8 @@ class EncoderConfig(StageConfig):
     batch_size: int = 64
     normalize: bool = True
     max_seq_length: int | None = None
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="float32 | bfloat16 (PyTorch models; bfloat16 is faster on CPUs with "
+                                              "AVX-512-BF16/AMX and on GPUs)")
 
 
 class Engine(StrEnum):
@@ -136,6 +138,13 @@ class GenerateConfig(StageConfig):
     min_query_words: int = 2
     max_query_words: int = 32
     prompt_template: str | None = None
+    samples_per_passage: int | None = Field(None, ge=1, description="over-generate: sample this many queries per document and keep "
+                                                              "the queries_per_passage the generator finds most likely "
+                                                              "(length-normalised log-likelihood; Liang et al. 2020: 10, keep 5)")
+    passage_windows: bool = Field(False, description="generate for every passage window of a long document, split as the index "
+                                                     "splits it (corpus.passage_tokens / passage_stride, the base model's "
+                                                     "tokenizer), and train on those windows; default: the document's first "
+                                                     "max_input_tokens")
     filter_top_k: int | None = Field(None, description="round-trip filter: keep a query only if its source ranks in the top k")
     filter_model: str = DEFAULT_BI_ENCODER
     seed: int = 42

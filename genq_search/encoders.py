@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +31,11 @@ class Encoder(Protocol):
     def encode_passages(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray: ...
 
     def fingerprint(self) -> str: ...
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's or taskset's share, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def pick_device(device: str = "auto") -> str:
@@ -58,8 +64,13 @@ class SentenceTransformerEncoder:
         max_seq_length: int | None = None,
         query_prefix: str = "",
         passage_prefix: str = "",
+        dtype: str = "float32",
     ):
+        import torch
         from sentence_transformers import SentenceTransformer
+
+        if dtype not in {"float32", "bfloat16"}:
+            raise GenqError(f"unknown encoder dtype '{dtype}' (float32 or bfloat16)")
 
         self.path = resolve_model(model, "bi-encoder")
         self.name = model
@@ -71,6 +82,9 @@ class SentenceTransformerEncoder:
             raise GenqError(f"cannot load bi-encoder '{model}' from {self.path}: {exc}") from None
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
+        self.dtype = dtype
+        if dtype == "bfloat16":
+            self.model.to(torch.bfloat16)
         self.max_seq_length = int(self.model.max_seq_length or 512)
         self.dim = int(self.model.get_embedding_dimension())
         self.tokenizer = self.model.tokenizer
@@ -92,17 +106,18 @@ class SentenceTransformerEncoder:
         return self._encode([self.passage_prefix + t for t in texts], batch_size, progress)
 
     def fingerprint(self) -> str:
-        settings = [self.normalize, self.max_seq_length, self.query_prefix, self.passage_prefix]
+        settings = [self.normalize, self.max_seq_length, self.query_prefix, self.passage_prefix] + ([self.dtype] if self.dtype != "float32" else [])
         return fingerprint([model_fingerprint(self.path), settings])
 
 
-def load_encoder(spec: str, device: str = "auto", normalize: bool = True, max_seq_length: int | None = None) -> Encoder:
-    """``spec`` is a HF id / local sentence-transformers folder, or ``onnx:<bundle dir>``."""
+def load_encoder(spec: str, device: str = "auto", normalize: bool = True, max_seq_length: int | None = None,
+                 dtype: str = "float32") -> Encoder:
+    """``spec`` is a HF id / local sentence-transformers folder, or ``onnx:<bundle dir>`` (``dtype``: PyTorch only)."""
     if spec.startswith("onnx:"):
         from genq_search.export import OnnxEncoder
 
         return OnnxEncoder(spec.removeprefix("onnx:"), provider="cpu" if device == "cpu" else device)
-    return SentenceTransformerEncoder(spec, device=device, normalize=normalize, max_seq_length=max_seq_length)
+    return SentenceTransformerEncoder(spec, device=device, normalize=normalize, max_seq_length=max_seq_length, dtype=dtype)
 
 
 def encode_passages_cached(

@@ -23,6 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genq_search.data import file_sha256, fingerprint, write_json
+from genq_search.encoders import usable_cores
 from genq_search.errors import GenqError
 from genq_search.models import resolve_model
 
@@ -249,7 +250,7 @@ class OnnxEncoder:
         if verify:
             self._verify(model_file, entry)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or usable_cores()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(model_file), options, providers=providers)
         self.input_names = {i.name for i in self.session.get_inputs()}

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import logging
 import math
-import os
 import random
 import re
 import time
@@ -34,6 +33,7 @@ from genq_search.data import (
     chunk_file,
     corpus_fingerprint,
     fingerprint,
+    iter_jsonl,
     mark_stage_complete,
     prepare_chunks,
     read_manifest,
@@ -43,15 +43,17 @@ from genq_search.data import (
     write_jsonl,
     write_qrels,
 )
-from genq_search.encoders import pick_device
+from genq_search.encoders import pick_device, usable_cores
 from genq_search.errors import GenqError
 from genq_search.models import is_gguf, resolve_model
-from genq_search.passages import document_text
+from genq_search.passages import PassageWindows, document_text
 
 logger = logging.getLogger(__name__)
 
 GPL_TOTAL_QUERIES = 250_000
 POST_PROCESSING = {"min_query_words", "max_query_words", "filter_top_k", "filter_model", "dev_max_overlap"}
+TRAINING_SIDE = {"queries_per_passage", "samples_per_passage", "passage_windows", "max_passages"}  # the dev set is sized apart
+POSITIVES = "gen-positives.jsonl"  # passage_windows: each query's window, the positive it trains on
 DEV_QUERIES_PER_DOCUMENT = 3  # at most: several near-duplicate queries of one document add little to a dev set
 DEV_EXPECTED_SURVIVAL = 0.2  # share of dev candidates assumed to pass the lexical-gap filter when sizing the pool
 DEV_MAX_SHARE = 0.2  # of the corpus set aside for the dev set, unless max_passages leaves more documents unused
@@ -79,6 +81,12 @@ DEFAULT_PROMPT = (
 )
 
 
+def read_positives(generate_dir: Path) -> dict[str, str]:
+    """The passage window each query was written for (``passage_windows``; empty when queries are per document)."""
+    path = Path(generate_dir) / POSITIVES
+    return {row["_id"]: row["text"] for _, row in iter_jsonl(path)} if path.is_file() else {}
+
+
 def read_generated(generate_dir: Path, corpus: Corpus) -> tuple[Queries, Qrels]:
     """Generated queries and their source documents; a source missing from the corpus is an error naming the query."""
     qrels_path = Path(generate_dir) / "gen-qrels" / "train.tsv"
@@ -94,7 +102,56 @@ def read_generated(generate_dir: Path, corpus: Corpus) -> tuple[Queries, Qrels]:
 
 
 class QueryGenerator(Protocol):
+    """``per_document`` queries for each document. Over-generation (``samples_per_passage``) also needs
+    ``generate_with_likelihood(documents, per_document, seed) -> [[(query, mean token log-probability), ...], ...]``,
+    which the built-in generators have."""
+
     def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]: ...
+
+
+def mean_log_likelihood(logp: Any, lengths: list[int]) -> list[float]:
+    """Length-normalised log-likelihood: the mean of each row's first ``lengths[row]`` token log-probabilities
+    (``logp``: rows x steps); ``-inf`` for a row without tokens."""
+    import torch
+
+    steps = logp.shape[1]
+    mask = torch.arange(steps, device=logp.device)[None, :] < torch.tensor(lengths, device=logp.device)[:, None]
+    total = torch.where(mask, logp, torch.zeros_like(logp)).sum(1)
+    count = mask.sum(1)
+    return [float(t / c) if c else float("-inf") for t, c in zip(total.tolist(), count.tolist(), strict=True)]
+
+
+class SampledLogProbs:
+    """A transformers logits processor that changes nothing and records, for every row, the log-probability of each
+    sampled token under the model's logits (before temperature, top-k and top-p, which generate() applies after
+    user processors): called before each sampling step, it learns the previous step's tokens from the input ids.
+    Keeps one ``rows x vocab`` step at a time, where ``output_logits`` would keep every step (GBs for a 262K vocab)."""
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.steps: list[Any] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = torch.log_softmax(scores.float(), -1)
+        return scores
+
+    def logp(self, rows: int) -> Any:
+        """rows x recorded steps (the last sampled token is never recorded: no step follows it)."""
+        import torch
+
+        return torch.stack(self.steps, 1) if self.steps else torch.zeros((rows, 0))
+
+
+def _token_ids(value: Any) -> set[int]:
+    return set() if value is None else {int(v) for v in value} if isinstance(value, list | tuple) else {int(value)}
+
+
+def _group(items: list[Any], per_document: int) -> list[list[Any]]:
+    return [items[i : i + per_document] for i in range(0, len(items), per_document)]
 
 
 def _sampling(cfg: GenerateConfig) -> dict[str, Any]:
@@ -113,15 +170,34 @@ class Seq2SeqGenerator:
         self.model = AutoModelForSeq2SeqLM.from_pretrained(path).to(self.device).eval()
 
     def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+        return _group(self._generate(documents, per_document, seed, False)[0], per_document)
+
+    def generate_with_likelihood(self, documents: list[str], per_document: int, seed: int) -> list[list[tuple[str, float]]]:
+        texts, scores = self._generate(documents, per_document, seed, True)
+        return _group(list(zip(texts, scores, strict=True)), per_document)
+
+    def _generate(self, documents: list[str], per_document: int, seed: int, likelihood: bool) -> tuple[list[str], list[float]]:
         import torch
 
         torch.manual_seed(seed)
         inputs = self.tokenizer(documents, truncation=True, max_length=self.cfg.max_input_tokens, padding=True,
                                 return_tensors="pt", return_token_type_ids=False).to(self.device)
         with torch.inference_mode():
-            out = self.model.generate(**inputs, num_return_sequences=per_document, **_sampling(self.cfg))
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [texts[i * per_document : (i + 1) * per_document] for i in range(len(documents))]
+            out = self.model.generate(**inputs, num_return_sequences=per_document, **_sampling(self.cfg),
+                                      **({"output_logits": True, "return_dict_in_generate": True} if likelihood else {}))
+        sequences = out.sequences if likelihood else out
+        texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        if not likelihood:
+            return texts, []
+        import torch
+
+        generated = sequences[:, 1:]  # after the decoder start token; a query ends with its end-of-sequence token
+        eos = _token_ids(self.model.generation_config.eos_token_id)
+        lengths = [next((i + 1 for i, t in enumerate(row.tolist()) if t in eos), len(row)) for row in generated]
+        steps = min(len(out.logits), generated.shape[1])  # T5's vocabulary is small: keeping every step's logits is fine
+        logp = torch.stack([torch.log_softmax(out.logits[i].float(), -1).gather(1, generated[:, i : i + 1]).squeeze(1)
+                            for i in range(steps)], 1)
+        return texts, mean_log_likelihood(logp, lengths)
 
 
 def load_causal_lm(path: str, device: str) -> tuple[Any, Any]:
@@ -158,6 +234,13 @@ class CausalGenerator:
         self.template = prompt_template(cfg)
 
     def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+        return _group(self._generate(documents, per_document, seed, False)[0], per_document)
+
+    def generate_with_likelihood(self, documents: list[str], per_document: int, seed: int) -> list[list[tuple[str, float]]]:
+        texts, scores = self._generate(documents, per_document, seed, True)
+        return _group(list(zip(texts, scores, strict=True)), per_document)
+
+    def _generate(self, documents: list[str], per_document: int, seed: int, likelihood: bool) -> tuple[list[str], list[float]]:
         """Sample ``per_document`` queries per document from one prefill of its prompt: the prompt's KV cache is
         computed once and repeated for the samples (``generate(num_return_sequences=n)`` would copy each prompt
         n times before the forward pass and compute it n times)."""
@@ -168,6 +251,9 @@ class CausalGenerator:
         prompts = [self.template.replace("{document}", d) for d in truncated]
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False).to(self.device)
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        from transformers import LogitsProcessorList
+
+        recorder = SampledLogProbs() if likelihood else None
         with torch.inference_mode():
             # positions as generate() derives them from a left-padded mask; the last prompt token is left for
             # generate() to feed, so that its first step samples from the shared state
@@ -178,10 +264,17 @@ class CausalGenerator:
             cache.batch_repeat_interleave(per_document)
             out = self.model.generate(input_ids=ids.repeat_interleave(per_document, 0), past_key_values=cache,
                                       attention_mask=mask.repeat_interleave(per_document, 0),
-                                      pad_token_id=self.tokenizer.pad_token_id, **self.stop, **_sampling(self.cfg))
-        texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+                                      pad_token_id=self.tokenizer.pad_token_id, **self.stop, **_sampling(self.cfg),
+                                      **({"logits_processor": LogitsProcessorList([recorder])} if recorder else {}))
+        generated = out[:, ids.shape[1] :]
+        texts = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
         texts = [t.split("\n")[0] for t in texts]  # the query ends at the first line break
-        return [texts[i * per_document : (i + 1) * per_document] for i in range(len(documents))]
+        if recorder is None:
+            return texts, []
+        ends = _token_ids(self.tokenizer.eos_token_id) | _token_ids(self.tokenizer.pad_token_id)
+        lengths = [next((i for i, t in enumerate(row.tolist()) if t in ends or "\n" in self.tokenizer.decode([t])), len(row))
+                   for row in generated]  # the query's own tokens: up to the line break or the end of sequence
+        return texts, mean_log_likelihood(recorder.logp(len(generated)), lengths)
 
     def _truncate(self, text: str) -> str:
         ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.cfg.max_input_tokens)["input_ids"]
@@ -220,20 +313,51 @@ class LlamaCppGenerator:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+        return [[text for text, _ in row] for row in self._generate(documents, per_document, seed, False)]
+
+    def generate_with_likelihood(self, documents: list[str], per_document: int, seed: int) -> list[list[tuple[str, float]]]:
+        return self._generate(documents, per_document, seed, True)
+
+    def _generate(self, documents: list[str], per_document: int, seed: int, likelihood: bool) -> list[list[tuple[str, float]]]:
         out = []
         for i, document in enumerate(documents):
             doc = self.llm.detokenize(self._tokens(document)[: self.cfg.max_input_tokens]).decode("utf-8", errors="ignore")
             prompt = self.template.replace("{document}", doc)
             self.llm.n_tokens = len(self.prefix)
-            out.append([self.llm.create_completion(
-                prompt, max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                top_k=self.cfg.top_k, min_p=0.0, stop=["\n"], seed=zlib.crc32(f"{seed}:{i}:{k}".encode()),
-            )["choices"][0]["text"] for k in range(per_document)])
+            row = []
+            for k in range(per_document):
+                recorder = _TokenLogProbs() if likelihood else None
+                text = self.llm.create_completion(
+                    prompt, max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                    top_k=self.cfg.top_k, min_p=0.0, stop=["\n"], seed=zlib.crc32(f"{seed}:{i}:{k}".encode()),
+                    logits_processor=[recorder] if recorder else None,
+                )["choices"][0]["text"]
+                row.append((text, recorder.mean() if recorder else 0.0))
+            out.append(row)
         return out
 
 
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+class _TokenLogProbs:
+    """A llama.cpp logits processor that changes nothing and records the log-probability, under the model's raw
+    logits, of each token sampled: called before each sampling step, it learns the previous step's token from the
+    input ids. The token that ends the completion (the line break) is not scored, as in ``CausalGenerator``."""
+
+    def __init__(self) -> None:
+        self.previous: Any = None
+        self.logprobs: list[float] = []
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import numpy as np
+
+        if self.previous is not None:
+            top = float(self.previous.max())
+            log_total = top + float(np.log(np.exp(self.previous - top).sum()))
+            self.logprobs.append(float(self.previous[int(input_ids[-1])]) - log_total)
+        self.previous = np.array(scores, dtype=np.float64)
+        return scores
+
+    def mean(self) -> float:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("-inf")
 
 
 def generation_runtime(cfg: GenerateConfig) -> str:
@@ -364,8 +488,24 @@ def round_trip_filter(generated: list[tuple[str, str, str]], corpus: Corpus, cfg
     return kept
 
 
-def clean_queries(candidates: list[str], cfg: GenerateConfig, stats: CleanStats) -> list[str]:
-    """Strip, drop empty / too short / too long / degenerate (repetitive) and duplicate queries of one document."""
+def most_likely(row: dict[str, Any], cfg: GenerateConfig, stats: CleanStats, keep: int) -> list[str]:
+    """The cleaned queries of an over-generated row (``samples_per_passage``), best ``keep`` by the generator's
+    length-normalised log-likelihood (Liang et al. 2020); the others are counted as dropped for ``likelihood``."""
+    likelihood = {}
+    for raw, score in zip(row["candidates"], row["log_likelihood"], strict=True):
+        likelihood.setdefault(raw, float("-inf") if score is None else score)
+    originals: list[str] = []
+    cleaned = clean_queries(row["candidates"], cfg, stats, originals)
+    ranked = sorted(range(len(cleaned)), key=lambda i: -likelihood[originals[i]])[:keep]
+    dropped = len(cleaned) - len(ranked)
+    stats.kept -= dropped
+    stats.dropped["likelihood"] = stats.dropped.get("likelihood", 0) + dropped
+    return [cleaned[i] for i in sorted(ranked)]
+
+
+def clean_queries(candidates: list[str], cfg: GenerateConfig, stats: CleanStats, originals: list[str] | None = None) -> list[str]:
+    """Strip, drop empty / too short / too long / degenerate (repetitive) and duplicate queries of one document
+    (``originals`` receives the raw candidate of each kept query)."""
     kept: list[str] = []
     seen: set[str] = set()
     for raw in candidates:
@@ -387,6 +527,8 @@ def clean_queries(candidates: list[str], cfg: GenerateConfig, stats: CleanStats)
             continue
         seen.add(re.sub(r"\W+", " ", query.lower()).strip())
         kept.append(query)
+        if originals is not None:
+            originals.append(raw)
         stats.kept += 1
     return kept
 
@@ -397,34 +539,53 @@ class _LazyGenerator:
     def __init__(self, cfg: GenerateConfig, generator: QueryGenerator | None):
         self.cfg, self.generator = cfg, generator
 
-    def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+    def generate(self, documents: list[str], per_document: int, seed: int, likelihood: bool = False) -> list[list[Any]]:
         self.generator = self.generator or load_generator(self.cfg)
-        return _generate_with_oom_retry(self.generator, documents, per_document, seed)
+        if likelihood and not hasattr(self.generator, "generate_with_likelihood"):
+            raise GenqError(f"generate.samples_per_passage needs a generator that scores its queries; "
+                            f"{type(self.generator).__name__} does not")
+        return _generate_with_oom_retry(self.generator, documents, per_document, seed, likelihood)
 
 
-def _ensure_chunk(generator: QueryGenerator, corpus: Corpus, chunk_dir: Path, n: int, doc_ids: list[str], per_document: int,
-                  seed: int, batch_size: int, progress: Any) -> bool:
+@dataclass(frozen=True)
+class Unit:
+    """What one prompt is written for: a document, or one passage window of it (``passage_windows``)."""
+
+    doc_id: str
+    text: str
+    passage: str | None = None
+
+
+def _ensure_chunk(generator: _LazyGenerator, chunk_dir: Path, n: int, units: list[Unit], per_document: int,
+                  seed: int, batch_size: int, progress: Any, likelihood: bool = False) -> bool:
     """Generate chunk ``n`` unless its file exists (True when it was generated now); seeds depend on ``seed``, ``n`` and
     the position in the chunk only."""
     if chunk_file(chunk_dir, n).is_file():
-        progress.update(len(doc_ids))
+        progress.update(len(units))
         return False
     rows = []
-    for start in range(0, len(doc_ids), batch_size):
-        batch = doc_ids[start : start + batch_size]
-        outputs = generator.generate([document_text(corpus[d]) for d in batch], per_document, seed + n * 100_003 + start)
-        rows += [{"doc_id": d, "candidates": qs} for d, qs in zip(batch, outputs, strict=True)]
+    for start in range(0, len(units), batch_size):
+        batch = units[start : start + batch_size]
+        outputs = generator.generate([u.text for u in batch], per_document, seed + n * 100_003 + start, likelihood)
+        for unit, queries in zip(batch, outputs, strict=True):
+            row: dict[str, Any] = {"doc_id": unit.doc_id, **({"passage": unit.passage} if unit.passage else {})}
+            if likelihood:
+                row["candidates"] = [q for q, _ in queries]
+                row["log_likelihood"] = [score if math.isfinite(score) else None for _, score in queries]
+            else:
+                row["candidates"] = queries
+            rows.append(row)
         progress.update(len(batch))
     write_jsonl(chunk_file(chunk_dir, n), rows)
     return True
 
 
 def _generate_dev_set(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, pool: list[str], per_dev: int, shaping: list[Any],
-                      generator: QueryGenerator, overwrite: bool) -> tuple[list[tuple[str, str, str, float]], dict[str, Any]]:
+                      generator: _LazyGenerator, overwrite: bool) -> tuple[list[tuple[str, str, str, float]], dict[str, Any]]:
     """Dev queries ``(qid, query, doc_id, overlap)`` for the first documents of ``pool``: chunk by chunk until
     ``dev_queries`` pass clean-up and the lexical-gap filter (the stopping point depends on the chunks' contents
     only, so a resumed run stops where an uninterrupted one does)."""
-    chunk_dir = prepare_chunks(stage_dir / "dev", fingerprint([*shaping, "dev"]), cfg.model_dump(mode="json"), overwrite)
+    chunk_dir = prepare_chunks(stage_dir / "dev", fingerprint([*shaping, pool, per_dev, "dev"]), cfg.model_dump(mode="json"), overwrite)
     chunks = [pool[i : i + cfg.chunk_size] for i in range(0, len(pool), cfg.chunk_size)]
     stats = CleanStats()
     stats.dropped.update({"no_content_word": 0, "no_shared_word": 0, "lexical_overlap": 0})
@@ -434,8 +595,9 @@ def _generate_dev_set(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, pool
         for n, doc_ids in enumerate(chunks):
             if len(kept) >= cfg.dev_queries:
                 break
-            generated += len(doc_ids) * _ensure_chunk(generator, corpus, chunk_dir, n, doc_ids, per_dev,
-                                                      cfg.seed + DEV_SEED_OFFSET, cfg.batch_size, progress)
+            units = [Unit(d, document_text(corpus[d])) for d in doc_ids]
+            generated += len(doc_ids) * _ensure_chunk(generator, chunk_dir, n, units, per_dev, cfg.seed + DEV_SEED_OFFSET,
+                                                      cfg.batch_size, progress)
             for line in chunk_file(chunk_dir, n).read_text(encoding="utf-8").splitlines():
                 if len(kept) >= cfg.dev_queries:
                     break
@@ -464,44 +626,69 @@ def _generate_dev_set(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, pool
 
 
 def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator: QueryGenerator | None = None,
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, windows: PassageWindows | None = None) -> dict[str, Any]:
     """Generate training queries (and the dev set) for the corpus into ``stage_dir``; finished chunks are reused on a
-    rerun. Nothing is written to the output files before every query is in hand; the manifest is written last."""
+    rerun. Nothing is written to the output files before every query is in hand; the manifest is written last.
+    ``windows``: how the index splits documents (``passage_windows``; see ``pipeline.generation_windows``)."""
     stage_dir = Path(stage_dir)
+    if cfg.passage_windows and windows is None:
+        raise GenqError("generate.passage_windows needs the index's passage windows (run it through `genq-search generate` or `adapt`)")
     corpus_hash = corpus_fingerprint(corpus)
     runtime = generation_runtime(cfg)
-    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), runtime, corpus_hash])
+    window_hash = windows.key if cfg.passage_windows and windows else None
+    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), runtime, corpus_hash, window_hash])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("generate: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
     (stage_dir / MANIFEST).unlink(missing_ok=True)  # outputs of other settings are not complete from here on
     dev_pool, per_dev = plan_dev_documents(corpus, cfg)
     ids, per_document = plan_documents(corpus, cfg, exclude=frozenset(dev_pool))
-    # chunks hold raw generations: clean-up and filter settings may change without regenerating them
-    shaping = [cfg.model_dump(mode="json", exclude=POST_PROCESSING | {"device", "batch_size"}), runtime, corpus_hash]
+    samples = cfg.samples_per_passage or per_document
+    if samples < per_document:
+        raise GenqError(f"generate.samples_per_passage ({samples}) must be at least queries_per_passage ({per_document})")
+    # chunks hold raw generations: clean-up and filter settings may change without regenerating them; the dev set's
+    # chunks depend on its own documents and sampling only, so training-side options do not regenerate it
+    shaping = [cfg.model_dump(mode="json", exclude=POST_PROCESSING | {"device", "batch_size"}), runtime, corpus_hash, window_hash]
+    dev_shaping = [cfg.model_dump(mode="json", exclude=POST_PROCESSING | TRAINING_SIDE | {"device", "batch_size"}), runtime, corpus_hash]
     lazy = _LazyGenerator(cfg, generator)
     started = time.perf_counter()
     dev: list[tuple[str, str, str, float]] = []
     dev_summary: dict[str, Any] | None = None
     if dev_pool:
-        dev, dev_summary = _generate_dev_set(cfg, corpus, stage_dir, dev_pool, per_dev, shaping, lazy, overwrite)
+        dev, dev_summary = _generate_dev_set(cfg, corpus, stage_dir, dev_pool, per_dev, dev_shaping, lazy, overwrite)
     elif cfg.dev_queries:
         logger.warning("the corpus is too small to set documents aside for a dev set")
     chunk_dir = prepare_chunks(stage_dir, fingerprint(shaping), cfg.model_dump(mode="json"), overwrite)
-    chunks = [ids[i : i + cfg.chunk_size] for i in range(0, len(ids), cfg.chunk_size)]
-    generated_docs = 0
-    with tqdm(total=len(ids), desc="generate queries", unit="doc") as progress:
-        for n, doc_ids in enumerate(chunks):
-            generated_docs += len(doc_ids) * _ensure_chunk(lazy, corpus, chunk_dir, n, doc_ids, per_document, cfg.seed,
-                                                           cfg.batch_size, progress)
+    split = windows.split({d: corpus[d] for d in ids}) if cfg.passage_windows and windows else []
+    if split:
+        units = [Unit(w.doc_id, w.text, w.id) for w in split]
+    else:
+        units = [Unit(d, document_text(corpus[d])) for d in ids]
+    chunks = [units[i : i + cfg.chunk_size] for i in range(0, len(units), cfg.chunk_size)]
+    generated_units = 0
+    with tqdm(total=len(units), desc="generate queries", unit="passage" if cfg.passage_windows else "doc") as progress:
+        for n, chunk in enumerate(chunks):
+            generated_units += len(chunk) * _ensure_chunk(lazy, chunk_dir, n, chunk, samples, cfg.seed, cfg.batch_size,
+                                                          progress, likelihood=bool(cfg.samples_per_passage))
     seconds = time.perf_counter() - started
     stats = CleanStats()
     generated: list[tuple[str, str, str]] = []  # (qid, query, doc_id)
+    positives: dict[str, str] = {}  # qid -> the passage window it was written for (passage_windows)
+    window_text = {w.id: w.text for w in split}
     for n in range(len(chunks)):
         for line in chunk_file(chunk_dir, n).open(encoding="utf-8"):
             row = json.loads(line)
-            for i, query in enumerate(clean_queries(row["candidates"], cfg, stats)):
-                generated.append((f"genq-{row['doc_id']}-{i}", query, row["doc_id"]))
+            kept = most_likely(row, cfg, stats, per_document) if cfg.samples_per_passage else clean_queries(row["candidates"], cfg, stats)
+            unit = row.get("passage", row["doc_id"])
+            for i, query in enumerate(kept):
+                generated.append((f"genq-{unit}-{i}", query, row["doc_id"]))
+                if "passage" in row:
+                    positives[f"genq-{unit}-{i}"] = row["passage"]
+    seen_ids: set[str] = set()
+    for qid, _, _ in generated:  # e.g. a document whose id looks like another's window id ('doc#1')
+        if qid in seen_ids:
+            raise GenqError(f"two generated queries would share the id '{qid}': rename the document whose id ends in '#<n>'")
+        seen_ids.add(qid)
     if cfg.filter_top_k:
         generated = round_trip_filter(generated, corpus, cfg, stage_dir.parent / "embeddings", stats)
     if not generated:
@@ -511,6 +698,11 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
         logger.info("no training query survived for %d of %d documents (%s)", without_query, len(ids), stats.dropped)
     write_jsonl(stage_dir / "gen-queries.jsonl", ({"_id": qid, "text": query} for qid, query, _ in generated))
     write_qrels(stage_dir / "gen-qrels" / "train.tsv", {qid: {doc_id: 1} for qid, _, doc_id in generated})
+    if positives:
+        write_jsonl(stage_dir / POSITIVES, ({"_id": qid, "passage": positives[qid], "text": window_text[positives[qid]]}
+                                            for qid, _, _ in generated))
+    else:  # the windows of earlier settings must not be read as this run's
+        (stage_dir / POSITIVES).unlink(missing_ok=True)
     if dev:
         write_jsonl(stage_dir / DEV_QUERIES, ({"_id": qid, "text": q, "overlap": round(o, 4)} for qid, q, _, o in dev))
         write_qrels(stage_dir / DEV_QRELS, {qid: {doc_id: 1} for qid, _, doc_id, _ in dev})
@@ -518,21 +710,23 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
         (stage_dir / DEV_QUERIES).unlink(missing_ok=True)
         (stage_dir / DEV_QRELS).unlink(missing_ok=True)
     dev_docs = dev_summary["generated_documents"] if dev_summary else 0
-    made = generated_docs * per_document + dev_docs * per_dev
+    made = generated_units * samples + dev_docs * per_dev
     summary = {
-        "documents": len(ids), "queries_per_passage": per_document, "queries": stats.kept, "dropped": stats.dropped,
-        "documents_without_query": without_query,
+        "documents": len(ids), "passages": len(units), "queries_per_passage": per_document, "samples_per_passage": samples,
+        "queries": stats.kept, "dropped": stats.dropped, "documents_without_query": without_query,
         "generator": cfg.model, "runtime": runtime, "seconds_this_run": seconds,
-        "passages_per_s": (generated_docs + dev_docs) / seconds if made and seconds else None,
+        "passages_per_s": (generated_units + dev_docs) / seconds if made and seconds else None,
         "queries_per_s": made / seconds if made and seconds else None, "dev": dev_summary,
     }
     mark_stage_complete(stage_dir, settings, summary)
     return summary
 
 
-def _generate_with_oom_retry(generator: QueryGenerator, texts: list[str], per_document: int, seed: int) -> list[list[str]]:
+def _generate_with_oom_retry(generator: Any, texts: list[str], per_document: int, seed: int, likelihood: bool = False) -> list[list[Any]]:
     """On CUDA out-of-memory, halve the batch (same seed per half) and say so."""
     try:
+        if likelihood:
+            return generator.generate_with_likelihood(texts, per_document, seed)
         return generator.generate(texts, per_document, seed)
     except RuntimeError as exc:
         if "out of memory" not in str(exc).lower() or len(texts) == 1:
@@ -542,5 +736,5 @@ def _generate_with_oom_retry(generator: QueryGenerator, texts: list[str], per_do
         torch.cuda.empty_cache()
         half = len(texts) // 2
         logger.warning("out of memory generating %d documents at once; retrying in batches of %d (lower --batch-size)", len(texts), half)
-        return _generate_with_oom_retry(generator, texts[:half], per_document, seed) + \
-            _generate_with_oom_retry(generator, texts[half:], per_document, seed + 1)
+        return _generate_with_oom_retry(generator, texts[:half], per_document, seed, likelihood) + \
+            _generate_with_oom_retry(generator, texts[half:], per_document, seed + 1, likelihood)

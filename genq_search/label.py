@@ -41,7 +41,7 @@ from genq_search.data import (
 )
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
-from genq_search.generate import read_generated
+from genq_search.generate import read_generated, read_positives
 from genq_search.mine import negative_pool
 from genq_search.models import resolve_model
 from genq_search.passages import document_text
@@ -320,6 +320,7 @@ def run_label(cfg: LabelConfig, corpus: Corpus, generate_dir: Path, mine_dir: Pa
     """Label the planned tuples into ``stage_dir/gpl-training.jsonl`` (qid, positive, negative, margin)."""
     stage_dir = Path(stage_dir)
     queries, _ = read_generated(generate_dir, corpus)
+    windows = read_positives(generate_dir)  # passage_windows: a query's positive is its window, as in training
     settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), read_manifest(mine_dir)["settings_hash"]])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("label: complete in %s, skipping", stage_dir)
@@ -339,7 +340,7 @@ def run_label(cfg: LabelConfig, corpus: Corpus, generate_dir: Path, mine_dir: Pa
         before = teacher.truncated
         progress = tqdm(total=len(tuples), initial=len(tuples) - sum(len(chunks[n]) for n in todo), desc="pseudo-label", unit="tuple")
         for n in todo:
-            rows = _label_chunk(chunks[n], queries, corpus, teacher, members)
+            rows = _label_chunk(chunks[n], queries, corpus, teacher, members, windows)
             write_jsonl(chunk_file(chunk_dir, n), rows)
             labelled += len(rows)
             progress.update(len(rows))
@@ -366,11 +367,18 @@ def run_label(cfg: LabelConfig, corpus: Corpus, generate_dir: Path, mine_dir: Pa
 
 
 def _label_chunk(chunk: list[Tuple], queries: dict[str, str], corpus: Corpus, teacher: Teacher,
-                 members: list[str]) -> list[dict[str, Any]]:
+                 members: list[str], windows: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Score each distinct (query, document) pair of the chunk once, then take the margins (an ensemble's members'
-    scores are kept instead, to be combined once every chunk is labelled)."""
+    scores are kept instead, to be combined once every chunk is labelled). A query written for a passage window
+    (``windows``) has that window as its positive text."""
+    windows = windows or {}
     pairs = list(dict.fromkeys((qid, doc) for qid, pos, neg in chunk for doc in (pos, neg)))
-    scores = _score_with_oom_retry(teacher, [(queries[qid], document_text(corpus[doc])) for qid, doc in pairs])
+    positive = {qid: pos for qid, pos, _ in chunk}
+
+    def text(qid: str, doc: str) -> str:
+        return windows[qid] if qid in windows and doc == positive[qid] else document_text(corpus[doc])
+
+    scores = _score_with_oom_retry(teacher, [(queries[qid], text(qid, doc)) for qid, doc in pairs])
     score = dict(zip(pairs, scores.tolist(), strict=True))
     if scores.ndim == 2:
         return [{"qid": qid, "positive": pos, "negative": neg,

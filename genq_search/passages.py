@@ -17,6 +17,20 @@ class Passage:
     text: str
 
 
+@dataclass(frozen=True)
+class PassageWindows:
+    """How the index splits documents (tokenizer, window length, stride), to split others the same way; ``key``
+    identifies the split in settings hashes without hashing any text."""
+
+    tokenizer: Any
+    max_tokens: int
+    stride: int
+    key: str
+
+    def split(self, corpus: Corpus) -> list[Passage]:
+        return split_documents(corpus, self.tokenizer, self.max_tokens, self.stride)
+
+
 def document_text(doc: dict[str, str]) -> str:
     """The text a document is retrieved by: title and body, as BEIR's dense models see it."""
     return f"{doc.get('title') or ''} {doc['text']}".strip()

@@ -23,6 +23,24 @@ def load_run_collection(cfg: RunConfig, with_qrels: bool = True) -> Collection:
     return load_source_collection(cfg.corpus, cfg.backend, with_qrels=with_qrels)
 
 
+def generation_windows(cfg: RunConfig) -> Any:
+    """How the index will split documents (``passages.PassageWindows``) when ``generate.passage_windows``: the base
+    model's tokenizer, ``corpus.passage_tokens`` or the max sequence length the trained model is indexed with
+    (``encoder.max_seq_length``, else ``train.max_seq_length`` capped by the model), ``corpus.passage_stride``."""
+    if not cfg.generate.passage_windows:
+        return None
+    from genq_search.data import fingerprint
+    from genq_search.encoders import SentenceTransformerEncoder, model_fingerprint
+    from genq_search.passages import PassageWindows
+    from genq_search.train import set_max_seq_length
+
+    encoder = SentenceTransformerEncoder(cfg.train.base_model, device="cpu")
+    set_max_seq_length(encoder.model, cfg.encoder.max_seq_length or cfg.train.max_seq_length)
+    tokens = cfg.corpus.passage_tokens if cfg.corpus.passage_tokens is not None else encoder.model.max_seq_length
+    key = fingerprint([model_fingerprint(encoder.path), tokens, cfg.corpus.passage_stride])
+    return PassageWindows(encoder.tokenizer, tokens, cfg.corpus.passage_stride, key)
+
+
 def run_compare(cfg: RunConfig, out_dir: Path | None = None, gate: tuple[str, str] | None = None) -> tuple[Comparison, dict[str, Any]]:
     """Evaluate every configured mode for every configured model on the labelled queries and, label-free, on the
     synthetic dev set of ``<run_dir>/generate`` (when there is one); tune the hybrid on the dev set, measure how far
@@ -201,7 +219,8 @@ def run_adapt(cfg: RunConfig, overwrite: bool = False) -> tuple[Comparison, dict
     collection = load_run_collection(cfg, with_qrels=True)
     stages: dict[str, Any] = {"method": cfg.method}
     start = time.perf_counter()
-    stages["generate"] = run_generate(cfg.generate, collection.corpus, cfg.run_dir / "generate", overwrite=overwrite)
+    stages["generate"] = run_generate(cfg.generate, collection.corpus, cfg.run_dir / "generate", overwrite=overwrite,
+                                      windows=generation_windows(cfg))
     stages["generate_s"] = time.perf_counter() - start
     models = {"zeroshot": cfg.train.base_model}
     base = cfg.train.base_model

@@ -154,6 +154,6 @@ def search(
 
 def load_encoders(models: dict[str, str], encoder_cfg: EncoderConfig) -> dict[str, Encoder]:
     return {
-        label: load_encoder(spec, encoder_cfg.device, encoder_cfg.normalize, encoder_cfg.max_seq_length)
+        label: load_encoder(spec, encoder_cfg.device, encoder_cfg.normalize, encoder_cfg.max_seq_length, encoder_cfg.dtype)
         for label, spec in models.items()
     }

@@ -34,7 +34,7 @@ from genq_search.data import (
 )
 from genq_search.encoders import model_fingerprint, pick_device
 from genq_search.errors import GenqError
-from genq_search.generate import read_generated
+from genq_search.generate import read_generated, read_positives
 from genq_search.models import resolve_model
 from genq_search.passages import document_text
 
@@ -47,12 +47,15 @@ METHODS = {"genq": "GenQ (MultipleNegativesRankingLoss, no-duplicates batches)",
 def training_pairs(generate_dir: Path, corpus: Corpus) -> list[dict[str, str]]:
     """(query, passage) pairs from the generate stage; queries whose document is missing are an error."""
     queries, qrels = read_generated(generate_dir, corpus)
-    return [{"anchor": queries[qid], "positive": document_text(corpus[doc_id])} for qid, judged in qrels.items() for doc_id in judged]
+    windows = read_positives(generate_dir)
+    return [{"anchor": queries[qid], "positive": windows.get(qid) or document_text(corpus[doc_id])}
+            for qid, judged in qrels.items() for doc_id in judged]
 
 
 def training_tuples(generate_dir: Path, label_dir: Path, corpus: Corpus) -> list[dict[str, Any]]:
     """(query, positive, negative, margin) rows from the label stage (each document's text built once and shared)."""
     queries, _ = read_generated(generate_dir, corpus)
+    windows = read_positives(generate_dir)
     path = Path(label_dir) / "gpl-training.jsonl"
     texts: dict[str, str] = {}
     rows = []
@@ -65,7 +68,7 @@ def training_tuples(generate_dir: Path, label_dir: Path, corpus: Corpus) -> list
         for doc_id in (row["positive"], row["negative"]):
             if doc_id not in texts:
                 texts[doc_id] = document_text(corpus[doc_id])
-        rows.append({"query": queries[row["qid"]], "positive": texts[row["positive"]], "negative": texts[row["negative"]],
+        rows.append({"query": queries[row["qid"]], "positive": windows.get(row["qid"]) or texts[row["positive"]], "negative": texts[row["negative"]],
                      "label": float(row["margin"])})
     return rows
 

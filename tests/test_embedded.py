@@ -70,3 +70,18 @@ def test_wrong_dimension_and_missing_index_are_clear_errors(tmp_path: Path) -> N
         EmbeddedBackend.load(tmp_path)
     with pytest.raises(GenqError, match="no vectors"):
         EmbeddedBackend().vector_search(["q"], np.ones((1, 4), dtype=np.float32), 3)
+
+
+def test_bfloat16_encoder_is_close_to_float32_and_cached_apart(tiny_bi_encoder: Path) -> None:
+    from genq_search.encoders import load_encoder
+
+    texts = ["json parsing in python", "open a file for reading", "sort a list in place"]
+    full = load_encoder(str(tiny_bi_encoder), "cpu")
+    half = load_encoder(str(tiny_bi_encoder), "cpu", dtype="bfloat16")
+    a, b = full.encode_passages(texts, progress=False), half.encode_passages(texts, progress=False)
+    assert b.dtype == np.float32 and a.shape == b.shape
+    cosines = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosines.min() > 0.99 and not np.array_equal(a, b)
+    assert full.fingerprint() != half.fingerprint()  # cached embeddings of one are never read as the other's
+    with pytest.raises(GenqError, match="unknown encoder dtype"):
+        load_encoder(str(tiny_bi_encoder), "cpu", dtype="float16")

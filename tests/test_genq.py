@@ -238,7 +238,145 @@ def test_llama_cpp_runtime_generates_reproducibly_from_the_bundled_gguf(tmp_path
     run_generate(cfg, corpus, tmp_path / "b")
     assert (tmp_path / "a" / "gen-queries.jsonl").read_bytes() == (tmp_path / "b" / "gen-queries.jsonl").read_bytes()
     assert all("\n" not in q for q in read_queries(tmp_path / "a" / "gen-queries.jsonl").values())
-    with pytest.raises(GenqError, match="needs a .gguf"):
-        from genq_search.generate import load_generator
+    from genq_search.generate import load_generator
 
+    # scoring the samples (samples_per_passage) records log-probabilities without changing what is sampled
+    generator = load_generator(cfg)
+    documents = [d["text"] for d in list(corpus.values())[:2]]
+    scored = generator.generate_with_likelihood(documents, 2, seed=3)  # type: ignore[attr-defined]
+    assert [[q for q, _ in row] for row in scored] == generator.generate(documents, 2, seed=3)
+    assert all(-30 < score < 0 for row in scored for _, score in row)
+    with pytest.raises(GenqError, match="needs a .gguf"):
         load_generator(GenerateConfig(model=str(tmp_path), runtime="llama.cpp"))
+
+
+def test_over_generation_keeps_the_most_likely_clean_queries(tmp_path: Path) -> None:
+    """samples_per_passage: every sample is cleaned, then the queries_per_passage the generator scores highest are
+    kept (in their sampled order); the rest are counted as dropped for 'likelihood'."""
+    samples = [("q one a", -2.0), ("q two b", -0.5), ("", -0.1), ("q three c", -1.0), ("q two b", -0.2)]
+
+    class Scoring:
+        def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+            raise AssertionError("over-generation must ask for likelihoods")
+
+        def generate_with_likelihood(self, documents: list[str], per_document: int, seed: int) -> list[list[tuple[str, float]]]:
+            assert per_document == 5
+            return [samples for _ in documents]
+
+    corpus = small_corpus(4)
+    cfg = gen_cfg(Path("unused"), samples_per_passage=5)
+    summary = run_generate(cfg, corpus, tmp_path, generator=Scoring())
+    queries = read_queries(tmp_path / "gen-queries.jsonl")
+    assert sorted(queries.values()) == sorted(["q two b", "q three c"] * 4)  # -0.5 and -1.0; "" and the repeat cleaned away
+    assert summary["dropped"]["likelihood"] == 4 and summary["dropped"]["empty"] == 4 and summary["dropped"]["duplicate"] == 4
+    with pytest.raises(GenqError, match="at least queries_per_passage"):
+        run_generate(gen_cfg(Path("unused"), samples_per_passage=1), corpus, tmp_path / "x", generator=Scoring())
+
+
+def test_seq2seq_likelihood_is_the_models_own_mean_token_log_probability(tiny_t5: Path) -> None:
+    """The score kept with each sampled query equals its teacher-forced mean token log-probability under the model,
+    and asking for scores samples the same queries."""
+    import torch
+
+    from genq_search.generate import Seq2SeqGenerator
+
+    generator = Seq2SeqGenerator(str(tiny_t5), gen_cfg(tiny_t5, max_new_tokens=6))
+    documents = [d["text"] for d in small_corpus(2).values()]
+    scored = generator.generate_with_likelihood(documents, 3, seed=5)
+    assert [[q for q, _ in row] for row in scored] == generator.generate(documents, 3, seed=5)
+    torch.manual_seed(5)
+    inputs = generator.tokenizer(documents, truncation=True, max_length=48, padding=True, return_tensors="pt", return_token_type_ids=False)
+    with torch.inference_mode():
+        out = generator.model.generate(**inputs, num_return_sequences=3, do_sample=True, top_p=0.95, top_k=25, max_new_tokens=6)
+        labels = out[:, 1:]
+        logits = generator.model(input_ids=inputs["input_ids"].repeat_interleave(3, 0),
+                                 attention_mask=inputs["attention_mask"].repeat_interleave(3, 0), decoder_input_ids=out[:, :-1]).logits
+    logp = torch.log_softmax(logits.float(), -1).gather(2, labels[..., None]).squeeze(2)
+    eos = generator.model.generation_config.eos_token_id
+    for row, (n, (_, score)) in enumerate(zip(range(6), [s for r in scored for s in r], strict=True)):
+        ids = labels[row].tolist()
+        length = ids.index(eos) + 1 if eos in ids else len(ids)
+        assert score == pytest.approx(logp[row, :length].mean().item(), abs=1e-4), n
+
+
+def test_passage_windows_generate_per_window_and_train_on_the_window(tiny_t5: Path, tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    """passage_windows: one prompt per indexed window of a long document; each query's training positive is its
+    window (gen-positives.jsonl), its qrel the document; the dev set does not change with it."""
+    from genq_search.config import RunConfig
+    from genq_search.pipeline import generation_windows
+    from genq_search.train import training_pairs
+
+    class Echo:  # queries that share one word with the text they were written for (the dev set's lexical gap)
+        def __init__(self) -> None:
+            self.prompts: list[str] = []
+
+        def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+            self.prompts += documents
+            return [[f"{d.split()[k]} alpha beta gamma" for k in range(per_document)] for d in documents]
+
+    corpus = small_corpus(12)
+    cfg = RunConfig.model_validate({"train": {"base_model": str(tiny_bi_encoder), "max_seq_length": 32},
+                                    "corpus": {"passage_stride": 8},
+                                    "generate": gen_cfg(tiny_t5, passage_windows=True, dev_queries=4).model_dump()})
+    spec = generation_windows(cfg)
+    assert spec is not None and spec.max_tokens == 32
+    windows = spec.split(corpus)
+    assert len(windows) > len(corpus)  # the sample's documents are longer than 32 tokens
+    with pytest.raises(GenqError, match="passage windows"):
+        run_generate(cfg.generate, corpus, tmp_path / "none")
+    echo = Echo()
+    summary = run_generate(cfg.generate, corpus, tmp_path / "w", generator=echo, windows=spec)
+    assert {w.text for w in windows} & set(echo.prompts)  # prompts are the windows themselves
+    planned = {row["doc_id"] for f in (tmp_path / "w" / "chunks").glob("chunk-*.jsonl") for row in map(json.loads, f.read_text().splitlines())}
+    assert summary["passages"] == sum(w.doc_id in planned for w in windows) > summary["documents"]
+    by_id = {w.id: w for w in windows}
+    positives = {row["_id"]: row for row in map(json.loads, (tmp_path / "w" / "gen-positives.jsonl").read_text().splitlines())}
+    qrels = read_qrels(tmp_path / "w" / "gen-qrels" / "train.tsv")
+    assert set(positives) == set(qrels)
+    for qid, row in positives.items():
+        assert by_id[row["passage"]].text == row["text"] and set(qrels[qid]) == {by_id[row["passage"]].doc_id}
+    pairs = training_pairs(tmp_path / "w", corpus)
+    assert {p["positive"] for p in pairs} <= {w.text for w in windows} and len({p["positive"] for p in pairs}) > len(planned)
+    whole = run_generate(cfg.generate.model_copy(update={"passage_windows": False}), corpus, tmp_path / "w", generator=Echo())
+    assert not (tmp_path / "w" / "gen-positives.jsonl").exists() and whole["passages"] == whole["documents"]
+    assert whole["dev"]["generated_documents"] == 0  # the dev chunks of the windowed run were reused
+
+
+def test_causal_likelihood_is_the_models_own_mean_token_log_probability(tiny_causal_lm: Path) -> None:
+    """Scores recorded while sampling from the shared prefill equal a teacher-forced pass over prompt + query (the
+    query's tokens up to the line break or end of sequence), and asking for them samples the same queries."""
+    import torch
+
+    from genq_search.generate import CausalGenerator
+
+    generator = CausalGenerator(str(tiny_causal_lm), gen_cfg(tiny_causal_lm, max_new_tokens=6))
+    documents = [d["text"] for d in small_corpus(2).values()]
+    outputs: list[torch.Tensor] = []
+    original = generator.model.generate
+
+    def capture(**kwargs: object) -> torch.Tensor:
+        out = original(**kwargs)
+        outputs.append(out)
+        return out
+
+    generator.model.generate = capture  # type: ignore[method-assign]
+    scored = generator.generate_with_likelihood(documents, 2, seed=9)
+    generator.model.generate = original  # type: ignore[method-assign]
+    assert [[q for q, _ in row] for row in scored] == generator.generate(documents, 2, seed=9)
+    prompts = [generator.template.replace("{document}", generator._truncate(d)) for d in documents]
+    inputs = generator.tokenizer(prompts, return_tensors="pt", padding=True, return_token_type_ids=False)
+    prompt_len, out = inputs["input_ids"].shape[1], outputs[0]
+    mask = torch.cat([inputs["attention_mask"].repeat_interleave(2, 0), torch.ones_like(out[:, prompt_len:])], 1)
+    with torch.inference_mode():
+        logits = generator.model(input_ids=out, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+    logp = torch.log_softmax(logits.float(), -1)[:, prompt_len - 1 : -1].gather(2, out[:, prompt_len:, None]).squeeze(2)
+    ends = {generator.tokenizer.eos_token_id, generator.tokenizer.pad_token_id}
+    checked = 0
+    for row, (_, score) in enumerate(s for r in scored for s in r):
+        ids = out[row, prompt_len:].tolist()
+        length = next((i for i, t in enumerate(ids) if t in ends or "\n" in generator.tokenizer.decode([t])), len(ids))
+        length = min(length, len(ids) - 1)  # the last sampled token has no step after it to record it
+        if length:
+            assert score == pytest.approx(logp[row, :length].mean().item(), abs=1e-3)
+            checked += 1
+    assert checked

@@ -446,3 +446,25 @@ def test_training_evaluates_on_qrels_keeps_the_best_checkpoint_and_resumes(gener
     (tmp_path / "train" / "manifest.json").unlink()
     again = run_train(cfg, corpus, gen_dir, tmp_path / "train", eval_collection=evaluation)
     assert again["resumed"] and again["steps"] == summary["steps"]
+
+
+def test_a_query_written_for_a_window_is_labelled_against_that_window() -> None:
+    """passage_windows: the teacher scores a query's positive as the window the query was written for (what training
+    uses), its negatives as whole documents."""
+    from genq_search.label import _label_chunk
+
+    corpus = {"d1": {"title": "", "text": "whole first document"}, "d2": {"title": "", "text": "whole second document"}}
+    seen: list[tuple[str, str]] = []
+
+    class Recorder:
+        truncated, batch_size = 0, 8
+
+        def score(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+            seen.extend(pairs)
+            return np.arange(len(pairs), dtype=np.float32)
+
+    rows = _label_chunk([("q1", "d1", "d2"), ("q2", "d2", "d1")], {"q1": "first", "q2": "second"}, corpus, Recorder(),
+                        ["teacher"], windows={"q1": "the second window of d1"})
+    assert seen == [("first", "the second window of d1"), ("first", "whole second document"),
+                    ("second", "whole second document"), ("second", "whole first document")]
+    assert [r["margin"] for r in rows] == [-1.0, -1.0]
