@@ -117,6 +117,8 @@ def adapt_models(args: argparse.Namespace, cfg: RunConfig, collection: Any, stag
         label_dirs[args.teachers[0]] = cfg.run_dir / f"label-{args.teachers[0]}"
     stages["label_s"] = time.perf_counter() - start
     for name, label_dir in label_dirs.items():
+        if args.gpl_teachers and name not in args.gpl_teachers:
+            continue
         start = time.perf_counter()
         train = cfg.train.model_copy(update={"method": "gpl"})
         models[f"gpl-{name}"] = run_train(train, collection.corpus, gen_dir, cfg.run_dir / f"train-gpl-{name}", label_dir=label_dir)["model"]
@@ -183,9 +185,11 @@ def main() -> None:
     parser.add_argument("--tuples-per-query", type=int, default=2, help="GPL tuples per query (each a fresh negative)")
     parser.add_argument("--teachers", default="bm25,bi,lm", help="GPL teachers (comma-separated; with two or more the ensemble too)")
     parser.add_argument("--dtype", default="bfloat16", help="encoder dtype for the comparison (bfloat16: ~1.7x faster here)")
+    parser.add_argument("--gpl-teachers", default="", help="train GPL only with these teachers (e.g. ensemble,bm25; default: all)")
     parser.add_argument("--ablations", default="", help="comma-separated: windows, likelihood")
     args = parser.parse_args()
     args.teachers = [t for t in args.teachers.split(",") if t]
+    args.gpl_teachers = [t for t in args.gpl_teachers.split(",") if t]
     started = time.perf_counter()
     cfg = run_config(args, args.run_dir)
     collection = load_run_collection(cfg)

@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 GPL_TOTAL_QUERIES = 250_000
 POST_PROCESSING = {"min_query_words", "max_query_words", "filter_top_k", "filter_model", "dev_max_overlap"}
 TRAINING_SIDE = {"queries_per_passage", "samples_per_passage", "passage_windows", "max_passages"}  # the dev set is sized apart
+OPTIONAL_OFF: dict[str, Any] = {"samples_per_passage": None, "passage_windows": False}
 POSITIVES = "gen-positives.jsonl"  # passage_windows: each query's window, the positive it trains on
 DEV_QUERIES_PER_DOCUMENT = 3  # at most: several near-duplicate queries of one document add little to a dev set
 DEV_EXPECTED_SURVIVAL = 0.2  # share of dev candidates assumed to pass the lexical-gap filter when sizing the pool
@@ -625,6 +626,13 @@ def _generate_dev_set(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, pool
     return kept, summary
 
 
+def _hashed(cfg: GenerateConfig, exclude: set[str]) -> dict[str, Any]:
+    """The settings that shape the output, without options left at their off default (added later: runs written
+    before them are still recognised as finished)."""
+    off = {name for name, default in OPTIONAL_OFF.items() if getattr(cfg, name) == default}
+    return cfg.model_dump(mode="json", exclude=exclude | off)
+
+
 def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator: QueryGenerator | None = None,
                  overwrite: bool = False, windows: PassageWindows | None = None) -> dict[str, Any]:
     """Generate training queries (and the dev set) for the corpus into ``stage_dir``; finished chunks are reused on a
@@ -636,7 +644,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
     corpus_hash = corpus_fingerprint(corpus)
     runtime = generation_runtime(cfg)
     window_hash = windows.key if cfg.passage_windows and windows else None
-    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), runtime, corpus_hash, window_hash])
+    settings = fingerprint([_hashed(cfg, {"device", "batch_size"}), runtime, corpus_hash, *([window_hash] if window_hash else [])])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("generate: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
@@ -648,7 +656,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
         raise GenqError(f"generate.samples_per_passage ({samples}) must be at least queries_per_passage ({per_document})")
     # chunks hold raw generations: clean-up and filter settings may change without regenerating them; the dev set's
     # chunks depend on its own documents and sampling only, so training-side options do not regenerate it
-    shaping = [cfg.model_dump(mode="json", exclude=POST_PROCESSING | {"device", "batch_size"}), runtime, corpus_hash, window_hash]
+    shaping = [_hashed(cfg, POST_PROCESSING | {"device", "batch_size"}), runtime, corpus_hash, *([window_hash] if window_hash else [])]
     dev_shaping = [cfg.model_dump(mode="json", exclude=POST_PROCESSING | TRAINING_SIDE | {"device", "batch_size"}), runtime, corpus_hash]
     lazy = _LazyGenerator(cfg, generator)
     started = time.perf_counter()
