@@ -155,12 +155,27 @@ def _group(items: list[Any], per_document: int) -> list[list[Any]]:
     return [items[i : i + per_document] for i in range(0, len(items), per_document)]
 
 
+class _TransformersGenerator:
+    """The two transformers generators' public side: ``_generate`` returns every document's samples in order (and
+    their likelihoods when asked), grouped here per document."""
+
+    def _generate(self, documents: list[str], per_document: int, seed: int, likelihood: bool) -> tuple[list[str], list[float]]:
+        raise NotImplementedError
+
+    def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
+        return _group(self._generate(documents, per_document, seed, False)[0], per_document)
+
+    def generate_with_likelihood(self, documents: list[str], per_document: int, seed: int) -> list[list[tuple[str, float]]]:
+        texts, scores = self._generate(documents, per_document, seed, True)
+        return _group(list(zip(texts, scores, strict=True)), per_document)
+
+
 def _sampling(cfg: GenerateConfig) -> dict[str, Any]:
     return {"do_sample": True, "top_p": cfg.top_p, "top_k": cfg.top_k, "temperature": cfg.temperature,
             "max_new_tokens": cfg.max_new_tokens}
 
 
-class Seq2SeqGenerator:
+class Seq2SeqGenerator(_TransformersGenerator):
     """doc2query T5/BART (default ``BeIR/query-gen-msmarco-t5-base-v1``)."""
 
     def __init__(self, path: str, cfg: GenerateConfig):
@@ -169,13 +184,6 @@ class Seq2SeqGenerator:
         self.cfg, self.device = cfg, pick_device(cfg.device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(path).to(self.device).eval()
-
-    def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
-        return _group(self._generate(documents, per_document, seed, False)[0], per_document)
-
-    def generate_with_likelihood(self, documents: list[str], per_document: int, seed: int) -> list[list[tuple[str, float]]]:
-        texts, scores = self._generate(documents, per_document, seed, True)
-        return _group(list(zip(texts, scores, strict=True)), per_document)
 
     def _generate(self, documents: list[str], per_document: int, seed: int, likelihood: bool) -> tuple[list[str], list[float]]:
         import torch
@@ -190,8 +198,6 @@ class Seq2SeqGenerator:
         texts = self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
         if not likelihood:
             return texts, []
-        import torch
-
         generated = sequences[:, 1:]  # after the decoder start token; a query ends with its end-of-sequence token
         eos = _token_ids(self.model.generation_config.eos_token_id)
         lengths = [next((i + 1 for i, t in enumerate(row.tolist()) if t in eos), len(row)) for row in generated]
@@ -224,7 +230,7 @@ def prompt_template(cfg: GenerateConfig) -> str:
     return template
 
 
-class CausalGenerator:
+class CausalGenerator(_TransformersGenerator):
     """InPars-style few-shot prompting of a decoder-only LM (HF id, folder, or a ``.gguf`` file)."""
 
     def __init__(self, path: str, cfg: GenerateConfig):
@@ -233,13 +239,6 @@ class CausalGenerator:
         probe = self.tokenizer.decode(self.tokenizer("a\nb", add_special_tokens=False)["input_ids"])
         self.stop = {"stop_strings": ["\n"], "tokenizer": self.tokenizer} if "\n" in probe else {}  # end at the line break
         self.template = prompt_template(cfg)
-
-    def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
-        return _group(self._generate(documents, per_document, seed, False)[0], per_document)
-
-    def generate_with_likelihood(self, documents: list[str], per_document: int, seed: int) -> list[list[tuple[str, float]]]:
-        texts, scores = self._generate(documents, per_document, seed, True)
-        return _group(list(zip(texts, scores, strict=True)), per_document)
 
     def _generate(self, documents: list[str], per_document: int, seed: int, likelihood: bool) -> tuple[list[str], list[float]]:
         """Sample ``per_document`` queries per document from one prefill of its prompt: the prompt's KV cache is
@@ -643,8 +642,8 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
         raise GenqError("generate.passage_windows needs the index's passage windows (run it through `genq-search generate` or `adapt`)")
     corpus_hash = corpus_fingerprint(corpus)
     runtime = generation_runtime(cfg)
-    window_hash = windows.key if cfg.passage_windows and windows else None
-    settings = fingerprint([_hashed(cfg, {"device", "batch_size"}), runtime, corpus_hash, *([window_hash] if window_hash else [])])
+    source = [runtime, corpus_hash, *([windows.key] if cfg.passage_windows and windows else [])]
+    settings = fingerprint([_hashed(cfg, {"device", "batch_size"}), *source])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("generate: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
@@ -656,7 +655,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
         raise GenqError(f"generate.samples_per_passage ({samples}) must be at least queries_per_passage ({per_document})")
     # chunks hold raw generations: clean-up and filter settings may change without regenerating them; the dev set's
     # chunks depend on its own documents and sampling only, so training-side options do not regenerate it
-    shaping = [_hashed(cfg, POST_PROCESSING | {"device", "batch_size"}), runtime, corpus_hash, *([window_hash] if window_hash else [])]
+    shaping = [_hashed(cfg, POST_PROCESSING | {"device", "batch_size"}), *source]
     dev_shaping = [cfg.model_dump(mode="json", exclude=POST_PROCESSING | TRAINING_SIDE | {"device", "batch_size"}), runtime, corpus_hash]
     lazy = _LazyGenerator(cfg, generator)
     started = time.perf_counter()
@@ -668,10 +667,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
         logger.warning("the corpus is too small to set documents aside for a dev set")
     chunk_dir = prepare_chunks(stage_dir, fingerprint(shaping), cfg.model_dump(mode="json"), overwrite)
     split = windows.split({d: corpus[d] for d in ids}) if cfg.passage_windows and windows else []
-    if split:
-        units = [Unit(w.doc_id, w.text, w.id) for w in split]
-    else:
-        units = [Unit(d, document_text(corpus[d])) for d in ids]
+    units = [Unit(w.doc_id, w.text, w.id) for w in split] if split else [Unit(d, document_text(corpus[d])) for d in ids]
     chunks = [units[i : i + cfg.chunk_size] for i in range(0, len(units), cfg.chunk_size)]
     generated_units = 0
     with tqdm(total=len(units), desc="generate queries", unit="passage" if cfg.passage_windows else "doc") as progress:
