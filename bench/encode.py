@@ -95,7 +95,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", variant, "--bundle", str(args.bundle), "--data", str(args.data)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
             print(f"{variant}: failed\n{proc.stderr[-1500:]}")

@@ -86,10 +86,10 @@ def main() -> None:
             if warm and i >= 100:
                 break
             for name, call in [
-                ("bm25", lambda: backend.lexical_search({"q": text}, 10)),
-                ("knn", lambda: backend.vector_search(["q"], vector[None, :], 10)),
-                ("hybrid-client-minmax", lambda: backend.hybrid_search({"q": text}, vector[None, :], 10, FusionMethod.MINMAX)),
-                ("hybrid-server-minmax", lambda: server.hybrid_search({"q": text}, vector[None, :], 10, FusionMethod.MINMAX)),
+                ("bm25", lambda text=text: backend.lexical_search({"q": text}, 10)),
+                ("knn", lambda vector=vector: backend.vector_search(["q"], vector[None, :], 10)),
+                ("hybrid-client-minmax", lambda text=text, vector=vector: backend.hybrid_search({"q": text}, vector[None, :], 10, FusionMethod.MINMAX)),
+                ("hybrid-server-minmax", lambda text=text, vector=vector: server.hybrid_search({"q": text}, vector[None, :], 10, FusionMethod.MINMAX)),
             ]:
                 t0 = time.perf_counter()
                 call()

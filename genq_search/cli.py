@@ -63,8 +63,9 @@ def _setup_logging(verbose: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logger.setLevel(level)
-    for noisy in ("sentence_transformers", "transformers", "httpx", "urllib3", "opensearch"):
+    for noisy in ("sentence_transformers", "transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("opensearch").setLevel(logging.DEBUG if verbose else logging.ERROR)  # failed requests: the error line tells
 
 
 _verbose = False
@@ -195,7 +196,8 @@ def _adapt_overrides(run_dir: Path | None, corpus: Path | None, generator: str |
 def generate(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, generator: GenOpt = None,
     queries_per_passage: QppOpt = None, max_passages: MaxPassagesOpt = None, dev_queries: DevQueriesOpt = None,
-    device: DeviceOpt = None, overwrite: OverwriteOpt = None,
+    device: DeviceOpt = None, overwrite: OverwriteOpt = None, url: UrlOpt = None, username: UserOpt = None,
+    password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None,
 ) -> None:
     """Generate synthetic queries for the corpus (resumable; output in <run-dir>/generate)."""
     from genq_search.generate import run_generate
@@ -203,6 +205,7 @@ def generate(
 
     overrides = _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, None, None, None, None, device)
     overrides["generate"]["dev_queries"] = dev_queries
+    overrides["backend"] = backend_overrides(None, url, None, username, password, ca_certs, verify_certs)
     cfg = RunConfig.load(config, overrides)
     documents = load_run_collection(cfg, with_qrels=False).corpus
     summary = run_generate(cfg.generate, documents, cfg.run_dir / "generate", overwrite=bool(overwrite),
@@ -218,14 +221,16 @@ def generate(
 @user_errors
 def pretrain(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, base_model: BaseOpt = None,
-    epochs: EpochsOpt = None, device: DeviceOpt = None, overwrite: OverwriteOpt = None,
+    epochs: EpochsOpt = None, device: DeviceOpt = None, overwrite: OverwriteOpt = None, url: UrlOpt = None,
+    username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None,
 ) -> None:
     """TSDAE domain pre-training of the base bi-encoder on the corpus (output in <run-dir>/pretrain-tsdae)."""
     from genq_search.pipeline import load_run_collection
     from genq_search.pretrain import run_pretrain
 
     cfg = RunConfig.load(config, {"run": {"run_dir": run_dir}, "corpus": {"path": corpus}, "train": {"base_model": base_model},
-                                  "pretrain": {"epochs": epochs, "device": device}})
+                                  "pretrain": {"epochs": epochs, "device": device},
+                                  "backend": backend_overrides(None, url, None, username, password, ca_certs, verify_certs)})
     summary = run_pretrain(cfg.pretrain, load_run_collection(cfg, with_qrels=False).corpus, cfg.train.base_model,
                            cfg.run_dir / "pretrain-tsdae", overwrite=bool(overwrite))
     typer.echo(f"TSDAE: {summary['steps']} steps on {summary['sentences']} sentences (loss {summary['train_loss']:.4f}) -> {summary['model']}")
@@ -238,7 +243,8 @@ def mine(
     retriever: Annotated[list[str] | None, typer.Option(help="Dense retriever (id or path) to mine with; repeatable.")] = None,
     bm25: Annotated[bool | None, typer.Option("--bm25/--no-bm25", help="Also mine BM25 negatives (configured backend).")] = None,
     top_k: Annotated[int | None, typer.Option(help="Negatives per query and retriever.")] = None,
-    backend: BackendOpt = None, url: UrlOpt = None, index: IndexOpt = None, device: DeviceOpt = None,
+    backend: BackendOpt = None, url: UrlOpt = None, index: IndexOpt = None, username: UserOpt = None,
+    password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None, device: DeviceOpt = None,
     overwrite: OverwriteOpt = None,
 ) -> None:
     """GPL: mine hard negatives for the generated queries (resumable; output in <run-dir>/mine)."""
@@ -246,7 +252,7 @@ def mine(
     from genq_search.pipeline import lexical_backend, load_run_collection
 
     cfg = RunConfig.load(config, {"run": {"run_dir": run_dir}, "corpus": {"path": corpus},
-                                  "backend": backend_overrides(backend, url, index, None, None, None, None),
+                                  "backend": backend_overrides(backend, url, index, username, password, ca_certs, verify_certs),
                                   "mine": {"retrievers": retriever, "bm25": bm25, "top_k": top_k, "device": device}})
     collection = load_run_collection(cfg, with_qrels=False)
     summary = run_mine(cfg.mine, collection.corpus, cfg.run_dir / "generate", cfg.run_dir / "mine",
@@ -265,7 +271,8 @@ def label(
     tuples: Annotated[int | None, typer.Option(help="Total tuples, drawn round-robin over the queries (GPL budget: steps x batch).")] = None,
     max_query_tokens: Annotated[int | None, typer.Option(help="Query tokens the teacher keeps (passages: max_length).")] = None,
     teacher_weights: Annotated[str | None, typer.Option(help="Ensemble weights, comma-separated, one per member.")] = None,
-    device: DeviceOpt = None, overwrite: OverwriteOpt = None,
+    device: DeviceOpt = None, overwrite: OverwriteOpt = None, url: UrlOpt = None, username: UserOpt = None,
+    password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None,
 ) -> None:
     """GPL: pseudo-label (query, positive, negative) tuples with teacher margins (resumable; output in <run-dir>/label)."""
     from genq_search.label import run_label
@@ -274,7 +281,8 @@ def label(
     cfg = RunConfig.load(config, {"run": {"run_dir": run_dir}, "corpus": {"path": corpus},
                                   "label": {"teacher": teacher, "tuples_per_query": tuples_per_query, "tuples": tuples,
                                             "max_query_tokens": max_query_tokens, "device": device,
-                                            "teacher_weights": teacher_weights.split(",") if teacher_weights else None}})
+                                            "teacher_weights": teacher_weights.split(",") if teacher_weights else None},
+                                  "backend": backend_overrides(None, url, None, username, password, ca_certs, verify_certs)})
     summary = run_label(cfg.label, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate",
                         cfg.run_dir / "mine", cfg.run_dir / "label", overwrite=bool(overwrite))
     typer.echo(f"{summary['tuples']} tuples labelled by {summary['teacher']} (mean margin {summary['margin_mean']:.3f}) "
@@ -287,7 +295,8 @@ def train(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, base_model: BaseOpt = None,
     epochs: EpochsOpt = None, train_batch_size: TrainBatchOpt = None, learning_rate: LrOpt = None,
     method: Annotated[str | None, typer.Option(help="genq (MultipleNegativesRankingLoss) or gpl (MarginMSE on the label stage).")] = None,
-    device: DeviceOpt = None, overwrite: OverwriteOpt = None,
+    device: DeviceOpt = None, overwrite: OverwriteOpt = None, url: UrlOpt = None, username: UserOpt = None,
+    password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None,
 ) -> None:
     """Fine-tune the bi-encoder on the generated queries (resumes from the last checkpoint)."""
     from genq_search.pipeline import eval_collection, load_run_collection
@@ -295,6 +304,7 @@ def train(
 
     overrides = _adapt_overrides(run_dir, corpus, None, None, None, base_model, epochs, train_batch_size, learning_rate, device)
     overrides["train"]["method"] = method
+    overrides["backend"] = backend_overrides(None, url, None, username, password, ca_certs, verify_certs)
     cfg = RunConfig.load(config, overrides)
     gpl = cfg.train.method == "gpl"
     summary = run_train(cfg.train, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate",
@@ -312,6 +322,8 @@ def adapt(
     teacher: Annotated[str | None, typer.Option(help="GPL teacher: cross-encoder id/path, lm:, bi:, bm25 or ensemble:A+B.")] = None,
     epochs: EpochsOpt = None, train_batch_size: TrainBatchOpt = None, learning_rate: LrOpt = None,
     dev_queries: DevQueriesOpt = None, margin: MarginOpt = None, device: DeviceOpt = None, overwrite: OverwriteOpt = None,
+    url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None,
+    verify_certs: VerifyOpt = None,
 ) -> None:
     """The whole run: generate queries, (pre-train,) mine + label (GPL), train, then compare BM25 / zero-shot / adapted / hybrids."""
     from genq_search.pipeline import run_adapt
@@ -321,7 +333,8 @@ def adapt(
     overrides["run"]["method"] = method
     overrides["generate"]["dev_queries"] = dev_queries
     overrides.update({"label": {"teacher": teacher, "device": device}, "mine": {"device": device}, "pretrain": {"device": device},
-                      "gate": {"margin": margin}})
+                      "gate": {"margin": margin},
+                      "backend": backend_overrides(None, url, None, username, password, ca_certs, verify_certs)})
     cfg = RunConfig.load(config, overrides)
     comparison, _ = run_adapt(cfg, overwrite=bool(overwrite))
     typer.echo(comparison.markdown())
@@ -433,6 +446,8 @@ def export(
     profile: Annotated[str, typer.Option(help="Export profile from export/profiles.json: cpu (fp32+int8), gpu (fp32+fp16), all.")] = "cpu",
     corpus: Annotated[Path | None, typer.Option("--corpus", help="BEIR folder whose passages are the parity sample.")] = None,
     sample: Annotated[int, typer.Option(help="Passages used for the parity check.")] = 256,
+    formats: Annotated[str, typer.Option(help="Also write these layouts of the transformer graph (comma-separated; '' = none): "
+                                              "sentence-transformers (folder with onnx/model.onnx), ml-commons (model zip).")] = "sentence-transformers,ml-commons",
     overwrite: OverwriteOpt = None,
 ) -> None:
     """Export a bi-encoder to a verified ONNX bundle (fp32 / fp16 / int8) usable as --model onnx:<dir>."""
@@ -448,13 +463,60 @@ def export(
             texts.append(document_text({"title": doc.title, "text": doc.text}))
             if len(texts) >= sample:
                 break
-    manifest = export_bundle(model, out, profile, texts, overwrite=bool(overwrite))
+    manifest = export_bundle(model, out, profile, texts, overwrite=bool(overwrite),
+                             formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
     for variant, entry in manifest["variants"].items():
         parity = entry["parity"]
         typer.echo(f"{variant:>5}: mean cosine {parity['mean_cosine']:.5f} (min {parity['min_cosine']:.5f}) "
                    f"{parity['cpu_docs_per_s']:.1f} docs/s on CPU, {entry['bytes'] / 2**20:.1f} MiB")
+    if "ml_commons" in manifest:
+        zipped = manifest["ml_commons"]
+        typer.echo(f"ML Commons zip: {out / zipped['zip']} ({zipped['bytes'] / 2**20:.1f} MiB, sha256 {zipped['sha256'][:12]}...)")
     typer.echo(f"bundle: {out}  (use --model onnx:{out})")
 
+
+@app.command()
+@user_errors
+def serve(
+    bundle: Annotated[Path, typer.Option("--bundle", help="ONNX bundle directory (genq-search export).")],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8080,
+    device: DeviceOpt = None, batch_size: BatchOpt = None,
+    passage_tokens: Annotated[int | None, typer.Option(help="Passage window in tokens for /v1/passages (default: the model's max length).")] = None,
+    passage_stride: Annotated[int, typer.Option(help="Tokens shared by consecutive passages (as in the reindex).")] = 32,
+    variant: Annotated[str | None, typer.Option(help="Bundle variant (fp32, int8, fp16; default: the reindex's choice, the "
+                                                     "fastest that passed parity).")] = None,
+) -> None:
+    """Serve the bundle as an HTTP embedding endpoint (/v1/embeddings, /v1/passages, /health) for the cluster to call."""
+    from genq_search.serve import serve as run_server
+
+    run_server(bundle, host=host, port=port, provider="cpu" if device == "cpu" else "auto", batch_size=batch_size or 64,
+               passage_tokens=passage_tokens, passage_stride=passage_stride, variant=variant)
+
+
+@app.command()
+@user_errors
+def register(
+    bundle: Annotated[Path, typer.Option("--bundle", help="ONNX bundle directory (genq-search export).")],
+    endpoint: Annotated[str | None, typer.Option(help="URL of `genq-search serve` as the cluster reaches it: register "
+                                                      "remote models over it instead of uploading the model zip.")] = None,
+    index: Annotated[str | None, typer.Option("--index", help="With --endpoint: attach the ingest pipeline (passage vectors for "
+                                                              "new documents) to this index or alias as its default pipeline.")] = None,
+    group: Annotated[str, typer.Option(help="ML Commons model group.")] = "genq-search",
+    deploy: Annotated[bool, typer.Option("--deploy/--no-deploy", help="Deploy the uploaded model on the cluster's ONNX runtime.")] = True,
+    configure_cluster: Annotated[bool, typer.Option("--configure-cluster", help="Set the cluster settings ML Commons needs (persistent).")] = False,
+    config: ConfigOpt = None, url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None,
+    ca_certs: CaOpt = None, verify_certs: VerifyOpt = None,
+) -> None:
+    """Make the cluster embed with the bundle: upload it to ML Commons, or register remote models over `genq-search serve`."""
+    import json
+
+    from genq_search.mlcommons import register_bundle
+
+    if index and not endpoint:
+        raise typer.BadParameter("--index needs --endpoint (the ingest pipeline calls the endpoint)")
+    cfg = RunConfig.load(config, {"backend": backend_overrides(BackendKind.OPENSEARCH, url, None, username, password, ca_certs, verify_certs)})
+    typer.echo(json.dumps(register_bundle(cfg.backend, bundle, endpoint, index, group, deploy, configure_cluster), indent=2))
 
 if __name__ == "__main__":
     app()

@@ -6,6 +6,7 @@ Precedence: CLI flag > config file > default. Relative paths in a config file ar
 
 from __future__ import annotations
 
+import difflib
 import json
 import tomllib
 from enum import StrEnum
@@ -22,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from genq_search.errors import GenqError
+from genq_search.errors import GenqError, InputError
 
 DEFAULT_BI_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 INDEX_SCHEMES = {"opensearch": "http", "opensearchs": "https"}
@@ -120,6 +121,15 @@ class CompareConfig(StageConfig):
         default_factory=lambda: [round(0.1 * i, 1) for i in range(11)],
         description="lexical weights tried for min-max and z-score fusion on the dev set (0 = dense only, 1 = BM25 only)")
     tune_rrf_k: list[int] = Field(default_factory=lambda: [10, 30, 60, 100], description="RRF constants tried on the dev set")
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, value: list[str]) -> list[str]:
+        from genq_search.evaluate import trec_measure
+
+        for metric in value:
+            trec_measure(metric)
+        return value
 
 
 class GenerateConfig(StageConfig):
@@ -284,31 +294,18 @@ class RunConfig(StageConfig):
         data: dict[str, Any] = {}
         if path is not None:
             path = Path(path)
-            if not path.is_file():
-                raise GenqError(f"{path}: config file not found")
-            text = path.read_text(encoding="utf-8")
-            try:
-                if path.suffix == ".toml":
-                    data = tomllib.loads(text)
-                elif path.suffix in {".yaml", ".yml"}:
-                    data = yaml.safe_load(text) or {}
-                else:
-                    data = json.loads(text)
-            except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as exc:
-                raise GenqError(f"{path}: cannot parse config: {exc}") from None
+            data = _read_config(path)
             _resolve_relative_paths(data, path.parent)
         for section, values in (overrides or {}).items():
             given = {k: v for k, v in values.items() if v is not None}
             if section == "run":
                 data.update(given)
-            elif given:
-                data.setdefault(section, {}).update(given)
+            elif given and isinstance(data.setdefault(section, {}), dict):  # else validation names the bad section
+                data[section].update(given)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise GenqError(f"{path or 'config'}: {where}: {first['msg']}") from None
+            raise _explain(exc, path) from None
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -322,3 +319,54 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
         value = section.get(key) if isinstance(section, dict) else None
         if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
             section[key] = str((base / section[key]).resolve())
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The settings of a TOML, YAML or JSON file; any parse error is one line naming the file and line."""
+    if not path.is_file():
+        raise GenqError(f"{path}: config file not found")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} (save it as UTF-8)",
+                         raw[: exc.start].count(b"\n") + 1) from None
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in {".yaml", ".yml"}:
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, f"cannot parse TOML: {exc}") from None
+    except yaml.YAMLError as exc:  # its own message spans lines (a quoted excerpt with a caret)
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None) or exc
+        raise InputError(path, f"cannot parse YAML: {problem}" + (f" (column {mark.column + 1})" if mark else ""),
+                         mark.line + 1 if mark else None) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"cannot parse JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(path, f"expected sections of settings (a mapping) at the top level, got a {type(data).__name__}")
+    return data
+
+
+def _explain(exc: ValidationError, path: Path | None) -> GenqError:
+    """The first validation error as one line: the file, the dotted setting, what is wrong and the value given."""
+    first = exc.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    where = ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        model: Any = RunConfig
+        for part in loc[:-1]:
+            field = getattr(model, "model_fields", {}).get(part)
+            model = field.annotation if field else None
+        close = difflib.get_close_matches(loc[-1], list(getattr(model, "model_fields", {})), 1)
+        message = "unknown setting" + (f" (did you mean '{close[0]}'?)" if close else "")
+    else:
+        error = first.get("ctx", {}).get("error")
+        message = str(error) if isinstance(error, ValueError) else first["msg"]
+        message += f" (got {first['input']!r:.80})" if loc else ""
+    return InputError(path or "config", message, field=where or None)

@@ -7,12 +7,14 @@ qrels ``dict[qid, dict[doc_id, int]]``, results ``dict[qid, dict[doc_id, float]]
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
+import itertools
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -60,29 +62,38 @@ class Collection:
     qrels: Qrels
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line; malformed JSON names the file and line."""
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, line)`` of a UTF-8 text file; a byte-order mark is skipped (Windows tools write one),
+    line ends are kept, and a byte that is not UTF-8 names the file, line and byte offset."""
     path = Path(path)
     if not path.is_file():
         raise GenqError(f"{path}: file not found")
     with path.open("rb") as handle:
         offset = 0
         for line_no, raw in enumerate(handle, start=1):
-            try:  # a UTF-8 byte-order mark (Windows tools write one) is skipped; CRLF line ends are whitespace to JSON
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            try:
+                yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise InputError(path, f"not valid UTF-8: byte 0x{raw[exc.start]:02x} at byte offset {offset + exc.start} "
                                        "of the file (save it as UTF-8)", line_no) from None
             offset += len(raw)
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(path, f"malformed JSON ({exc.msg} at column {exc.colno})", line_no) from None
-            if not isinstance(obj, dict):
-                raise InputError(path, "expected a JSON object", line_no)
-            yield line_no, obj
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line; malformed JSON names the file and line (CRLF line
+    ends are whitespace to JSON)."""
+    for line_no, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            at = "column" if exc.msg.endswith(" at") else "at column"  # "Unterminated string starting at"
+            cut = "" if line.endswith("\n") else "; the file ends in the middle of this line (truncated?)"
+            raise InputError(path, f"malformed JSON ({exc.msg} {at} {exc.colno}){cut}", line_no) from None
+        if not isinstance(obj, dict):
+            raise InputError(path, "expected a JSON object", line_no)
+        yield line_no, obj
 
 
 def _required_str(path: Path, line_no: int, obj: dict[str, Any], field: str, allow_empty: bool = False) -> str:
@@ -122,7 +133,8 @@ def joined_text(obj: dict[str, Any], fields: list[str]) -> str:
 def iter_documents(
     path: Path, id_field: str = "_id", title_field: str | None = "title", text_fields: list[str] | None = None
 ) -> Iterator[Document]:
-    """Stream documents from a JSONL file (title optional, text required, ids unique)."""
+    """Stream documents from a JSONL file (ids unique and non-empty). The text field must be present; it may be
+    empty when the title is not (BEIR corpora have title-only documents, which are retrieved by their title)."""
     text_fields = text_fields or ["text"]
     seen: set[str] = set()
     for line_no, obj in iter_jsonl(path):
@@ -134,11 +146,12 @@ def iter_documents(
         if not isinstance(title, str):
             raise InputError(path, f"expected a string, got {type(title).__name__}", line_no, title_field)
         if len(text_fields) == 1 and "." not in text_fields[0]:
-            text = _required_str(path, line_no, obj, text_fields[0])
+            text = _required_str(path, line_no, obj, text_fields[0], allow_empty=True)
         else:
             text = joined_text(obj, text_fields)
-            if not text:
-                raise InputError(path, "is empty", line_no, ",".join(text_fields))
+        if not text.strip() and not title.strip():
+            raise InputError(path, "is empty and so is the title: a document needs a text or a title", line_no,
+                             ",".join(text_fields))
         yield Document(doc_id, title, text)
 
 
@@ -159,48 +172,46 @@ def read_queries(path: Path, id_field: str = "_id", text_field: str = "text") ->
     return queries
 
 
-def read_qrels(path: Path) -> Qrels:
-    """Read qrels: BEIR's TSV (header ``query-id corpus-id score``) or TREC's ``qid 0 doc_id rel`` lines (no header)."""
+def read_qrels(path: Path, corpus_ids: Container[str] | None = None, queries: Container[str] | None = None) -> Qrels:
+    """Read qrels in the forms users have: BEIR's TSV ``query-id corpus-id score`` (with any header line, or none)
+    or TREC's ``qid 0 doc_id rel`` (spaces or tabs). Relevance must be an integer. Given the corpus' ids and the
+    queries, a judgement of an unknown document or query fails on its line."""
     path = Path(path)
-    if not path.is_file():
-        raise GenqError(f"{path}: file not found")
     qrels: Qrels = {}
-    with path.open(encoding="utf-8-sig", newline=None) as handle:
-        lines = iter(enumerate(handle, start=1))
-        first = next(lines, (1, ""))[1].rstrip("\n")
-        trec = len(first.split()) == 4 and first.split("\t") != QRELS_HEADER
-        if not trec:
-            if first.split("\t") != QRELS_HEADER:
-                expected, got = "<TAB>".join(QRELS_HEADER), "<TAB>".join(first.split("\t"))
-                raise InputError(path, f"expected the header {expected!r} (or TREC 'qid 0 doc_id rel' lines), got {got!r}", 1)
-        else:
-            lines = iter([(1, first), *lines])
-        for line_no, line in lines:
-            if not line.strip():
-                continue
-            parts = line.split() if trec else line.rstrip("\n").split("\t")
-            if len(parts) != (4 if trec else 3):
-                raise InputError(path, f"expected {4 if trec else 3} {'whitespace' if trec else 'tab'}-separated columns, "
-                                       f"got {len(parts)}", line_no)
-            qid, doc_id, score = (parts[0], parts[2], parts[3]) if trec else parts
-            try:
-                qrels.setdefault(qid, {})[doc_id] = int(score)
-            except ValueError:
-                raise InputError(path, f"score {score!r} is not an integer", line_no, "score") from None
+    lines = iter_lines(path)
+    _, first = next(lines, (1, ""))
+    columns = first.rstrip("\r\n").split("\t")
+    trec = len(columns) != 3 and len(first.split()) == 4  # a BEIR doc id may hold spaces
+    if not trec and len(columns) != 3:
+        raise InputError(path, "expected BEIR's tab-separated 'query-id corpus-id score' (header optional) or TREC's "
+                               f"'qid 0 doc_id rel' lines, got {first.strip()[:80]!r}", 1)
+    if trec or _is_number(columns[2]):  # no header: the first line is a judgement
+        lines = itertools.chain([(1, first)], lines)
+    for line_no, line in lines:
+        if not line.strip():
+            continue
+        parts = line.split() if trec else line.rstrip("\r\n").split("\t")
+        if len(parts) != (4 if trec else 3):
+            raise InputError(path, f"expected {4 if trec else 3} {'whitespace' if trec else 'tab'}-separated columns, "
+                                   f"got {len(parts)}", line_no)
+        qid, doc_id, score = (parts[0], parts[2], parts[3]) if trec else parts
+        if corpus_ids is not None and doc_id not in corpus_ids:
+            raise InputError(path, f"document '{doc_id}' is not in the corpus", line_no, "corpus-id")
+        if queries is not None and qid not in queries:
+            raise InputError(path, f"query '{qid}' is not in the queries file", line_no, "query-id")
+        try:
+            qrels.setdefault(qid, {})[doc_id] = int(score)
+        except ValueError:
+            raise InputError(path, f"relevance {score!r} is not an integer", line_no, "score") from None
     return qrels
 
 
-def check_qrels(qrels: Qrels, corpus_ids: Iterable[str], queries: Queries, path: Path) -> Qrels:
-    """Fail on qrels pointing at unknown documents; keep only judged queries that exist."""
-    known = set(corpus_ids)
-    for qid, judged in qrels.items():
-        unknown = [d for d in judged if d not in known]
-        if unknown:
-            raise InputError(path, f"query '{qid}' judges unknown document id(s) {unknown[:3]}")
-    missing = [q for q in qrels if q not in queries]
-    if missing:
-        raise InputError(path, f"{len(missing)} judged query id(s) are not in the queries file, e.g. {missing[:3]}")
-    return qrels
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_collection(
@@ -220,6 +231,8 @@ def load_collection(
     path = Path(path)
     if not path.is_dir():
         raise GenqError(f"{path}: not a directory (expected a BEIR folder with corpus.jsonl)")
+    if not (path / "corpus.jsonl").is_file():
+        raise GenqError(f"{path}: no corpus.jsonl (a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv)")
     corpus = read_corpus(path / "corpus.jsonl", id_field, title_field, text_fields)
     if not with_qrels:
         return Collection(corpus, {}, {})
@@ -229,11 +242,28 @@ def load_collection(
 def read_labels(corpus: Corpus, queries_path: Path, qrels_path: Path) -> tuple[Queries, Qrels]:
     """Labelled queries and their judgements, checked against the corpus' ids; only judged queries are kept."""
     queries = read_queries(queries_path)
-    qrels = check_qrels(read_qrels(qrels_path), corpus, queries, qrels_path)
+    qrels = read_qrels(qrels_path, corpus, queries)
     return {q: queries[q] for q in qrels}, qrels
 
 
 # --- atomic artifacts and stage manifests -------------------------------------------------------------
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the temp files of ``path`` left by writers that were killed (SIGKILL, power loss) before they could
+    clean up: those named after a process that no longer exists (or after none)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        owner = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if owner.isdigit():
+            try:
+                os.kill(int(owner), 0)
+                continue  # its writer is alive (this process, or another one writing the same file)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 @contextlib.contextmanager
@@ -241,7 +271,8 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
     """Write to a temporary file beside ``path`` and rename it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle

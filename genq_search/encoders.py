@@ -72,6 +72,8 @@ class SentenceTransformerEncoder:
         if dtype not in {"float32", "bfloat16"}:
             raise GenqError(f"unknown encoder dtype '{dtype}' (float32 or bfloat16)")
 
+        if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
+            raise GenqError(f"cannot load bi-encoder '{model}': no such file or directory")
         self.path = resolve_model(model, "bi-encoder")
         self.name = model
         self.normalize = normalize

@@ -19,19 +19,21 @@ RECALL_CURVE_KS = [1, 3, 5, 10, 20, 50, 100]
 _TREC_NAMES = {"ndcg": "ndcg_cut", "recall": "recall", "map": "map_cut", "precision": "P"}
 
 
+def trec_measure(metric: str) -> str:
+    """The trec_eval measure of a metric name (``ndcg@10`` -> ``ndcg_cut.10``); ValueError for an unknown one."""
+    name, _, cutoff = metric.partition("@")
+    if name == "mrr" and (not cutoff or cutoff.isdigit()):
+        return "recip_rank"
+    if name in _TREC_NAMES and cutoff.isdigit():
+        return f"{_TREC_NAMES[name]}.{cutoff}"
+    raise ValueError(f"unknown metric '{metric}' (use ndcg@k, recall@k, mrr@k, map@k or precision@k)")
+
+
 def per_query_scores(qrels: Qrels, results: Results, metrics: list[str]) -> dict[str, dict[str, float]]:
     """``{metric: {qid: value}}`` for every judged query (a query with no results scores 0)."""
     import pytrec_eval
 
-    measures: set[str] = set()
-    for metric in metrics:
-        name, _, cutoff = metric.partition("@")
-        if name == "mrr":
-            measures.add("recip_rank")
-        elif name in _TREC_NAMES and cutoff:
-            measures.add(f"{_TREC_NAMES[name]}.{cutoff}")
-        else:
-            raise ValueError(f"unknown metric '{metric}' (use ndcg@k, recall@k, mrr@k, map@k or precision@k)")
+    measures = {trec_measure(metric) for metric in metrics}
     run = {qid: {d: float(s) for d, s in results.get(qid, {}).items()} for qid in qrels}
     judged = {qid: {d: int(r) for d, r in rels.items()} for qid, rels in qrels.items()}
     raw = pytrec_eval.RelevanceEvaluator(judged, measures).evaluate(run)

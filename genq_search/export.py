@@ -5,6 +5,11 @@ normalisation; dynamic batch and sequence axes), the tokenizer files and ``manif
 pooling, normalisation, similarity, source model, variants with SHA-256 checksums, parity and speed on a sample).
 Variants: ``fp32`` (graph-optimised with ONNX Runtime's transformer fusions), ``fp16`` (for CUDA) and ``int8``
 (dynamic quantisation, per-channel weights, MatMul/Attention only).
+
+Besides, the transformer alone (token embeddings, pooled by the caller) is written in the layouts the ecosystem loads:
+``sentence-transformers/`` (the model folder with ``onnx/model.onnx``, sentence-transformers' ``backend="onnx"``
+layout) and ``ml-commons/<name>.zip`` (one ``.onnx`` graph + ``tokenizer.json``: ML Commons pools the first output
+itself) with its model config in the manifest, both parity-checked like the variants.
 """
 
 from __future__ import annotations
@@ -24,13 +29,17 @@ from tqdm.auto import tqdm
 
 from genq_search.data import file_sha256, fingerprint, write_json
 from genq_search.encoders import usable_cores
-from genq_search.errors import GenqError
+from genq_search.errors import GenqError, InputError
 from genq_search.models import resolve_model
 
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("fp32", "fp16", "int8")
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+FORMATS = ("sentence-transformers", "ml-commons")
+# sentence-transformers pooling mode -> ML Commons model_config.pooling_mode
+ML_COMMONS_POOLING = {"mean": "MEAN", "cls": "CLS", "max": "MAX", "mean_sqrt_len_tokens": "MEAN_SQRT_LEN"}
+ML_COMMONS_IR_VERSION = 8  # ML Commons 2.19 runs ONNX Runtime 1.16.3 (DJL 0.31.1): IR <= 9, opset <= 19
 
 
 def _require_onnx() -> None:
@@ -94,8 +103,10 @@ def export_bundle(
     sample_texts: list[str] | None = None,
     overwrite: bool = False,
     opset: int | None = None,
+    formats: tuple[str, ...] = FORMATS,
 ) -> dict[str, Any]:
-    """Export ``model_name`` to an ONNX bundle in ``out_dir`` and check parity against PyTorch on ``sample_texts``.
+    """Export ``model_name`` to an ONNX bundle in ``out_dir`` and check parity against PyTorch on ``sample_texts``;
+    ``formats`` adds the sentence-transformers folder and/or the ML Commons zip.
 
     Raises GenqError (and leaves nothing behind) when a variant misses its parity threshold.
     """
@@ -105,6 +116,9 @@ def export_bundle(
     from sentence_transformers import SentenceTransformer
 
     settings = load_profile(profile)
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise GenqError(f"unknown export format(s) {sorted(unknown)} (choose from {', '.join(FORMATS)})")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise GenqError(f"{out_dir} exists and is not empty; pass --overwrite to replace it")
@@ -161,6 +175,8 @@ def export_bundle(
         failed = {v: m["parity"]["mean_cosine"] for v, m in manifest["variants"].items() if not m["parity"]["passed"]}
         if failed:
             raise GenqError(f"parity check failed for {failed} (mean cosine to PyTorch below the threshold); nothing written")
+        if formats:
+            manifest.update(_ecosystem_formats(model, model_name, info, work, texts, reference, formats, opset or settings["opset"]))
         manifest["tokenizer_files"] = {p.name: file_sha256(p) for p in sorted((work / "tokenizer").iterdir())}
         write_json(work / "manifest.json", manifest)
         if out_dir.exists():
@@ -170,6 +186,116 @@ def export_bundle(
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _token_graph_inputs(model_type: str) -> list[str]:
+    """ML Commons' rule (and optimum's layout for these models): ``token_type_ids`` only for BERT and ALBERT."""
+    return ["input_ids", "attention_mask"] + (["token_type_ids"] if model_type in ("bert", "albert") else [])
+
+
+def _export_token_graph(model: Any, texts: list[str], out: Path, opset: int) -> list[str]:
+    """The transformer alone: (input_ids, attention_mask[, token_type_ids]) -> ``last_hidden_state``; returns its inputs."""
+    import onnx
+    import torch
+
+    transformer = model[0].auto_model
+    names = _token_graph_inputs(transformer.config.model_type)
+
+    class TokenEmbeddings(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.transformer = transformer
+
+        def forward(self, *inputs: Any) -> Any:
+            return self.transformer(**dict(zip(names, inputs, strict=True))).last_hidden_state
+
+    example = model.tokenizer(texts[:2], padding=True, truncation=True, max_length=int(model.max_seq_length), return_tensors="pt")
+    example.setdefault("token_type_ids", torch.zeros_like(example["input_ids"]))
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"last_hidden_state": {0: "batch", 1: "sequence"}}
+    with torch.no_grad():
+        torch.onnx.export(TokenEmbeddings().eval(), tuple(example[n] for n in names), str(out), input_names=names,
+                          output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+    graph = onnx.load(str(out))
+    graph.ir_version = min(graph.ir_version, ML_COMMONS_IR_VERSION)
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(out))
+    return names
+
+
+def pool(tokens: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:
+    """Sentence-transformers pooling of token embeddings ``(batch, seq, dim)`` under ``mask`` ``(batch, seq)``."""
+    m = mask[..., None].astype(np.float32)
+    if mode == "cls":
+        return tokens[:, 0]
+    if mode == "max":
+        return np.where(m > 0, tokens, -1e9).max(1)
+    summed, counts = (tokens * m).sum(1), np.maximum(m.sum(1), 1e-9)
+    return summed / (np.sqrt(counts) if mode == "mean_sqrt_len_tokens" else counts)
+
+
+def _ecosystem_formats(model: Any, model_name: str, info: dict[str, Any], work: Path, texts: list[str],
+                       reference: np.ndarray, formats: tuple[str, ...], opset: int) -> dict[str, Any]:
+    """Write the token-embedding graph as a sentence-transformers folder and/or an ML Commons zip (parity-checked)."""
+    import zipfile
+
+    import onnxruntime as ort
+
+    if info["pooling"] not in ML_COMMONS_POOLING:
+        raise GenqError(f"pooling '{info['pooling']}' has no ML Commons / ONNX equivalent; export with --formats ''")
+    graph = work / "token-embeddings.onnx"
+    names = _export_token_graph(model, texts, graph, opset)
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    vectors = []
+    for start in range(0, len(texts), 32):
+        features = model.tokenizer(texts[start : start + 32], padding=True, truncation=True, max_length=int(model.max_seq_length),
+                                   return_tensors="np")
+        features.setdefault("token_type_ids", np.zeros_like(features["input_ids"]))
+        tokens = session.run(None, {n: features[n].astype(np.int64) for n in names})[0]
+        vectors.append(pool(tokens, features["attention_mask"], info["pooling"]))
+    pooled = np.concatenate(vectors)
+    if info["normalize"]:
+        pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+    cosine = (pooled * reference).sum(1) / (np.linalg.norm(pooled, axis=1) * np.linalg.norm(reference, axis=1))
+    parity = {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "threshold": 0.9999, "sample": len(texts),
+              "passed": bool(cosine.mean() >= 0.9999)}
+    if not parity["passed"]:
+        raise GenqError(f"parity check failed for the token-embedding graph (mean cosine {parity['mean_cosine']:.5f}); nothing written")
+    out: dict[str, Any] = {}
+    if "sentence-transformers" in formats:
+        folder = work / "sentence-transformers"
+        model.save(str(folder))
+        (folder / "onnx").mkdir()
+        shutil.copyfile(graph, folder / "onnx" / "model.onnx")
+        out["sentence_transformers"] = {"dir": folder.name, "onnx": "onnx/model.onnx", "inputs": names, "parity": parity}
+    if "ml-commons" in formats:
+        name = _ml_commons_name(model_name)
+        tokenizer_json = json.loads((work / "tokenizer" / "tokenizer.json").read_text())
+        # ML Commons tokenises with this file alone: its truncation must be the model's, or the cluster embeds long texts
+        # differently from the tool
+        tokenizer_json["truncation"] = {"direction": "Right", "max_length": int(model.max_seq_length), "strategy": "LongestFirst", "stride": 0}
+        tokenizer_json["padding"] = None
+        (work / "ml-commons").mkdir()
+        archive = work / "ml-commons" / f"{name}.zip"
+        with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            zf.write(graph, f"{name}.onnx")
+            zf.writestr("tokenizer.json", json.dumps(tokenizer_json))
+        config = model[0].auto_model.config
+        out["ml_commons"] = {
+            "zip": f"ml-commons/{archive.name}", "sha256": file_sha256(archive), "bytes": archive.stat().st_size,
+            "inputs": names, "ir_version": ML_COMMONS_IR_VERSION, "parity": parity,
+            "model_config": {"model_type": config.model_type, "embedding_dimension": int(reference.shape[1]),
+                             "framework_type": "sentence_transformers", "pooling_mode": ML_COMMONS_POOLING[info["pooling"]],
+                             "normalize_result": bool(info["normalize"]), "all_config": json.dumps(config.to_dict())},
+        }
+    graph.unlink()
+    return out
+
+
+def _ml_commons_name(model_name: str) -> str:
+    import re
+
+    tail = Path(model_name.rstrip("/")).name if Path(model_name).exists() else model_name.rsplit("/", 1)[-1]
+    return "genq-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", tail).strip("-.")[:60] or "model")
 
 
 def _optimise(raw: Path, out: Path, config: Any) -> Path:
@@ -236,9 +362,18 @@ class OnnxEncoder:
         self.bundle = Path(bundle)
         manifest_path = self.bundle / "manifest.json"
         if manifest is None:
+            if not self.bundle.is_dir():
+                raise GenqError(f"{self.bundle}: ONNX bundle not found (no such directory)")
             if not manifest_path.is_file():
                 raise GenqError(f"{self.bundle}: not an ONNX bundle (no manifest.json); create one with `genq-search export`")
-            manifest = json.loads(manifest_path.read_text())
+            try:
+                manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise InputError(manifest_path, f"malformed JSON ({exc.msg}, column {exc.colno}); re-export the bundle",
+                                 exc.lineno) from None
+            if not isinstance(manifest, dict) or not {"dimension", "max_length", "variants"} <= manifest.keys():
+                raise GenqError(f"{manifest_path}: not a bundle manifest (dimension, max_length and variants missing); "
+                                "re-export the bundle")
         self.manifest = manifest
         providers = pick_providers("cuda" if provider.startswith("cuda") else provider)
         on_gpu = providers[0] != "CPUExecutionProvider"

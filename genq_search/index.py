@@ -36,8 +36,10 @@ from genq_search.backends.opensearch import (
     OpenSearchBackend,
     connect,
     explain_error,
+    knn_index_settings,
     tool_meta,
     vector_field_mapping,
+    vector_json,
 )
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
 from genq_search.data import fingerprint, write_json
@@ -74,6 +76,8 @@ class ReindexState:
     caught_up: int = 0
     deleted: int = 0
     without_text: int = 0
+    rejections_retried: int = 0  # bulk writes the cluster rejected with 429 (write queue full), retried with backoff
+    frozen: dict[str, bool | None] | None = None  # while --freeze-writes blocks the source: each index's block before
     resumed: bool = False
     checkpoint: str = ""
     alias_now: list[str] = field(default_factory=list)
@@ -196,6 +200,7 @@ def create_target(client: Any, cfg: BackendConfig, state: ReindexState, corpus: 
                       "knn": True, "knn.algo_param.ef_search": cfg.ef_search,
                       "number_of_shards": int(shared.get("number_of_shards", 1)), "number_of_replicas": 0, "refresh_interval": "-1"}
     try:
+        index_settings.update(knn_index_settings(client))
         client.indices.create(index=state.target, body={"settings": {"index": index_settings}, "mappings": mappings})
     except Exception as exc:  # noqa: BLE001
         raise explain_error(exc, cfg, f"creating '{state.target}'") from None
@@ -210,6 +215,7 @@ class Copier:
         self.client, self.cfg, self.corpus, self.encoder, self.state = client, cfg, corpus, encoder, state
         self.encode_batch = encode_batch
         self.target = OpenSearchBackend(client, state.target, cfg)
+        self.target.rejections_retried = state.rejections_retried  # a resumed run keeps counting
         self.max_tokens = corpus.passage_tokens if corpus.passage_tokens is not None else encoder.max_seq_length
 
     def actions(self, hits: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -221,7 +227,7 @@ class Copier:
         vectors = self.encoder.encode_passages([p.text for p in passages], batch_size=self.encode_batch, progress=False) if passages else []
         by_doc: dict[str, list[list[float]]] = {}
         for passage, vector in zip(passages, vectors, strict=True):
-            by_doc.setdefault(passage.doc_id, []).append(vector.tolist())
+            by_doc.setdefault(passage.doc_id, []).append(vector_json(vector))
         out = []
         for h in hits:
             action = {"_index": self.state.target, "_id": h["_id"],
@@ -254,6 +260,7 @@ class Copier:
                     setattr(self.state, counter, getattr(self.state, counter) + ok)
                     if index:
                         self.state.cursors.setdefault(index, {})[shard] = max(last_seq, self.state.cursors.get(index, {}).get(shard, -1))
+                    self.state.rejections_retried = self.target.rejections_retried
                     self.state.save()
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
                     errors.append(exc)
@@ -278,17 +285,23 @@ class Copier:
         return written
 
     def copy_ids(self, ids: list[str], progress: Any, counter: str) -> int:
-        """Copy the current version of these source documents (those still in the source)."""
-        hits = []
-        for start in range(0, len(ids), 500):
-            docs = self.client.mget(index=self.state.source, body={"ids": ids[start : start + 500]})["docs"]
-            hits += [{"_id": d["_id"], "_source": d["_source"], **({"_routing": d["_routing"]} if d.get("_routing") else {})}
-                     for d in docs if d.get("found")]
-        gone = set(ids) - {h["_id"] for h in hits}
-        for doc_id in gone:
+        """Copy the current version of these source documents (those still in the source), 256 at a time: however
+        many there are, only one batch of sources is held (and one being written)."""
+        gone: list[str] = []
+
+        def batches() -> Iterable[tuple[str, str, list[dict[str, Any]]]]:
+            for start in range(0, len(ids), 256):
+                docs = self.client.mget(index=self.state.source, body={"ids": ids[start : start + 256]})["docs"]
+                gone.extend(d["_id"] for d in docs if not d.get("found"))
+                hits = [{"_id": d["_id"], "_source": d["_source"], **({"_routing": d["_routing"]} if d.get("_routing") else {})}
+                        for d in docs if d.get("found")]
+                if hits:
+                    yield "", "", hits
+
+        written = self.run(batches(), progress, counter)
+        for doc_id in gone:  # deleted from the source since: nothing to retry (after the run: its writer saves the state)
             self.state.failed.pop(doc_id, None)
-        batches = (("", "", hits[i : i + 256]) for i in range(0, len(hits), 256))
-        return self.run(batches, progress, counter)
+        return written
 
 
 def all_ids(client: Any, cfg: BackendConfig, indices: list[str]) -> set[str]:
@@ -303,6 +316,14 @@ def _set_write_block(client: Any, cfg: BackendConfig, indices: list[str], blocke
         raise explain_error(exc, cfg, f"{'setting' if blocked else 'releasing'} the write block on {', '.join(indices)}") from None
 
 
+def _release_write_block(client: Any, cfg: BackendConfig, state: ReindexState) -> None:
+    """Put back the write block settings the source had before the freeze (``state.frozen``), then forget them."""
+    for index, value in (state.frozen or {}).items():
+        _set_write_block(client, cfg, [index], value)
+    state.frozen = None
+    state.save()
+
+
 def run_reindex(cfg: BackendConfig, corpus: CorpusConfig, reindex: ReindexConfig, source: str, encoder: Encoder,
                 state_dir: Path, encode_batch: int = 64, dry_run: bool = False) -> ReindexState | ReindexResult:
     """Reindex ``source`` into a new versioned index with vectors and point ``reindex.alias`` at it."""
@@ -314,6 +335,10 @@ def run_reindex(cfg: BackendConfig, corpus: CorpusConfig, reindex: ReindexConfig
         return state
     started, stages = time.perf_counter(), {}
     state.save()  # the intent first: a crash right after the target is created resumes into it
+    if state.frozen is not None:  # a run killed while it held the write block: release it before anything else
+        logger.warning("releasing the write block a previous run left on %s (it was killed during its final phase)",
+                       ", ".join(state.frozen))
+        _release_write_block(client, cfg, state)
     restore = create_target(client, cfg, state, corpus)
     copier = Copier(client, cfg, corpus, encoder, state, encode_batch)
     indices = state.source_indices
@@ -341,15 +366,20 @@ def run_reindex(cfg: BackendConfig, corpus: CorpusConfig, reindex: ReindexConfig
     if reindex.freeze_writes:
         settings = client.indices.get_settings(index=",".join(indices), name="index.blocks.write")
         before = {i: settings.get(i, {}).get("settings", {}).get("index", {}).get("blocks", {}).get("write") for i in indices}
+        state.frozen = {i: None if v is None else v == "true" for i, v in before.items()}
+        state.save()  # before the block: a run killed while it holds the block has the next run release it
         _set_write_block(client, cfg, indices, True)
         try:
             verified, seed, switch_s = _final(client, cfg, copier, reindex)
         finally:
-            for index, value in before.items():
-                _set_write_block(client, cfg, [index], None if value is None else value == "true")
+            _release_write_block(client, cfg, state)
     else:
         verified, seed, switch_s = _final(client, cfg, copier, reindex)
     stages["verify_switch_s"] = time.perf_counter() - start
+    state.rejections_retried = copier.target.rejections_retried
+    if state.rejections_retried:
+        logger.info("'%s': %d bulk writes rejected by the cluster (429, write queue full) and retried with backoff",
+                    state.target, state.rejections_retried)
     changed_after = 0
     if not reindex.freeze_writes:
         upto, _ = refreshed_checkpoints(client, cfg, indices)
@@ -432,11 +462,14 @@ def verify(client: Any, cfg: BackendConfig, state: ReindexState, corpus: CorpusC
                 raise GenqError(f"verification failed: document '{doc_id}' has a vector that is not {state.dim}-d; alias not switched")
     no_vectors = {"nested": {"path": VECTOR_FIELD, "query": {"exists": {"field": f"{VECTOR_FIELD}.vector"}}}}
     upto, _ = refreshed_checkpoints(client, cfg, [state.target])
-    without = [h for _, _, hits in scan(client, [state.target], None, upto, 1000, source_fields(corpus), must_not=no_vectors)
-               for h in hits if any(hit_document(h, corpus)[1:])]
+    without, example = 0, ""
+    for _, _, hits in scan(client, [state.target], None, upto, 1000, source_fields(corpus), must_not=no_vectors):
+        for h in hits:
+            if any(hit_document(h, corpus)[1:]):
+                without, example = without + 1, example or h["_id"]
     if without:
-        raise GenqError(f"verification failed: {len(without)} documents with text have no vectors (e.g. "
-                        f"'{without[0]['_id']}'); alias not switched")
+        raise GenqError(f"verification failed: {without} documents with text have no vectors (e.g. "
+                        f"'{example}'); alias not switched")
     return len(target_ids)
 
 

@@ -23,7 +23,11 @@ from genq_search.data import (
 from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
 from genq_search.models import resolve_model
-from genq_search.train import save_model, set_max_seq_length
+from genq_search.train import (
+    drop_incomplete_checkpoints,
+    save_model,
+    set_max_seq_length,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +92,7 @@ def run_pretrain(cfg: PretrainConfig, corpus: Corpus, base_model: str, stage_dir
         logging_steps=max(1, min(50, len(rows) // cfg.batch_size // 10)),
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), loss=loss)
+    drop_incomplete_checkpoints(checkpoints)
     resume = checkpoints.exists() and any(checkpoints.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if resume else None)
     out = save_model(model, stage_dir, {"method": "TSDAE (DenoisingAutoEncoderLoss, tied decoder)", "base_model": base_model,

@@ -134,7 +134,7 @@ def source_fields(corpus: CorpusConfig) -> list[str]:
 
 
 def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCorpus:
-    """Stream a live index into a corpus; documents without text are counted and left out."""
+    """Stream a live index into a corpus; documents with neither title nor text are counted and left out."""
     from genq_search.backends.opensearch import connect, explain_error
 
     assert corpus.index is not None
@@ -143,7 +143,7 @@ def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCor
     upto, identity = refreshed_checkpoints(client, backend, indices)
     total = sum(v["docs"] for v in identity.values())
     docs: dict[str, dict[str, str]] = {}
-    without_text, without_id = 0, 0
+    without_text, without_id, with_text = 0, 0, 0
     progress = tqdm(total=total, desc=f"read {corpus.index}", unit="doc", disable=total < 5000)
     try:
         for _, _, hits in scan(client, indices, None, upto, corpus.read_batch, source_fields(corpus)):
@@ -151,10 +151,11 @@ def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCor
                 doc_id, title, text = hit_document(hit, corpus)
                 if doc_id is None:
                     without_id += 1
-                elif text:
+                elif text or title:  # a title-only document is retrieved by its title, as in a BEIR file and the reindex
                     if doc_id in docs:
                         raise GenqError(f"index '{corpus.index}': duplicate id '{doc_id}' in field '{corpus.id_field}'")
                     docs[doc_id] = {"title": title, "text": text}
+                    with_text += bool(text)
                 else:
                     without_text += 1
             progress.update(len(hits))
@@ -165,7 +166,7 @@ def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCor
     finally:
         progress.close()
     read = len(docs) + without_text + without_id
-    if read and not docs:
+    if read and not with_text:  # titles alone everywhere: the text fields are misnamed
         raise GenqError(f"index '{corpus.index}': none of its {read} documents has text in "
                         f"{', '.join(corpus.text_fields)} (set corpus.text_fields to the fields that hold the text)")
     if not docs:
@@ -173,7 +174,7 @@ def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCor
     if without_id:
         raise GenqError(f"index '{corpus.index}': {without_id} documents have no '{corpus.id_field}' (corpus.id_field)")
     if without_text:
-        logger.warning("index '%s': %d of %d documents have no text in %s and are left out", corpus.index,
+        logger.warning("index '%s': %d of %d documents have neither a title nor text in %s and are left out", corpus.index,
                        without_text, read, ", ".join(corpus.text_fields))
     logger.info("read %d documents from '%s' (%s)", len(docs), corpus.index, ", ".join(indices))
     return SourceCorpus(docs, index_fingerprint(identity, corpus))

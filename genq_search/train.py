@@ -144,7 +144,26 @@ def keep_checkpoints(checkpoints: Path, key: str) -> bool:
         logger.info("train: checkpoints in %s were written under other settings; starting afresh", checkpoints)
         shutil.rmtree(checkpoints)
     write_json(marker, {"settings_hash": key})
+    drop_incomplete_checkpoints(checkpoints)
     return any(checkpoints.glob("checkpoint-*"))
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def drop_incomplete_checkpoints(checkpoints: Path) -> None:
+    """Remove checkpoints a killed run left half-written (the trainer writes a checkpoint's files in place, its
+    ``trainer_state.json`` last) or half-deleted (rotation): resuming from one would fail on every rerun."""
+    for folder in sorted(Path(checkpoints).glob("checkpoint-*")):
+        try:
+            weights = any(folder.rglob("*.safetensors")) or any(folder.rglob("pytorch_model.bin"))
+            complete = weights and all((folder / name).is_file() for name in CHECKPOINT_FILES)
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            complete = False
+        if not complete:
+            logger.warning("removing the incomplete checkpoint %s (an interrupted run was saving or deleting it)", folder)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: Path, label_dir: Path | None = None,

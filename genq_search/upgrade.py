@@ -143,7 +143,8 @@ def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str,
         "search_pipeline": pipeline_id, "search": {k: (v.value if hasattr(v, "value") else v) for k, v in params.items()},
         "reindex": {"source_documents": state.documents, "copied": state.copied, "caught_up": state.caught_up,
                     "deleted_caught_up": state.deleted, "verified_ids": result.verified_ids, "without_text": state.without_text,
-                    "changed_after_switch": result.changed_after_switch, "docs_per_s": result.docs_per_s,
+                    "changed_after_switch": result.changed_after_switch, "rejections_retried": state.rejections_retried,
+                    "docs_per_s": result.docs_per_s,
                     "sample_seed": result.sample_seed, "stages_s": result.stages_s},
         "query_body": query_body(cfg, state.alias, pipeline_id, params),
     }
@@ -216,7 +217,13 @@ def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
                    f"{rx['changed_after_switch']} changed after the switch"),
                   f"- search pipeline: {report['search_pipeline'] or '(none)'}", "", "## Query for your application", "",
                   f"`{report['query_body']['method']} {report['query_body']['path']}`", "", "```json",
-                  json.dumps(report["query_body"]["body"], indent=2), "```", ""]
+                  json.dumps(report["query_body"]["body"], indent=2), "```", "",
+                  "## Let the cluster embed queries and new documents", "",
+                  ("Serve the bundle and register it (remote models for `neural` queries, and an ingest pipeline that writes "
+                   "the same passage vectors for documents indexed through the alias from now on):"), "", "```bash",
+                  f"genq-search serve --bundle {report['bundle']} --host 0.0.0.0 --port 8080",
+                  (f"genq-search register --bundle {report['bundle']} --endpoint http://<this-host>:8080 "
+                   f"--index {report['alias']} --configure-cluster"), "```", ""]
     else:
         lines += [f"**Not deployed**: the alias stays on {', '.join(report['index_before']) or '(nothing)'}.", ""]
     lines += ["## Comparison", "", report["comparison"], ""]

@@ -104,9 +104,22 @@ def cfg():
     return BackendConfig(kind="opensearch", url=url, replicas=0, ef_search=512)
 
 
-@pytest.fixture
-def names(cfg):
-    """Fresh index names, deleted (with their aliases and versions) after the test."""
+@pytest.fixture(scope="session")
+def secure_cfg():
+    """Admin connection to the secured drill node (scripts/opensearch-local.sh start --secure; scripts/test.sh starts it
+    and exports OPENSEARCH_SECURE_URL, OPENSEARCH_SECURE_CA, OPENSEARCH_SECURE_USERNAME, OPENSEARCH_SECURE_PASSWORD)."""
+    from genq_search.config import BackendConfig
+
+    url = os.environ.get("OPENSEARCH_SECURE_URL")
+    if not url:
+        pytest.skip("OPENSEARCH_SECURE_URL is not set (scripts/opensearch-local.sh start --secure; scripts/test.sh starts it)")
+    return BackendConfig(kind="opensearch", url=url, ca_certs=os.environ.get("OPENSEARCH_SECURE_CA"), replicas=0,
+                         username=os.environ.get("OPENSEARCH_SECURE_USERNAME", "admin"),
+                         password=os.environ.get("OPENSEARCH_SECURE_PASSWORD"))
+
+
+def fresh_names(cfg):
+    """Index names a test creates, deleted (with their aliases and versions) after it."""
     from genq_search.backends.opensearch import connect
 
     created: list[str] = []
@@ -116,6 +129,18 @@ def names(cfg):
         client.indices.put_settings(index=f"{name}*", body={"index": {"blocks.write": None}}, ignore_unavailable=True,
                                     allow_no_indices=True, expand_wildcards="all")
         client.indices.delete(index=f"{name}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
+
+
+@pytest.fixture
+def names(cfg):
+    """Fresh index names on the test cluster, deleted after the test."""
+    yield from fresh_names(cfg)
+
+
+@pytest.fixture
+def secure_names(secure_cfg):
+    """Fresh index names on the secured drill node, deleted after the test."""
+    yield from fresh_names(secure_cfg)
 
 
 def new_name(names: list[str], prefix: str = "t") -> str:

@@ -37,29 +37,3 @@ def test_config_file_maps_to_the_same_run(tmp_path: Path, tiny_bi_encoder: Path)
     result = runner.invoke(app, ["compare", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "compare" / "report.md").is_file()
-
-
-def test_user_errors_are_one_line_with_exit_code_1(tmp_path: Path) -> None:
-    bad = tmp_path / "bad"
-    (bad / "qrels").mkdir(parents=True)
-    (bad / "corpus.jsonl").write_text('{"_id": "a", "text": "ok"}\n{"_id": "a", "text": "dup"}\n')
-    result = runner.invoke(app, ["compare", "--corpus", str(bad), "--run-dir", str(tmp_path / "r"), "--mode", "bm25"])
-    assert result.exit_code == 1
-    assert result.output.strip() == f"error: {bad / 'corpus.jsonl'}:2: field '_id': duplicate id 'a'"
-    assert not (tmp_path / "r").exists()
-
-    result = runner.invoke(app, ["compare", "--corpus", str(SAMPLE), "--mode", "sparse"])
-    assert result.exit_code == 1 and "unknown retrieval mode 'sparse'" in result.output
-
-    config = tmp_path / "c.toml"
-    config.write_text("[compare]\nk = 'many'\n")
-    result = runner.invoke(app, ["compare", "--config", str(config)])
-    assert result.exit_code == 1 and "compare.k" in result.output
-
-
-def test_unfetchable_model_says_how_to_fix_it(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["compare", "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--mode", "dense",
-                                 "--model", "x=some-org/not-a-real-model"])
-    assert result.exit_code == 1
-    assert "cannot load bi-encoder 'some-org/not-a-real-model'" in result.output
-    assert "huggingface-cli download" in result.output

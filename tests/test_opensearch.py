@@ -10,6 +10,7 @@ import pytest
 from conftest import new_name
 
 from genq_search.backends.embedded import EmbeddedBackend
+from genq_search.backends.opensearch import VECTOR_FIELD
 from genq_search.config import BackendConfig
 from genq_search.data import load_collection
 from genq_search.errors import GenqError
@@ -59,6 +60,19 @@ def test_knn_returns_the_exact_nearest_documents(cfg: BackendConfig, names: list
     for qid in qids:
         assert list(got[qid]) == list(expected[qid])
         assert list(got[qid].values()) == pytest.approx(list(expected[qid].values()), abs=1e-4)
+
+
+def test_each_document_keeps_its_own_passage_vectors(cfg: BackendConfig, names: list[str]) -> None:
+    corpus, passages, vectors = random_collection()
+    passages += [Passage(f"d007#{j}", "d007", "") for j in range(2, 166)]  # a long document among short ones
+    extra = np.abs(np.random.default_rng(1).normal(size=(164, vectors.shape[1])))
+    vectors = np.vstack([vectors, extra / np.linalg.norm(extra, axis=1, keepdims=True)]).astype(np.float32)
+    backend = backend_for(cfg, new_name(names))
+    backend.index(corpus, passages, vectors)
+    for doc_id in ("d006", "d007", "d008"):  # k-NN 3.6's derived source put other documents' vectors into d007's _source
+        stored = backend.client.get(index=backend.index_name, id=doc_id)["_source"][VECTOR_FIELD]
+        rows = [row for row, passage in enumerate(passages) if passage.doc_id == doc_id]
+        np.testing.assert_allclose([p["vector"] for p in stored], vectors[rows], atol=1e-6)
 
 
 def test_hybrid_uses_the_shared_fusion_and_matches_server_side(cfg: BackendConfig, names: list[str]) -> None:

@@ -332,20 +332,49 @@ def test_stages_read_a_live_index_and_notice_when_it_changes(cfg: BackendConfig,
     sample = list(iter_documents(SAMPLE / "corpus.jsonl"))[:50]
     for doc in sample:
         client.index(index=index, id=doc.id, body={"meta": {"headline": doc.title}, "body": [doc.text], "n": 1})
-    client.index(index=index, id="empty", body={"meta": {"headline": "no text"}})
+    client.index(index=index, id="title-only", body={"meta": {"headline": "no text"}})
+    client.index(index=index, id="empty", body={"meta": {}, "n": 3})
     client.indices.refresh(index=index)
     run = RunConfig.load(None, {"corpus": {"path": f"opensearch://{cfg.url.split('://')[1]}/{index}", "title_field": "meta.headline",
                                            "text_fields": "body", "read_batch": 7}})
     assert run.corpus.index == index and run.backend.url == cfg.url
     collection = load_run_collection(run, with_qrels=False)
-    assert collection.corpus == {d.id: {"title": d.title, "text": d.text} for d in sample}  # 'empty' counted and left out
+    # a title-only document is kept (retrieved by its title, as the reindex encodes it); 'empty' is counted and left out
+    assert collection.corpus == {d.id: {"title": d.title, "text": d.text} for d in sample} | {"title-only": {"title": "no text", "text": ""}}
     before = corpus_fingerprint(collection.corpus)
     assert corpus_fingerprint(load_run_collection(run, with_qrels=False).corpus) == before  # unchanged index, same identity
     client.update(index=index, id=sample[0].id, body={"doc": {"n": 2}}, refresh=True)
     assert corpus_fingerprint(load_run_collection(run, with_qrels=False).corpus) != before  # any write changes it
     wrong = run.model_copy(update={"corpus": run.corpus.model_copy(update={"text_fields": ["nope"]})})
-    with pytest.raises(GenqError, match="none of its 51 documents has text in nope"):
+    with pytest.raises(GenqError, match="none of its 52 documents has text in nope"):
         load_run_collection(wrong, with_qrels=False)
     missing = run.model_copy(update={"corpus": run.corpus.model_copy(update={"index": "genq-test-no-such-index"})})
     with pytest.raises(GenqError, match="index or alias 'genq-test-no-such-index' does not exist"):
         load_run_collection(missing, with_qrels=False)
+
+
+def test_a_run_killed_while_the_source_is_frozen_has_the_next_run_release_it(cfg: BackendConfig, names: list[str], encoder: Any,
+                                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from genq_search import index as reindex_module
+    from genq_search.backends.opensearch import connect
+
+    source, alias = new_name(names, "src"), new_name(names, "live")
+    make_source(cfg, source, 30)
+    client = connect(cfg)
+    real = reindex_module._set_write_block
+
+    def dies_holding_the_block(client_: Any, cfg_: BackendConfig, indices: list[str], blocked: bool | None) -> None:
+        if not blocked:
+            raise KeyboardInterrupt  # killed before the release (SIGKILL runs no finally)
+        real(client_, cfg_, indices, blocked)
+
+    monkeypatch.setattr(reindex_module, "_set_write_block", dies_holding_the_block)
+    with pytest.raises(KeyboardInterrupt):
+        reindex(cfg, source, alias, encoder, tmp_path, freeze_writes=True)
+    monkeypatch.setattr(reindex_module, "_set_write_block", real)
+    assert client.indices.get_settings(index=source)[source]["settings"]["index"]["blocks"]["write"] == "true"
+    assert json.loads((tmp_path / f"reindex-{alias}.json").read_text())["frozen"] == {source: None}
+    result = reindex(cfg, source, alias, encoder, tmp_path)  # the next run (here without --freeze-writes) releases it first
+    assert result.state.resumed and result.verified_ids == 30
+    assert "blocks" not in client.indices.get_settings(index=source)[source]["settings"]["index"]
+    client.index(index=source, id="after", body={"text": "writable again"}, refresh=True)

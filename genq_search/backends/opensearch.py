@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from importlib.resources import files
 from typing import Any
@@ -50,13 +51,29 @@ def explain_error(exc: Exception, cfg: BackendConfig, action: str) -> GenqError:
     if kind == "cluster_block_exception":
         return GenqError(f"index is read-only or blocked while {action}: {reason}")
     if isinstance(exc, os_.AuthenticationException):
-        return GenqError(f"authentication failed at {cfg.url} while {action}: check --username/--password "
-                         "(or OPENSEARCH_USERNAME/OPENSEARCH_PASSWORD)")
+        if not cfg.username:
+            return GenqError(f"authentication required at {cfg.url} while {action}: pass --username/--password "
+                             "(or OPENSEARCH_USERNAME/OPENSEARCH_PASSWORD)")
+        return GenqError(f"authentication failed at {cfg.url} for user '{cfg.username}' while {action}: check "
+                         "--username/--password (or OPENSEARCH_USERNAME/OPENSEARCH_PASSWORD)")
     if isinstance(exc, os_.AuthorizationException):
-        return GenqError(f"not allowed at {cfg.url} while {action}: the user lacks the needed permissions ({reason})")
+        who = f"user '{cfg.username}'" if cfg.username else "the user"
+        return GenqError(f"not allowed at {cfg.url} while {action}: {who} lacks the needed permissions ({reason})")
+    if isinstance(exc, os_.SSLError):
+        detail = re.search(r"certificate verify failed: ([^(]+?) \(", str(exc))
+        if detail:
+            return GenqError(f"TLS certificate of {cfg.url} not trusted while {action} ({detail.group(1)}): pass "
+                             "--ca-certs FILE with the CA that signed it (or --no-verify-certs to skip the check)")
+        hint = "; does it serve plain HTTP? (use http://)" if "WRONG_VERSION_NUMBER" in str(exc) else "; check --ca-certs"
+        return GenqError(f"TLS error at {cfg.url} while {action}: {exc.info}{hint}")
     if isinstance(exc, os_.ConnectionError):
-        return GenqError(f"cannot reach OpenSearch at {cfg.url} while {action} ({type(exc).__name__}); "
-                         "is it running? (scripts/opensearch-local.sh start)")
+        hint = (" the server closed the connection without a response: does it serve HTTPS? (use https://)"
+                if cfg.url.startswith("http://") and "RemoteDisconnected" in str(exc) else
+                " is it running? (scripts/opensearch-local.sh start)")
+        return GenqError(f"cannot reach OpenSearch at {cfg.url} while {action} ({type(exc).__name__});{hint}")
+    if "nmslib" in reason and "deprecated" in reason:
+        return GenqError(f"the nmslib engine cannot create new indices on OpenSearch 3.x (while {action}): use --engine "
+                         "lucene or faiss")
     if kind in {"mapper_parsing_exception", "mapper_exception"} or "mapper" in reason:
         return GenqError(f"mapping conflict while {action}: {reason}")
     if kind:
@@ -64,9 +81,19 @@ def explain_error(exc: Exception, cfg: BackendConfig, action: str) -> GenqError:
     return GenqError(f"OpenSearch error while {action}: {exc}")
 
 
+_WARNED_UNVERIFIED: set[str] = set()
+
+
 def connect(cfg: BackendConfig) -> Any:
-    """A client from the URL, with basic auth, TLS options, timeouts and retries; checked with a ping."""
+    """A client from the URL, with basic auth, TLS options, timeouts and retries; checked with a ping. Without
+    certificate verification it warns once per URL (instead of urllib3's warning on every request)."""
     os_ = _require_client()
+    if cfg.ca_certs and not cfg.ca_certs.is_file():
+        raise GenqError(f"CA certificate file {cfg.ca_certs} (--ca-certs) not found")
+    if cfg.url.startswith("https://") and not cfg.verify_certs and cfg.url not in _WARNED_UNVERIFIED:
+        _WARNED_UNVERIFIED.add(cfg.url)
+        logger.warning("TLS certificate verification is off (--no-verify-certs): the connection to %s is encrypted "
+                       "but the server is not authenticated", cfg.url)
     auth = (cfg.username, cfg.password or "") if cfg.username else None
     client = os_.OpenSearch(
         hosts=[cfg.url],
@@ -125,6 +152,20 @@ def index_body(cfg: BackendConfig, dim: int | None) -> dict[str, Any]:
     return body
 
 
+def knn_index_settings(client: Any) -> dict[str, Any]:
+    """Index settings a vector index gets beyond the template, by cluster version: 3.x turns the k-NN derived source
+    (vectors left out of the stored ``_source``) on by default, and k-NN 3.6 then returns other documents' vectors in
+    the ``_source`` of a document with many nested passages, so it is turned off."""
+    major = int(str(client.info()["version"]["number"]).split(".")[0])
+    return {"knn.derived_source.enabled": False} if major >= 3 else {}
+
+
+def vector_json(vector: np.ndarray) -> list[float]:
+    """A vector as JSON numbers rounded to 7 decimals (at most 5e-8 off, far below float32 model noise): half the bytes
+    and half the serialisation time of full-precision reprs, on the bulk writer's thread and in the cluster's parser."""
+    return np.round(vector.astype(np.float64), 7).tolist()
+
+
 def knn_score_to_similarity(score: float, space_type: str) -> float:
     """Undo the k-NN plugin's score transform so scores equal raw inner products (or cosine)."""
     if space_type == "innerproduct":
@@ -134,11 +175,37 @@ def knn_score_to_similarity(score: float, space_type: str) -> float:
     return score  # l2: 1 / (1 + d^2), already monotone
 
 
+class _RejectionCounter:
+    """The client as ``streaming_bulk`` sees it, counting the writes the cluster rejected with 429
+    (es_rejected_execution_exception: write queue full); a request rejected as a whole counts each of its operations."""
+
+    def __init__(self, client: Any):
+        self.client, self.rejected = client, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def bulk(self, *args: Any, body: str, **kwargs: Any) -> Any:
+        try:
+            response = self.client.bulk(*args, body=body, **kwargs)
+        except _require_client().TransportError as exc:
+            if exc.status_code == 429:
+                lines = iter(line for line in body.splitlines() if line.strip())
+                for action in lines:  # an action line, then a source line unless it is a delete
+                    self.rejected += 1
+                    if "delete" not in json.loads(action):
+                        next(lines, None)
+            raise
+        self.rejected += sum(next(iter(item.values())).get("status") == 429 for item in response["items"])
+        return response
+
+
 class OpenSearchBackend(SearchBackend):
     name = "opensearch"
 
     def __init__(self, client: Any, index: str, cfg: BackendConfig):
         self.client, self.index_name, self.cfg = client, index, cfg
+        self.rejections_retried = 0  # bulk writes rejected with 429 and retried (with backoff) by this backend
 
     @classmethod
     def from_config(cls, cfg: BackendConfig, index_suffix: str = "default") -> OpenSearchBackend:
@@ -166,6 +233,8 @@ class OpenSearchBackend(SearchBackend):
             self._call("deleting the old index", self.client.indices.delete, index=self.index_name)
         body = index_body(self.cfg, dim)
         body["settings"]["index"].update({"refresh_interval": "-1", "number_of_replicas": 0})
+        if dim is not None:
+            body["settings"]["index"].update(self._call("reading the cluster version", knn_index_settings, self.client))
         body["mappings"]["_meta"] = {"genq_search": {"created_by": "genq-search", **(meta or {})}}
         self._call(f"creating index '{self.index_name}'", self.client.indices.create, index=self.index_name, body=body)
 
@@ -177,11 +246,13 @@ class OpenSearchBackend(SearchBackend):
         self._call("refreshing", self.client.indices.refresh, index=self.index_name)
 
     def bulk(self, actions: Iterable[dict[str, Any]], total: int | None = None, progress: bool = True) -> tuple[int, list[tuple[str, str]]]:
-        """Stream bulk requests (429s retried with exponential backoff); returns (ok count, [(id, reason)])."""
+        """Stream bulk requests (429s retried with exponential backoff, counted in ``rejections_retried``); returns
+        (ok count, [(id, reason)])."""
         helpers = _require_client().helpers
-        ok, failures = 0, []
+        ok, failures, given_up = 0, [], 0
+        counter = _RejectionCounter(self.client)
         stream = helpers.streaming_bulk(
-            self.client, actions, chunk_size=self.cfg.bulk_docs, max_chunk_bytes=20 * 2**20,
+            counter, actions, chunk_size=self.cfg.bulk_docs, max_chunk_bytes=20 * 2**20,
             raise_on_error=False, max_retries=8, initial_backoff=1, max_backoff=30,
         )
         try:
@@ -190,11 +261,14 @@ class OpenSearchBackend(SearchBackend):
                     ok += 1
                 else:
                     result = next(iter(item.values()))
+                    given_up += result.get("status") == 429
                     error = result.get("error", {})
                     reason = error.get("reason", str(error)) if isinstance(error, dict) else str(error)
                     failures.append((str(result.get("_id")), reason))
         except Exception as exc:  # noqa: BLE001 - mapped to one line
             raise explain_error(exc, self.cfg, f"bulk indexing into '{self.index_name}'") from None
+        finally:
+            self.rejections_retried += counter.rejected - given_up
         return ok, failures
 
     def index(self, corpus: Corpus, passages: Sequence[Passage], vectors: np.ndarray | None,
@@ -210,10 +284,13 @@ class OpenSearchBackend(SearchBackend):
             for doc_id, doc in corpus.items():
                 source: dict[str, Any] = {"doc_id": doc_id, "title": doc.get("title") or "", "text": doc["text"]}
                 if vectors is not None:
-                    source[VECTOR_FIELD] = [{"vector": vectors[r].tolist()} for r in by_doc.get(doc_id, [])]
+                    source[VECTOR_FIELD] = [{"vector": vector_json(vectors[r])} for r in by_doc.get(doc_id, [])]
                 yield {"_index": self.index_name, "_id": doc_id, "_source": source}
 
         _, failures = self.bulk(actions(), total=len(corpus))
+        if self.rejections_retried:
+            logger.info("'%s': %d bulk writes rejected by the cluster (429, write queue full) and retried with backoff",
+                        self.index_name, self.rejections_retried)
         self.finish_load()
         if failures:
             shown = "; ".join(f"{i}: {r}" for i, r in failures[:5])

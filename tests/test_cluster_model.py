@@ -1,0 +1,263 @@
+"""The adapted model inside the cluster: ML Commons zip and sentence-transformers layouts, the embedding endpoint,
+registration on the real local node, remote models, neural/hybrid queries and the ingest pipeline for new writes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import new_name, sample_texts
+from test_opensearch import make_source
+
+from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
+from genq_search.errors import GenqError
+from genq_search.export import OnnxEncoder, export_bundle, pool
+
+TEXTS = sample_texts(40)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bi_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cluster-bundle") / "tiny"
+    export_bundle(str(tiny_bi_encoder), out, profile="cpu", sample_texts=TEXTS)
+    return out
+
+
+@pytest.fixture(scope="module")
+def encoder(bundle: Path) -> OnnxEncoder:
+    return OnnxEncoder(bundle, provider="cpu")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint(bundle: Path):
+    from genq_search.serve import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(bundle, provider="cpu", passage_tokens=64), free_port()) as url:
+        yield url
+
+
+def post(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """POST ``body`` (GET without one) and decode the JSON answer."""
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+def test_ml_commons_zip_layout_and_model_config(bundle: Path, tiny_bi_encoder: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+    from sentence_transformers import SentenceTransformer
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = manifest["ml_commons"]
+    archive = bundle / entry["zip"]
+    from genq_search.data import file_sha256
+
+    assert entry["sha256"] == file_sha256(archive) and entry["bytes"] == archive.stat().st_size
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        assert len(names) == 2 and "tokenizer.json" in names and all("/" not in n for n in names)  # flat
+        graph_name = next(n for n in names if n.endswith(".onnx"))
+        tokenizer = json.loads(zf.read("tokenizer.json"))
+        graph = onnx.load_from_string(zf.read(graph_name))
+    model = SentenceTransformer(str(tiny_bi_encoder), device="cpu")
+    assert tokenizer["truncation"]["max_length"] == model.max_seq_length  # the cluster truncates like the tool
+    assert graph.ir_version <= 9 and max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) <= 19
+    config = entry["model_config"]
+    assert config["model_type"] == "bert" and config["embedding_dimension"] == 32 and config["pooling_mode"] == "MEAN"
+    assert config["normalize_result"] is True and json.loads(config["all_config"])["model_type"] == "bert"
+    # ML Commons' rule: token_type_ids is fed for bert/albert only, and the graph must take exactly the fed inputs
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert graph.graph.output[0].name == "last_hidden_state"
+    # pooled the way ML Commons pools it (mean over the mask, then L2), the first output embeds like PyTorch
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    features = model.tokenizer(TEXTS, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="np")
+    tokens = session.run(None, {n: features[n].astype(np.int64) for n in ("input_ids", "attention_mask", "token_type_ids")})[0]
+    pooled = pool(tokens, features["attention_mask"], "mean")
+    assert cosine(pooled, model.encode(TEXTS)).min() >= 0.999
+
+
+def test_sentence_transformers_folder_layout(bundle: Path, tiny_bi_encoder: Path) -> None:
+    import onnxruntime as ort
+    from sentence_transformers import SentenceTransformer
+
+    folder = bundle / "sentence-transformers"
+    assert (folder / "modules.json").is_file() and (folder / "onnx" / "model.onnx").is_file()
+    reference = SentenceTransformer(str(tiny_bi_encoder), device="cpu").encode(TEXTS)
+    reloaded = SentenceTransformer(str(folder), device="cpu")  # the PyTorch weights of the same folder
+    assert cosine(reloaded.encode(TEXTS), reference).min() >= 0.9999
+    session = ort.InferenceSession(str(folder / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    features = reloaded.tokenizer(TEXTS, padding=True, truncation=True, max_length=reloaded.max_seq_length, return_tensors="np")
+    tokens = session.run(None, {i.name: features[i.name].astype(np.int64) for i in session.get_inputs()})[0]
+    pooled = pool(tokens, features["attention_mask"], "mean")
+    assert cosine(pooled, reference).min() >= 0.999
+
+
+def test_sentence_transformers_onnx_backend_loads_the_folder(bundle: Path, tiny_bi_encoder: Path) -> None:
+    pytest.importorskip("optimum.onnxruntime", reason="sentence-transformers' ONNX backend needs optimum-onnx "
+                                                     "(0.1.0 requires transformers < 4.58)")
+    from sentence_transformers import SentenceTransformer
+
+    onnx_model = SentenceTransformer(str(bundle / "sentence-transformers"), backend="onnx", device="cpu")
+    reference = SentenceTransformer(str(tiny_bi_encoder), device="cpu").encode(TEXTS)
+    assert cosine(onnx_model.encode(TEXTS), reference).min() >= 0.999
+
+
+def test_export_without_ecosystem_formats_writes_neither(tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    manifest = export_bundle(str(tiny_bi_encoder), tmp_path / "b", profile="cpu", sample_texts=TEXTS[:8], formats=())
+    assert "ml_commons" not in manifest and not (tmp_path / "b" / "ml-commons").exists()
+    with pytest.raises(GenqError, match="unknown export format"):
+        export_bundle(str(tiny_bi_encoder), tmp_path / "c", profile="cpu", sample_texts=TEXTS[:8], formats=("tflite",))
+    assert not (tmp_path / "c").exists()
+
+
+def test_endpoint_embeds_exactly_like_the_bundle_and_splits_like_the_reindex(endpoint: str, encoder: OnnxEncoder) -> None:
+    from genq_search.passages import split_documents
+
+    health = post(f"{endpoint}/health")
+    assert health["status"] == "ok" and health["dimension"] == encoder.dim and health["passage_tokens"] == 64
+    got = post(f"{endpoint}/v1/embeddings", {"input": TEXTS[:10], "model": "x"})
+    vectors = np.asarray([d["embedding"] for d in sorted(got["data"], key=lambda d: d["index"])])
+    np.testing.assert_allclose(vectors, encoder.encode_queries(TEXTS[:10]), atol=1e-6)
+    docs = [{"title": "A title", "text": " ".join(TEXTS[:6])}, {"title": "", "text": ["first field", "second field"]},
+            {"title": "only a title"}, {}]
+    got = post(f"{endpoint}/v1/passages", {"documents": docs})["documents"]
+    corpus = {"0": {"title": "A title", "text": " ".join(TEXTS[:6])}, "1": {"title": "", "text": "first field second field"},
+              "2": {"title": "", "text": "only a title"}}
+    windows = split_documents(corpus, encoder.tokenizer, 64, 32)
+    expected = encoder.encode_passages([w.text for w in windows], progress=False)
+    assert [len(d["passages"]) for d in got] == [sum(w.doc_id == str(i) for w in windows) for i in range(3)] + [0]
+    assert len(got[0]["passages"]) > 1  # the long document was split into windows
+    flat = np.asarray([p["vector"] for d in got for p in d["passages"]])
+    np.testing.assert_allclose(flat, expected, atol=1e-6)
+
+
+def test_required_settings() -> None:
+    from genq_search.mlcommons import required_settings
+
+    local = required_settings(None)
+    assert local["plugins.ml_commons.allow_registering_model_via_local_file"] == "true"
+    private = required_settings("http://127.0.0.1:8080")
+    assert private["plugins.ml_commons.connector.private_ip_enabled"] == "true"
+    assert private["plugins.ml_commons.trusted_connector_endpoints_regex"] == r"^http://127\.0\.0\.1:8080/.*$"
+    assert "plugins.ml_commons.connector.private_ip_enabled" not in required_settings("https://embed.example.com")
+
+
+def test_a_failed_deploy_is_one_line_with_the_fix() -> None:
+    from genq_search.mlcommons import explain_task_error
+
+    line = explain_task_error({"state": "FAILED", "error": '{"node1":"publish.djl.ai"}'}, "deploying model m1")
+    assert "DJL" in line and "pre-seed" in line and "\n" not in line
+    assert explain_task_error({"error": "out of memory"}, "deploying").endswith("out of memory")
+
+
+@pytest.mark.integration
+def test_register_uploads_in_chunks_to_registered_on_the_real_node(cfg: BackendConfig, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from genq_search import mlcommons
+    from genq_search.backends.opensearch import connect
+
+    cluster = mlcommons.Cluster(connect(cfg), cfg)
+    mlcommons.ensure_settings(cluster, None, configure=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    monkeypatch.setattr(mlcommons, "CHUNK_BYTES", manifest["ml_commons"]["bytes"] // 3 + 1)  # force several chunks
+    result = mlcommons.register_local(cluster, bundle, manifest, "genq-test", deploy=False)
+    assert result["state"] == "REGISTERED" and result["chunks"] == 3
+    stored = cluster.call("GET", f"/_plugins/_ml/models/{result['model_id']}")
+    assert stored["model_content_hash_value"] == manifest["ml_commons"]["sha256"] and stored["model_format"] == "ONNX"
+    try:  # an offline node cannot deploy (DJL downloads a native library); a connected one deploys and must match
+        deployed = mlcommons.register_local(cluster, bundle, manifest, "genq-test", deploy=True)
+    except GenqError as exc:
+        assert "DJL" in str(exc) and "registered" in str(exc)
+    else:
+        assert deployed["state"] == "DEPLOYED"
+        assert mlcommons.parity(cluster, deployed["model_id"], OnnxEncoder(bundle, provider="cpu")) >= 0.999
+
+
+@pytest.mark.integration
+def test_register_refuses_a_modified_zip(cfg: BackendConfig, bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from genq_search.mlcommons import register_bundle
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    archive = next((copy / "ml-commons").glob("*.zip"))
+    archive.write_bytes(archive.read_bytes() + b"x")
+    with pytest.raises(GenqError, match="checksum mismatch"):
+        register_bundle(cfg, copy, None, None, "genq-test", deploy=False, configure=True)
+
+
+@pytest.mark.integration
+def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[str], bundle: Path, encoder: OnnxEncoder,
+                                               endpoint: str, tmp_path: Path) -> None:
+    from genq_search.backends.opensearch import connect
+    from genq_search.index import run_reindex
+    from genq_search.mlcommons import hybrid_query, neural_query, register_bundle
+
+    client = connect(cfg)
+    source, alias = new_name(names, "src"), new_name(names, "live")
+    docs = make_source(cfg, source, 60)
+    run_reindex(cfg, CorpusConfig(passage_tokens=64), ReindexConfig(alias=alias), source, encoder, tmp_path)
+    with pytest.raises(GenqError, match="does not answer /health"):
+        register_bundle(cfg, bundle, "http://127.0.0.1:9", alias, "genq-test", configure=True)
+    result = register_bundle(cfg, bundle, endpoint, alias, "genq-test", configure=True)
+    assert result["parity_mean_cosine"] >= 0.999 and result["index"] == f"{alias}-v1"
+    model = result["embedding_model_id"]
+    # server-side neural == client-side k-NN with the bundle's query vector (same top 10)
+    for query in ["topic3 document", "naïve café", "long"]:
+        vector = encoder.encode_queries([query])[0].tolist()
+        client_side = {"nested": {"path": "passages", "score_mode": "max", "query": {"knn": {"passages.vector": {"vector": vector, "k": 100}}}}}
+        ours = [h["_id"] for h in client.search(index=alias, body={"size": 10, "query": client_side})["hits"]["hits"]]
+        theirs = [h["_id"] for h in client.search(index=alias, body={"size": 10, "query": neural_query(model, query)})["hits"]["hits"]]
+        assert theirs == ours
+        pipeline = "genq-hybrid-min_max-0.5-0.5"
+        client.transport.perform_request("PUT", f"/_search/pipeline/{pipeline}", body={"phase_results_processors": [{"normalization-processor": {
+            "normalization": {"technique": "min_max"}, "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [0.5, 0.5]}}}}]})
+        lexical = {"multi_match": {"query": query, "fields": ["title", "text"], "type": "best_fields", "tie_breaker": 0.5}}
+        hybrid_ours = client.search(index=alias, params={"search_pipeline": pipeline},
+                                    body={"size": 10, "query": {"hybrid": {"queries": [lexical, client_side]}}})["hits"]["hits"]
+        hybrid_theirs = client.search(index=alias, params={"search_pipeline": pipeline},
+                                      body={"size": 10, "query": hybrid_query(model, query, ["title", "text"])})["hits"]["hits"]
+        assert [h["_id"] for h in hybrid_theirs] == [h["_id"] for h in hybrid_ours]
+    # a document written through the alias after the upgrade gets the reindex's passage vectors from the cluster
+    client.index(index=alias, id="new-0007", body=docs["id-0007"], refresh=True)
+    client.index(index=alias, id="new-0001", body=docs["id-0001"], refresh=True)
+    for new, old in [("new-0007", "id-0007"), ("new-0001", "id-0001")]:
+        ingested = np.asarray([p["vector"] for p in client.get(index=alias, id=new)["_source"]["passages"]])
+        reindexed = np.asarray([p["vector"] for p in client.get(index=alias, id=old)["_source"]["passages"]])
+        assert ingested.shape == reindexed.shape and cosine(ingested, reindexed).min() >= 0.9999
+    vector = np.asarray(client.get(index=alias, id="new-0001")["_source"]["passages"][0]["vector"]).tolist()
+    hits = client.search(index=alias, body={"size": 2, "query": {"nested": {"path": "passages", "score_mode": "max", "query": {
+        "knn": {"passages.vector": {"vector": vector, "k": 10}}}}}})["hits"]["hits"]
+    assert "new-0001" in {h["_id"] for h in hits}  # found by k-NN (tied with its twin id-0001)
+
+
+@pytest.mark.integration
+def test_register_refuses_an_index_of_another_dimension(cfg: BackendConfig, names: list[str], bundle: Path, endpoint: str) -> None:
+    from genq_search.backends.opensearch import connect, vector_field_mapping
+    from genq_search.mlcommons import register_bundle
+
+    index = new_name(names, "dim")
+    connect(cfg).indices.create(index=index, body={"settings": {"index": {"knn": True}}, "mappings": {"properties": {
+        "text": {"type": "text"}, "passages": vector_field_mapping(cfg, 8)}}})
+    with pytest.raises(GenqError, match="dimension 32.*holds 8"):
+        register_bundle(cfg, bundle, endpoint, index, "genq-test", configure=True)
+    assert "default_pipeline" not in connect(cfg).indices.get_settings(index=index)[index]["settings"]["index"]
