@@ -912,7 +912,8 @@ def adapt_drill(launch: ExecLauncher | ForkLauncher, models: dict[str, Path], wo
     out["passed"] = (not out["temp_files"] and not out["incomplete_checkpoints"] and not out["unparseable_at_end"]
                      and out["half_written"] == 0 and all(s["same_settings_hash"] for s in out["stages"].values())
                      and all(s.get("identical", True) for s in out["stages"].values())
-                     and out["stages"]["train"]["steps"][0] == out["stages"]["train"]["steps"][1])
+                     and out["stages"]["train"]["steps"][0] == out["stages"]["train"]["steps"][1]
+                     and out["stages"]["train"]["max_weight_difference"] <= 1e-4 and out["kills"] > 0)
     out["wall_s"] = round(time.perf_counter() - started, 1)
     return out
 

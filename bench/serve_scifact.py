@@ -10,9 +10,10 @@
    client-side encode (the bundle, batch 1) + nested k-NN; server-side `neural` (the cluster calls the endpoint);
    server-side hybrid (BM25 + neural, the deployed search pipeline); client-side encode + the same hybrid. nDCG@10 of
    each on the 300 test queries shows that both sides retrieve the same.
-3. Ingest: the same SciFact documents into a fresh index twice, timed side by side: the client-side reindex (read,
-   split, encode with the bundle, bulk) and plain bulk writes through the ingest pipeline (the cluster calls
-   /v1/passages); the vectors of both are compared document by document.
+3. Ingest, per bundle variant (--variants, default int8 then fp32; the endpoint restarted with it): the same SciFact
+   documents into a fresh index twice, timed side by side: the client-side reindex (read, split, encode with the
+   bundle, bulk) and plain bulk writes through the ingest pipeline (the cluster calls /v1/passages); the vectors of
+   both are compared passage by passage (int8 quantises activations per batch, so its vectors depend on the batch).
 Writes bench/results/serve_scifact.json.
 """
 
@@ -47,13 +48,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_endpoint(bundle: Path, port: int) -> subprocess.Popen:
+def start_endpoint(bundle: Path, port: int, variant: str) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-m", "genq_search.cli", "serve", "--bundle", str(bundle), "--port", str(port),
-                                "--device", "cpu"])
+                                "--device", "cpu", "--variant", variant])
     for _ in range(120):
+        if process.poll() is not None:
+            break
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-            return process
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return process
         except OSError:
             time.sleep(0.5)
     process.kill()
@@ -95,7 +98,7 @@ def query_latency(client: Any, encoder: OnnxEncoder, model_id: str, pipeline: st
     return seconds, results
 
 
-def ingest(client: Any, cfg: BackendConfig, bundle: Path, encoder: OnnxEncoder, docs: dict[str, dict[str, str]],
+def ingest(client: Any, cfg: BackendConfig, encoder: OnnxEncoder, docs: dict[str, dict[str, str]],
            pipeline: str, run_dir: Path) -> dict[str, Any]:
     """The same documents through the client-side reindex and through the ingest pipeline; docs/s and vector parity."""
     from opensearchpy import helpers
@@ -142,43 +145,48 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--ingest-docs", type=int, default=500)
+    parser.add_argument("--variants", default="int8,fp32", help="bundle variants: queries with the first, ingest with each")
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-serve"))
     args = parser.parse_args()
     began = time.perf_counter()
     cfg = BackendConfig(kind="opensearch", url=args.url, replicas=0)
     client = connect(cfg)
-    encoder = OnnxEncoder(args.bundle, provider="cpu")
-    port = free_port()
-    endpoint = start_endpoint(args.bundle, port)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        registered = register_bundle(cfg, args.bundle, url, ALIAS, "genq-bench", configure=True)
-        pipeline = "genq-hybrid-min_max-0.5-0.5"
-        client.transport.perform_request("PUT", f"/_search/pipeline/{pipeline}", body={"phase_results_processors": [
-            {"normalization-processor": {"normalization": {"technique": "min_max"},
-                                         "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [0.5, 0.5]}}}}]})
-        collection = load_collection(SCIFACT, split="test")
-        everything = load_collection(SCIFACT, split="train")
-        ordered = {**collection.queries, **{q: t for q, t in everything.queries.items() if q not in collection.queries}}
-        queries = dict(list(ordered.items())[: args.queries + args.warmup])
-        seconds, results = query_latency(client, encoder, registered["embedding_model_id"], pipeline, queries, args.warmup)
-        test = set(collection.qrels)
-        runs = []
-        for mode, res in results.items():
-            scores = evaluate({q: r for q, r in res.items() if q in test}, collection.qrels, ["ndcg@10", "recall@100"])
-            runs.append({"name": mode, "backend": "opensearch", "model": str(args.bundle), "metrics": scores})
-        docs = dict(list(collection.corpus.items())[: args.ingest_docs])
-        ingested = ingest(client, cfg, args.bundle, encoder, docs, registered["ingest_pipeline"], args.run_dir)
-    finally:
-        endpoint.terminate()
-        endpoint.wait(timeout=30)
+    collection = load_collection(SCIFACT, split="test")
+    everything = load_collection(SCIFACT, split="train")
+    ordered = {**collection.queries, **{q: t for q, t in everything.queries.items() if q not in collection.queries}}
+    queries = dict(list(ordered.items())[: args.queries + args.warmup])
+    docs = dict(list(collection.corpus.items())[: args.ingest_docs])
+    pipeline = "genq-hybrid-min_max-0.5-0.5"
+    client.transport.perform_request("PUT", f"/_search/pipeline/{pipeline}", body={"phase_results_processors": [
+        {"normalization-processor": {"normalization": {"technique": "min_max"},
+                                     "combination": {"technique": "arithmetic_mean", "parameters": {"weights": [0.5, 0.5]}}}}]})
+    ingested: dict[str, Any] = {}
+    for n, variant in enumerate(args.variants.split(",")):  # the same variant on both sides: the reindex and the endpoint
+        encoder = OnnxEncoder(args.bundle, variant=variant, provider="cpu")
+        port = free_port()
+        endpoint = start_endpoint(args.bundle, port, variant)
+        try:
+            registered = register_bundle(cfg, args.bundle, f"http://127.0.0.1:{port}", ALIAS, "genq-bench", configure=True)
+            if n == 0:
+                seconds, results = query_latency(client, encoder, registered["embedding_model_id"], pipeline, queries, args.warmup)
+                first = registered
+            ingested[variant] = ingest(client, cfg, encoder, docs, registered["ingest_pipeline"], args.run_dir / variant)
+        finally:
+            endpoint.terminate()
+            endpoint.wait(timeout=30)
+    test = set(collection.qrels)
+    runs = [{"name": mode, "backend": "opensearch", "model": f"{args.bundle} ({args.variants.split(',')[0]})",
+             "metrics": evaluate(collection.qrels, {q: r for q, r in res.items() if q in test}, ["ndcg@10", "recall@100"])}
+            for mode, res in results.items()]
     version = client.info()["version"]["number"]
     payload = {
         "dataset": "scifact", "split": "test (nDCG) / test+train queries (latency)", "wall_s": time.perf_counter() - began,
         "runs": runs, "latency_ms": {m: percentiles(s) for m, s in seconds.items()},
-        "serve": {"parity_cosine_mean": registered["parity_mean_cosine"], "ingest_docs_per_s": ingested["ingest_docs_per_s"],
-                  "reindex_docs_per_s": ingested["reindex_docs_per_s"], "ingest": ingested, "opensearch_versions": [version],
-                  "registered": registered},
+        "serve": {"parity_cosine_mean": first["parity_mean_cosine"],
+                  "passages_parity_cosine_mean": first["passages_parity_mean_cosine"],
+                  "ingest_docs_per_s": {v: r["ingest_docs_per_s"] for v, r in ingested.items()},
+                  "reindex_docs_per_s": {v: r["reindex_docs_per_s"] for v, r in ingested.items()},
+                  "ingest": ingested, "opensearch_versions": [version], "registered": first},
         "notes": ("Single 2-core machine: OpenSearch, the endpoint (genq-search serve, ONNX Runtime) and this client share "
                   "the cores. Latency = wall time per query from text to hits, encoding included; modes interleaved per "
                   "query; the first --warmup queries are not timed. Ingest: client-side reindex vs bulk through the ml_inference "
@@ -189,8 +197,10 @@ def main() -> None:
         print(f"{mode:>22}: p50 {stats['p50']:.1f} p95 {stats['p95']:.1f} p99 {stats['p99']:.1f} ms")
     for run in runs:
         print(f"{run['name']:>22}: nDCG@10 {100 * run['metrics']['ndcg@10']:.2f}")
-    print(f"ingest {ingested['ingest_docs_per_s']:.1f} docs/s vs reindex {ingested['reindex_docs_per_s']:.1f} docs/s; "
-          f"passage cosine min {ingested['passage_cosine_min']:.5f}; {path}")
+    for variant, r in ingested.items():
+        print(f"{variant}: ingest {r['ingest_docs_per_s']:.1f} docs/s vs reindex {r['reindex_docs_per_s']:.1f} docs/s; passage "
+              f"cosine to the reindex's min {r['passage_cosine_min']:.5f} mean {r['passage_cosine_mean']:.5f}; {r['ingest_errors']} errors")
+    print(path)
 
 
 if __name__ == "__main__":

@@ -483,14 +483,15 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8080,
     device: DeviceOpt = None, batch_size: BatchOpt = None,
     passage_tokens: Annotated[int | None, typer.Option(help="Passage window in tokens for /v1/passages (default: the model's max length).")] = None,
-    passage_stride: Annotated[int, typer.Option(help="Tokens shared by consecutive passages (as in the reindex).")] = 32,
+    passage_stride: Annotated[int | None, typer.Option(help="Tokens shared by consecutive passages (default: corpus.passage_stride's, as in the reindex).")] = None,
     variant: Annotated[str | None, typer.Option(help="Bundle variant (fp32, int8, fp16; default: the reindex's choice, the "
                                                      "fastest that passed parity).")] = None,
 ) -> None:
     """Serve the bundle as an HTTP embedding endpoint (/v1/embeddings, /v1/passages, /health) for the cluster to call."""
     from genq_search.serve import serve as run_server
 
-    run_server(bundle, host=host, port=port, provider="cpu" if device == "cpu" else "auto", batch_size=batch_size or 64,
+    provider = "cuda" if device and device.startswith("cuda") else device or "auto"
+    run_server(bundle, host=host, port=port, provider=provider, batch_size=batch_size or 64,
                passage_tokens=passage_tokens, passage_stride=passage_stride, variant=variant)
 
 
@@ -514,7 +515,7 @@ def register(
     from genq_search.mlcommons import register_bundle
 
     if index and not endpoint:
-        raise typer.BadParameter("--index needs --endpoint (the ingest pipeline calls the endpoint)")
+        raise GenqError("--index needs --endpoint (the ingest pipeline calls the endpoint)")
     cfg = RunConfig.load(config, {"backend": backend_overrides(BackendKind.OPENSEARCH, url, None, username, password, ca_certs, verify_certs)})
     typer.echo(json.dumps(register_bundle(cfg.backend, bundle, endpoint, index, group, deploy, configure_cluster), indent=2))
 

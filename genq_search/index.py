@@ -138,6 +138,9 @@ def plan_reindex(client: Any, cfg: BackendConfig, source: str, alias: str | None
             return state
         logger.warning("ignoring the unfinished reindex in %s: its settings differ (its target %s is left as it is)",
                        checkpoint, saved.get("target"))
+        for index, value in (saved.get("frozen") or {}).items():  # killed while it froze the source: never leave it blocked
+            logger.warning("releasing the write block the unfinished run left on %s", index)
+            _set_write_block(client, cfg, [index], value)
     existing = client.indices.get(index=f"{alias}-v*", ignore_unavailable=True, allow_no_indices=True)
     versions = [int(m.group(1)) for n in existing if (m := re.fullmatch(rf"{re.escape(alias)}-v(\d+)", n))]
     version = max(versions, default=0) + 1

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from genq_search.backends.opensearch import VECTOR_FIELD, explain_error
-from genq_search.config import BackendConfig
+from genq_search.config import BackendConfig, CorpusConfig
 from genq_search.errors import GenqError
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Cluster:
         while True:
             task = self.call("GET", f"{ML}/tasks/{task_id}", action=action)
             state = task.get("state")
-            if state in ("COMPLETED", "COMPLETED_WITH_ERROR", "FAILED"):
+            if state in ("COMPLETED", "COMPLETED_WITH_ERROR", "FAILED", "CANCELLED"):
                 if state != "COMPLETED":
                     raise GenqError(explain_task_error(task, action))
                 return task
@@ -86,7 +86,7 @@ def explain_task_error(task: dict[str, Any], action: str) -> str:
     if isinstance(error, dict):  # per-node errors
         error = "; ".join(f"{v}" for v in error.values())
     text = str(error)
-    if re.search(r"djl|pytorch|native|download|UnknownHost|publish\.djl\.ai", text, re.IGNORECASE):
+    if re.search(r"publish\.djl\.ai|djl\.ai|pytorch native|Failed to (?:download|save) pytorch", text, re.IGNORECASE):
         return (f"{action} failed: ML Commons' ONNX runtime (DJL) could not load its native library, which it downloads "
                 f"at the first deploy (offline node?): {text[:200]}. Fix: pre-seed the DJL cache (~/.djl.ai of the "
                 "OpenSearch user, or DJL_CACHE_DIR) from a machine with internet, or serve the model outside the cluster: "
@@ -134,8 +134,8 @@ def ensure_settings(cluster: Cluster, endpoint: str | None, configure: bool) -> 
     return sorted(missing)
 
 
-def register_local(cluster: Cluster, bundle: Path, manifest: dict[str, Any], group: str, deploy: bool = True) -> dict[str, Any]:
-    """Register the bundle's ML Commons zip in chunks and (optionally) deploy it; returns ids and states."""
+def local_archive(bundle: Path, manifest: dict[str, Any]) -> Path:
+    """The bundle's ML Commons zip, checked against its manifest checksum."""
     from genq_search.data import file_sha256
 
     entry = manifest.get("ml_commons")
@@ -144,6 +144,13 @@ def register_local(cluster: Cluster, bundle: Path, manifest: dict[str, Any], gro
     archive = bundle / entry["zip"]
     if not archive.is_file() or file_sha256(archive) != entry["sha256"]:
         raise GenqError(f"{archive}: missing or modified (checksum mismatch); re-export the bundle")
+    return archive
+
+
+def register_local(cluster: Cluster, bundle: Path, manifest: dict[str, Any], group: str, deploy: bool = True) -> dict[str, Any]:
+    """Register the bundle's ML Commons zip in chunks and (optionally) deploy it; returns ids and states."""
+    entry = manifest["ml_commons"]
+    archive = local_archive(bundle, manifest)
     size = archive.stat().st_size
     chunks = math.ceil(size / CHUNK_BYTES)
     meta = {"name": archive.stem, "version": str(manifest.get("exported_at", "1")), "model_format": "ONNX",
@@ -184,19 +191,34 @@ def connector_body(name: str, url: str, kind: str, text_fields: int = 1) -> dict
                    "request_body": '{ "input": ${parameters.input}, "model": "${parameters.model}" }',
                    "pre_process_function": "connector.pre_process.openai.embedding",
                    "post_process_function": "connector.post_process.openai.embedding"}
-    else:  # string parameters arrive JSON-escaped without quotes: the template quotes them
+    parameters: dict[str, str] = {"model": name}
+    if kind == "passages":  # string parameters arrive JSON-escaped without quotes: the template quotes them
         texts = ", ".join(f'"${{parameters.text_{i}}}"' for i in range(text_fields))
         action |= {"url": f"{url.rstrip('/')}/v1/passages",
                    "request_body": f'{{ "documents": [{{"title": "${{parameters.title}}", "text": [{texts}]}}] }}'}
+        # defaults for the fields a document lacks: ML Commons refuses a request with an unfilled placeholder
+        parameters |= {"title": "", **{f"text_{i}": "" for i in range(text_fields)}}
     return {"name": name, "description": f"genq-search serve at {url} ({kind})", "version": "1", "protocol": "http",
-            "parameters": {"model": name}, "credential": {"unused": "none"},  # ML Commons requires a credential map
+            "parameters": parameters, "credential": {"unused": "none"},  # ML Commons requires a credential map
             "actions": [action]}
 
 
 def register_remote(cluster: Cluster, url: str, name: str, kind: str, group: str, text_fields: int = 1) -> str:
-    """Create the connector and a deployed remote model for it; returns the model id."""
-    connector = cluster.call("POST", f"{ML}/connectors/_create", connector_body(name, url, kind, text_fields),
-                             action=f"creating the {kind} connector")["connector_id"]
+    """A deployed remote model ``name`` over the endpoint: the existing one when its connector is this one (a rerun
+    registers nothing new), else a new connector and model; returns the model id."""
+    body = connector_body(name, url, kind, text_fields)
+    found = cluster.call("POST", f"{ML}/models/_search", {"query": {"term": {"name.keyword": name}}, "size": 20},
+                         action=f"looking up the {kind} remote model")
+    for hit in found.get("hits", {}).get("hits", []):
+        source = hit["_source"]
+        if "connector_id" not in source or source.get("model_state") != "DEPLOYED":
+            continue
+        connector = cluster.call("GET", f"{ML}/connectors/{source['connector_id']}", action=f"reading the {kind} connector")
+        if [{k: a.get(k) for k in ("url", "request_body")} for a in connector.get("actions", [])] == \
+                [{k: a.get(k) for k in ("url", "request_body")} for a in body["actions"]] and \
+                connector.get("parameters") == body["parameters"]:
+            return hit["_id"]
+    connector = cluster.call("POST", f"{ML}/connectors/_create", body, action=f"creating the {kind} connector")["connector_id"]
     model = cluster.call("POST", f"{ML}/models/_register", {"name": name, "function_name": "remote", "connector_id": connector,
                                                              "model_group_id": cluster.model_group(group)},
                          action=f"registering the {kind} remote model", deploy="true")
@@ -239,43 +261,72 @@ def ingest_pipeline_body(passages_model: str, title_field: str | None, text_fiel
                 "output_map": [{VECTOR_FIELD: "documents[0].passages"}], "ignore_missing": True, "override": True}}]}
 
 
-def index_vector_setup(cluster: Cluster, index: str) -> dict[str, Any]:
-    """The genq-search metadata and vector dimension of ``index`` (an index or an alias over one)."""
+def check_index(cluster: Cluster, index: str, health: dict[str, Any]) -> dict[str, Any]:
+    """The index the endpoint will serve (an index, or an alias over one) and how its documents were split; refuses a
+    vector dimension or passage windows other than the endpoint's, and a default pipeline that is not the tool's."""
     mapping = cluster.call("GET", f"/{index}/_mapping", action=f"reading the mapping of '{index}'")
     if len(mapping) != 1:
         raise GenqError(f"'{index}' resolves to {len(mapping)} indices; give the one index the model serves")
     concrete, body = next(iter(mapping.items()))
-    props = body["mappings"].get("properties", {})
-    vector = props.get(VECTOR_FIELD, {}).get("properties", {}).get("vector")
+    vector = body["mappings"].get("properties", {}).get(VECTOR_FIELD, {}).get("properties", {}).get("vector")
     if not vector:
         raise GenqError(f"'{concrete}' has no '{VECTOR_FIELD}.vector' field: reindex it with genq-search first")
-    return {"index": concrete, "dimension": int(vector["dimension"]), "meta": body["mappings"].get("_meta", {}).get("genq_search", {})}
-
-
-def attach(cluster: Cluster, index: str, url: str, encoder: Any, group: str, health: dict[str, Any]) -> dict[str, Any]:
-    """Remote models over the endpoint, parity-checked, and the ingest pipeline as the index's default pipeline."""
-    setup = index_vector_setup(cluster, index)
-    meta = setup["meta"]
-    if health["dimension"] != setup["dimension"]:
-        raise GenqError(f"the endpoint embeds to dimension {health['dimension']}, '{setup['index']}' holds {setup['dimension']}: "
+    if health["dimension"] != int(vector["dimension"]):
+        raise GenqError(f"the endpoint embeds to dimension {health['dimension']}, '{concrete}' holds {vector['dimension']}: "
                         "serve the bundle the index was built with")
-    tokens = meta.get("passage_tokens") or health["max_length"]
-    if (health["passage_tokens"], health["passage_stride"]) != (tokens, meta.get("passage_stride", 32)):
+    meta = body["mappings"].get("_meta", {}).get("genq_search", {})
+    tokens = meta.get("passage_tokens")
+    tokens = health["max_length"] if tokens is None else tokens
+    stride = meta.get("passage_stride", CorpusConfig.model_fields["passage_stride"].default)
+    if (health["passage_tokens"], health["passage_stride"]) != (tokens, stride):
         raise GenqError(f"the endpoint splits passages as {health['passage_tokens']}/{health['passage_stride']} tokens, "
-                        f"'{setup['index']}' was built with {tokens}/{meta.get('passage_stride', 32)}: restart serve with "
-                        f"--passage-tokens {tokens} --passage-stride {meta.get('passage_stride', 32)}")
-    text_fields = meta.get("text_fields") or ["text"]
-    base = f"genq-{setup['index']}"
-    embeddings = register_remote(cluster, url, f"{base}-embeddings", "embeddings", group)
+                        f"'{concrete}' was built with {tokens}/{stride}: restart serve with --passage-tokens {tokens} "
+                        f"--passage-stride {stride}")
+    settings = cluster.call("GET", f"/{concrete}/_settings", action=f"reading the settings of '{concrete}'", flat_settings="true")
+    current = settings[concrete]["settings"].get("index.default_pipeline")
+    pipeline = f"genq-{concrete}-ingest"
+    if current not in (None, "_none", pipeline):
+        raise GenqError(f"'{concrete}' already has the default pipeline '{current}'; the tool does not replace it "
+                        f"(chain it with '{pipeline}' yourself, or remove it first)")
+    # indices written by `genq-search index` hold the template's title/text fields; a reindex records its own
+    fields = {"title_field": meta["title_field"], "text_fields": meta["text_fields"]} if "text_fields" in meta else \
+        {"title_field": "title", "text_fields": ["text"]}
+    return {"index": concrete, "pipeline": pipeline, **fields}
+
+
+def passages_parity(cluster: Cluster, model_id: str, encoder: Any, windows: Any) -> float:
+    """Mean cosine between the passage vectors the cluster gets from ``/v1/passages`` and the reindex's own."""
+    from genq_search.passages import split_documents
+
+    text = " ".join(PARITY_TEXTS * 40)  # long enough to be split into several windows
+    result = cluster.call("POST", f"{ML}/models/{model_id}/_predict", {"parameters": {"title": "A title", "text_0": text}},
+                          action="splitting and embedding a sample document in the cluster")
+    theirs = np.asarray([p["vector"] for p in result["inference_results"][0]["output"][0]["dataAsMap"]["documents"][0]["passages"]])
+    passages = split_documents({"d": {"title": "A title", "text": text}}, encoder.tokenizer, *windows)
+    ours = encoder.encode_passages([p.text for p in passages], progress=False)
+    if theirs.shape != ours.shape:
+        raise GenqError(f"the cluster split the sample into {len(theirs)} passages, the reindex into {len(ours)}; "
+                        f"not attaching model {model_id}")
+    cosine = (theirs * ours).sum(1) / np.maximum(np.linalg.norm(theirs, axis=1) * np.linalg.norm(ours, axis=1), 1e-12)
+    if cosine.min() < MIN_PARITY_COSINE:
+        raise GenqError(f"the cluster's passage vectors differ from the reindex's (min cosine {cosine.min():.5f}); "
+                        f"not attaching model {model_id}")
+    return float(cosine.mean())
+
+
+def attach(cluster: Cluster, target: dict[str, Any], url: str, encoder: Any, group: str, health: dict[str, Any]) -> dict[str, Any]:
+    """Remote models over the endpoint, both parity-checked, then the ingest pipeline as the index's default pipeline."""
+    index, texts = target["index"], len(target["text_fields"])
+    embeddings = register_remote(cluster, url, f"genq-{index}-embeddings", "embeddings", group)
     cosine = parity(cluster, embeddings, encoder)
-    passages = register_remote(cluster, url, f"{base}-passages", "passages", group, len(text_fields))
-    pipeline = f"{base}-ingest"
-    cluster.call("PUT", f"/_ingest/pipeline/{pipeline}", ingest_pipeline_body(passages, meta.get("title_field"), text_fields),
-                 action="creating the ingest pipeline")
-    cluster.call("PUT", f"/{setup['index']}/_settings", {"index": {"default_pipeline": pipeline}},
-                 action=f"attaching the ingest pipeline to '{setup['index']}'")
-    return {"index": setup["index"], "embedding_model_id": embeddings, "passages_model_id": passages,
-            "ingest_pipeline": pipeline, "parity_mean_cosine": cosine}
+    passages = register_remote(cluster, url, f"genq-{index}-passages", "passages", group, texts)
+    passage_cosine = passages_parity(cluster, passages, encoder, (health["passage_tokens"], health["passage_stride"]))
+    cluster.call("PUT", f"/_ingest/pipeline/{target['pipeline']}",
+                 ingest_pipeline_body(passages, target["title_field"], target["text_fields"]), action="creating the ingest pipeline")
+    cluster.call("PUT", f"/{index}/_settings", {"index": {"default_pipeline": target["pipeline"]}},
+                 action=f"attaching the ingest pipeline to '{index}'")
+    return {"index": index, "embedding_model_id": embeddings, "passages_model_id": passages, "ingest_pipeline": target["pipeline"],
+            "parity_mean_cosine": cosine, "passages_parity_mean_cosine": passage_cosine}
 
 
 def neural_query(model_id: str, text: str, k: int = 100) -> dict[str, Any]:
@@ -304,21 +355,26 @@ def endpoint_health(endpoint: str, bundle: Path) -> dict[str, Any]:
 def register_bundle(cfg: BackendConfig, bundle: Path, endpoint: str | None, index: str | None, group: str = "genq-search",
                     deploy: bool = True, configure: bool = False) -> dict[str, Any]:
     """``genq-search register``: the local model zip (no endpoint), or remote models over the endpoint (and, with
-    ``index``, the ingest pipeline attached to it); every model parity-checked against the bundle before use."""
+    ``index``, the ingest pipeline attached to it). Everything that can be checked is checked before the cluster is
+    changed; each model's embeddings are compared with the bundle's before it is attached or reported."""
     from genq_search.backends.opensearch import connect
     from genq_search.export import OnnxEncoder
 
-    encoder = OnnxEncoder(bundle, provider="cpu")
+    health = endpoint_health(endpoint, bundle) if endpoint else None
+    encoder = OnnxEncoder(bundle, variant=health["variant"] if health else None, provider="cpu")  # the endpoint's variant
     cluster = Cluster(connect(cfg), cfg)
+    target = check_index(cluster, index, health) if index and health else None
+    if endpoint is None:
+        local_archive(bundle, encoder.manifest)
     changed = ensure_settings(cluster, endpoint, configure)
     if endpoint is None:
         result = register_local(cluster, bundle, encoder.manifest, group, deploy)
         if result["state"] == "DEPLOYED":
             result["parity_mean_cosine"] = parity(cluster, result["model_id"], encoder)
-    elif index:
-        result = attach(cluster, index, endpoint, encoder, group, endpoint_health(endpoint, bundle))
+    elif target is not None:
+        assert health is not None
+        result = attach(cluster, target, endpoint, encoder, group, health)
     else:
-        endpoint_health(endpoint, bundle)
         model_id = register_remote(cluster, endpoint, f"genq-{bundle.name}-embeddings", "embeddings", group)
         result = {"embedding_model_id": model_id, "parity_mean_cosine": parity(cluster, model_id, encoder)}
     return {**result, "cluster_settings_set": changed}

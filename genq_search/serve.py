@@ -3,8 +3,9 @@
 ML Commons remote models (``neural`` queries, ``text_embedding`` ingest) call ``POST /v1/embeddings`` in the OpenAI
 embeddings shape, so ML Commons' built-in OpenAI pre/post-processing functions work unchanged. ``POST /v1/passages``
 splits documents exactly as the reindex does (same tokenizer, windows and title rule) and embeds every window, for
-the ingest pipeline of documents written after an upgrade. One inference at a time: ONNX Runtime already uses every
-core for a batch, so concurrent requests queue instead of oversubscribing the CPU.
+the ingest pipeline of documents written after an upgrade. One request at a time: ONNX Runtime already uses every
+core for a batch, so concurrent requests queue instead of oversubscribing the CPU (and the tokenizer is not shared
+between threads).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from genq_search.config import CorpusConfig
 from genq_search.errors import GenqError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ def _require_server() -> None:
 
 
 def create_app(bundle: Path, provider: str = "auto", batch_size: int = 64, passage_tokens: int | None = None,
-               passage_stride: int = 32, max_texts: int = 2048, variant: str | None = None) -> Any:
+               passage_stride: int | None = None, max_texts: int = 2048, variant: str | None = None) -> Any:
     """The FastAPI application: ``GET /health``, ``POST /v1/embeddings``, ``POST /v1/passages``. ``variant`` defaults to
     the one the reindex picks (the fastest that passed parity), so both write the same vectors."""
     _require_server()
@@ -58,19 +60,23 @@ def create_app(bundle: Path, provider: str = "auto", batch_size: int = 64, passa
 
     encoder = OnnxEncoder(bundle, variant=variant, provider=provider)
     max_tokens = passage_tokens if passage_tokens is not None else encoder.max_seq_length
-    lock = threading.Lock()
+    if passage_stride is None:
+        passage_stride = CorpusConfig.model_fields["passage_stride"].default
+    if 0 < max_tokens <= passage_stride:
+        raise GenqError(f"--passage-stride ({passage_stride}) must be smaller than --passage-tokens ({max_tokens})")
+    lock = threading.RLock()  # also serialises the tokenizer: a fast tokenizer's padding/truncation state is shared
     stats = {"requests": 0, "texts": 0, "seconds": 0.0}
     app = FastAPI(title="genq-search embeddings", version="1")
 
     def embed(texts: list[str]) -> list[list[float]]:
         if len(texts) > max_texts:
             raise HTTPException(413, f"{len(texts)} texts in one request; at most {max_texts}")
-        start = time.perf_counter()
         with lock:
+            start = time.perf_counter()
             vectors = encoder.encode_passages(texts, batch_size=batch_size, progress=False) if texts else []
-        stats["requests"] += 1
-        stats["texts"] += len(texts)
-        stats["seconds"] += time.perf_counter() - start
+            stats["requests"] += 1
+            stats["texts"] += len(texts)
+            stats["seconds"] += time.perf_counter() - start
         return [vector_json(v) for v in vectors]  # rounded as the reindex writes them
 
     @app.get("/health")
@@ -94,8 +100,9 @@ def create_app(bundle: Path, provider: str = "auto", batch_size: int = 64, passa
             title, text = d.title.strip(), joined_text({"text": d.text}, ["text"])
             if title or text:
                 corpus[str(i)] = {"title": title, "text": text} if text else {"title": "", "text": title}
-        windows = split_documents(corpus, encoder.tokenizer, max_tokens, passage_stride)
-        vectors = embed([p.text for p in windows])
+        with lock:
+            windows = split_documents(corpus, encoder.tokenizer, max_tokens, passage_stride)
+            vectors = embed([p.text for p in windows])
         out: list[list[dict[str, Any]]] = [[] for _ in request.documents]
         for window, vector in zip(windows, vectors, strict=True):
             out[int(window.doc_id)].append({"vector": vector})
@@ -106,32 +113,8 @@ def create_app(bundle: Path, provider: str = "auto", batch_size: int = 64, passa
 
 def serve(bundle: Path, host: str = "127.0.0.1", port: int = 8080, **kwargs: Any) -> None:
     """Run the endpoint in the foreground until interrupted."""
+    app = create_app(bundle, **kwargs)
     import uvicorn
 
-    app = create_app(bundle, **kwargs)
     logger.info("serving %s on http://%s:%d (health: /health)", bundle, host, port)
     uvicorn.run(app, host=host, port=port, log_level="warning")
-
-
-class BackgroundServer:
-    """The endpoint on a daemon thread, for tests and benchmarks: ``with BackgroundServer(app, port) as url: ...``."""
-
-    def __init__(self, app: Any, port: int, host: str = "127.0.0.1"):
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        self.url = f"http://{host}:{port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise GenqError(f"the embedding endpoint did not start on {self.url}")
-            time.sleep(0.05)
-        return self.url
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)

@@ -13,6 +13,7 @@ stop_started() {
   local node
   for node in "${started[@]}"; do scripts/opensearch-local.sh stop $node >/dev/null 2>&1 || true; done  # "" -> no option
 }
+trap 'stop_started; exit 130' INT TERM  # interrupted: leave no node behind
 start_node() {  # start_node [--secure]: start it unless it is running; remember to stop it
   if ! scripts/opensearch-local.sh status "$@" >/dev/null 2>&1; then
     scripts/opensearch-local.sh start "$@" >/dev/null || { echo "could not start the local OpenSearch $*" >&2; stop_started; exit 1; }

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,30 @@ def encoder(bundle: Path) -> OnnxEncoder:
     return OnnxEncoder(bundle, provider="cpu")
 
 
+class BackgroundServer:
+    """The endpoint on a daemon thread: ``with BackgroundServer(app, port) as url: ...``."""
+
+    def __init__(self, app: Any, port: int, host: str = "127.0.0.1"):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.url = f"http://{host}:{port}"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise GenqError(f"the embedding endpoint did not start on {self.url}")
+            time.sleep(0.05)
+        return self.url
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,7 +67,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def endpoint(bundle: Path):
-    from genq_search.serve import BackgroundServer, create_app
+    from genq_search.serve import create_app
 
     with BackgroundServer(create_app(bundle, provider="cpu", passage_tokens=64), free_port()) as url:
         yield url
@@ -185,7 +211,7 @@ def test_register_uploads_in_chunks_to_registered_on_the_real_node(cfg: BackendC
     try:  # an offline node cannot deploy (DJL downloads a native library); a connected one deploys and must match
         deployed = mlcommons.register_local(cluster, bundle, manifest, "genq-test", deploy=True)
     except GenqError as exc:
-        assert "DJL" in str(exc) and "registered" in str(exc)
+        assert "DJL" in str(exc) and "pre-seed the DJL cache" in str(exc)
     else:
         assert deployed["state"] == "DEPLOYED"
         assert mlcommons.parity(cluster, deployed["model_id"], OnnxEncoder(bundle, provider="cpu")) >= 0.999
@@ -219,7 +245,10 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
     with pytest.raises(GenqError, match="does not answer /health"):
         register_bundle(cfg, bundle, "http://127.0.0.1:9", alias, "genq-test", configure=True)
     result = register_bundle(cfg, bundle, endpoint, alias, "genq-test", configure=True)
-    assert result["parity_mean_cosine"] >= 0.999 and result["index"] == f"{alias}-v1"
+    assert result["parity_mean_cosine"] >= 0.999 and result["passages_parity_mean_cosine"] >= 0.999
+    assert result["index"] == f"{alias}-v1"
+    again = register_bundle(cfg, bundle, endpoint, alias, "genq-test", configure=True)  # a rerun registers nothing new
+    assert (again["embedding_model_id"], again["passages_model_id"]) == (result["embedding_model_id"], result["passages_model_id"])
     model = result["embedding_model_id"]
     # server-side neural == client-side k-NN with the bundle's query vector (same top 10)
     for query in ["topic3 document", "naïve café", "long"]:
@@ -240,7 +269,9 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
     # a document written through the alias after the upgrade gets the reindex's passage vectors from the cluster
     client.index(index=alias, id="new-0007", body=docs["id-0007"], refresh=True)
     client.index(index=alias, id="new-0001", body=docs["id-0001"], refresh=True)
-    for new, old in [("new-0007", "id-0007"), ("new-0001", "id-0001")]:
+    client.index(index=alias, id="new-0005", body=docs["id-0005"], refresh=True)  # no title: its placeholder gets the default
+    assert "title" not in docs["id-0005"]
+    for new, old in [("new-0007", "id-0007"), ("new-0001", "id-0001"), ("new-0005", "id-0005")]:
         ingested = np.asarray([p["vector"] for p in client.get(index=alias, id=new)["_source"]["passages"]])
         reindexed = np.asarray([p["vector"] for p in client.get(index=alias, id=old)["_source"]["passages"]])
         assert ingested.shape == reindexed.shape and cosine(ingested, reindexed).min() >= 0.9999
@@ -248,6 +279,10 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
     hits = client.search(index=alias, body={"size": 2, "query": {"nested": {"path": "passages", "score_mode": "max", "query": {
         "knn": {"passages.vector": {"vector": vector, "k": 10}}}}}})["hits"]["hits"]
     assert "new-0001" in {h["_id"] for h in hits}  # found by k-NN (tied with its twin id-0001)
+    client.transport.perform_request("PUT", "/_ingest/pipeline/someone-elses", body={"processors": []})
+    client.indices.put_settings(index=alias, body={"index": {"default_pipeline": "someone-elses"}})
+    with pytest.raises(GenqError, match="already has the default pipeline 'someone-elses'"):
+        register_bundle(cfg, bundle, endpoint, alias, "genq-test", configure=True)  # a team's own pipeline is never replaced
 
 
 @pytest.mark.integration
@@ -261,3 +296,16 @@ def test_register_refuses_an_index_of_another_dimension(cfg: BackendConfig, name
     with pytest.raises(GenqError, match="dimension 32.*holds 8"):
         register_bundle(cfg, bundle, endpoint, index, "genq-test", configure=True)
     assert "default_pipeline" not in connect(cfg).indices.get_settings(index=index)[index]["settings"]["index"]
+
+
+def test_cli_errors_are_one_line(bundle: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from genq_search.cli import app
+
+    result = CliRunner().invoke(app, ["register", "--bundle", str(bundle), "--index", "x"])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("error: --index needs --endpoint")
+    result = CliRunner().invoke(app, ["serve", "--bundle", str(bundle), "--passage-tokens", "16", "--passage-stride", "16"])
+    assert result.exit_code == 1 and "must be smaller than --passage-tokens" in result.output.strip().splitlines()[-1]
+    result = CliRunner().invoke(app, ["serve", "--bundle", str(tmp_path / "none")])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("error: ")

@@ -3,7 +3,7 @@ and a queue of 1): ``index`` and ``reindex`` write a 4-shard index while other c
 requests get 429 es_rejected_execution_exception. The tool retries them with exponential backoff, ends with exactly
 the source's documents and reports how many writes were rejected and retried (log line, reindex state JSON); each test
 records the count as the junit test-suite property ``rejections_retried.index`` / ``rejections_retried.reindex``
-(``pytest --junitxml``; ``bench/security_drills.py`` reads them)."""
+(``pytest --junitxml``; ``bench/reliability.py`` reads them)."""
 
 from __future__ import annotations
 

@@ -157,7 +157,7 @@ def knn_index_settings(client: Any) -> dict[str, Any]:
     (vectors left out of the stored ``_source``) on by default, and k-NN 3.6 then returns other documents' vectors in
     the ``_source`` of a document with many nested passages, so it is turned off."""
     major = int(str(client.info()["version"]["number"]).split(".")[0])
-    return {"knn.derived_source.enabled": False} if major >= 3 else {}
+    return {"knn.derived_source.enabled": False} if 3 <= major < 7 else {}  # 7.10.2: a 1.x/2.x node in compatibility mode
 
 
 def vector_json(vector: np.ndarray) -> list[float]:
