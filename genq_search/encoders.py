@@ -114,11 +114,15 @@ class SentenceTransformerEncoder:
 
 def load_encoder(spec: str, device: str = "auto", normalize: bool = True, max_seq_length: int | None = None,
                  dtype: str = "float32") -> Encoder:
-    """``spec`` is a HF id / local sentence-transformers folder, or ``onnx:<bundle dir>`` (``dtype``: PyTorch only)."""
+    """``spec`` is a HF id / local sentence-transformers folder, or ``onnx:<bundle dir>`` (``onnx:<dir>@fp32`` picks a
+    variant; default: CUDA's fp16 on a GPU, else the fastest CPU variant that passed parity); ``dtype``: PyTorch only."""
     if spec.startswith("onnx:"):
-        from genq_search.export import OnnxEncoder
+        from genq_search.export import VARIANTS, OnnxEncoder
 
-        return OnnxEncoder(spec.removeprefix("onnx:"), provider="cpu" if device == "cpu" else device)
+        bundle, _, variant = spec.removeprefix("onnx:").rpartition("@")
+        if variant not in VARIANTS:
+            bundle, variant = spec.removeprefix("onnx:"), ""
+        return OnnxEncoder(bundle, variant=variant or None, provider="cpu" if device == "cpu" else device)
     return SentenceTransformerEncoder(spec, device=device, normalize=normalize, max_seq_length=max_seq_length, dtype=dtype)
 
 

@@ -93,3 +93,10 @@ def test_bad_exports_fail_clearly(tmp_path: Path, bundle: Path) -> None:
     with pytest.raises(GenqError, match="provider 'CUDAExecutionProvider' is not available"):
         OnnxEncoder(bundle, provider="cuda")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_variant_is_chosen_with_the_at_suffix(bundle: Path) -> None:
+    assert load_encoder(f"onnx:{bundle}@fp32", device="cpu").variant == "fp32"
+    assert load_encoder(f"onnx:{bundle}@int8", device="cpu").variant == "int8"
+    with pytest.raises(GenqError, match="not an ONNX bundle|no such|does not exist|not found"):
+        load_encoder(f"onnx:{bundle}@nope", device="cpu")  # not a variant name: part of the path

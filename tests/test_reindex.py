@@ -300,7 +300,8 @@ def test_compare_two_models_on_one_index_scores_each_with_its_own_vectors(cfg: B
     assert local.exit_code == 0, local.output
     read = lambda d: {r["name"]: r["metrics"]["ndcg@10"] for r in json.loads((tmp_path / d / "compare" / "metrics.json").read_text())["runs"]}
     got, expected = read("os"), read("emb")
-    assert got["dense-a"] != got["dense-b"]
+    runs = {r["name"]: r["metrics"] for r in json.loads((tmp_path / "os" / "compare" / "metrics.json").read_text())["runs"]}
+    assert runs["dense-a"] != runs["dense-b"]  # two near-random tiny models can tie on one metric, not on all
     assert got == pytest.approx(expected, abs=0.02)  # each model searched its own vectors (HNSW is approximate)
     again = CliRunner().invoke(app, ["compare", "--url", cfg.url, "--index", f"{index}-a", "--corpus", str(SAMPLE), "--mode", "dense",
                                      "--backend", "opensearch", "--run-dir", str(tmp_path / "x"), "--model", f"c={variant}"])
