@@ -130,6 +130,8 @@ def compare(
     passage_stride: Annotated[int | None, typer.Option(help="Token overlap between passages.")] = None,
     baseline: Annotated[str | None, typer.Option(help="Run the significance tests compare against.")] = None,
     contrast: Annotated[str | None, typer.Option(help="Per-query win/loss between two runs: A,B.")] = None,
+    model_id: Annotated[str | None, typer.Option(help="ML Commons model id (genq-search register): the cluster embeds the "
+                                                      "queries; dense and hybrid run server-side (neural). One --model.")] = None,
 ) -> None:
     """Compare BM25, dense and hybrid retrieval on labelled queries (table, JSON, TREC runs, plots, win/loss)."""
     from genq_search.pipeline import run_compare
@@ -138,7 +140,7 @@ def compare(
         "run": {"run_dir": run_dir},
         "corpus": {"path": corpus, "split": split, "passage_tokens": passage_tokens, "passage_stride": passage_stride},
         "encoder": {"device": device, "batch_size": batch_size},
-        "backend": backend_overrides(backend, url, index, username, password, ca_certs, verify_certs),
+        "backend": {**backend_overrides(backend, url, index, username, password, ca_certs, verify_certs), "model_id": model_id},
         "compare": {"models": parse_models(model), "modes": mode, "k": k, "fusion_depth": fusion_depth,
                     "rrf_k": rrf_k, "lexical_weight": lexical_weight, "baseline": baseline,
                     "contrast": contrast.split(",") if contrast else None},

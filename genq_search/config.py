@@ -101,6 +101,8 @@ class BackendConfig(StageConfig):
     ef_construction: int = 256
     overwrite: bool = False
     server_side_hybrid: bool = False
+    model_id: str | None = Field(None, description="ML Commons model the cluster embeds queries with (genq-search register): "
+                                                   "dense and hybrid modes run server-side, sending the query text (neural)")
 
 
 class CompareConfig(StageConfig):

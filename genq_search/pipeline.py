@@ -51,6 +51,9 @@ def run_compare(cfg: RunConfig, out_dir: Path | None = None, gate: tuple[str, st
     started = time.perf_counter()
     out_dir = out_dir or cfg.run_dir / "compare"
     c = cfg.compare
+    if cfg.backend.model_id and (cfg.backend.kind != "opensearch" or len(c.models) != 1):
+        raise GenqError("backend.model_id (--model-id): the cluster embeds the queries with one model, so compare exactly "
+                        "one --model (the one the index was built with) on --backend opensearch")
     modes = parse_modes(c.modes)
     collection = load_run_collection(cfg)
     dev = labelfree.read_dev_set(cfg.run_dir / "generate", collection.corpus)

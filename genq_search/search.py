@@ -140,6 +140,8 @@ def search(
         method, weights, rrf_k = params["method"], params["weights"] or (0.5, 0.5), params["rrf_k"] or cfg.rrf_k
     if mode is Mode.BM25:
         return backend.lexical_search(queries, cfg.k)
+    if mode is Mode.DENSE and backend.embeds_queries:
+        return backend.neural_search(queries, cfg.k)
     if encoder is None:
         raise GenqError(f"mode '{mode}' needs a bi-encoder")
     qids = list(queries)

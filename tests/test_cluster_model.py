@@ -247,6 +247,7 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
     result = register_bundle(cfg, bundle, endpoint, alias, "genq-test", configure=True)
     assert result["parity_mean_cosine"] >= 0.999 and result["passages_parity_mean_cosine"] >= 0.999
     assert result["index"] == f"{alias}-v1"
+    time.sleep(2)  # ML Commons' model index refreshes every second: the rerun's lookup must see the new models
     again = register_bundle(cfg, bundle, endpoint, alias, "genq-test", configure=True)  # a rerun registers nothing new
     assert (again["embedding_model_id"], again["passages_model_id"]) == (result["embedding_model_id"], result["passages_model_id"])
     model = result["embedding_model_id"]
@@ -266,6 +267,19 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
         hybrid_theirs = client.search(index=alias, params={"search_pipeline": pipeline},
                                       body={"size": 10, "query": hybrid_query(model, query, ["title", "text"])})["hits"]["hits"]
         assert [h["_id"] for h in hybrid_theirs] == [h["_id"] for h in hybrid_ours]
+    # compare's --model-id: dense and hybrid modes with the cluster embedding the queries rank as the client-side ones
+    from genq_search.backends.opensearch import OpenSearchBackend
+    from genq_search.config import CompareConfig
+    from genq_search.search import Mode, search
+
+    queries = {"q1": "topic3 document", "q2": "naïve café", "q3": "long", "q4": "Title 12"}
+    server = OpenSearchBackend(client, alias, cfg.model_copy(update={"model_id": model}))
+    client_side = OpenSearchBackend(client, alias, cfg.model_copy(update={"server_side_hybrid": True}))
+    assert server.embeds_queries and not client_side.embeds_queries
+    for mode in (Mode.DENSE, Mode.HYBRID_MINMAX):
+        ours = search(client_side, mode, queries, encoder, CompareConfig(k=10))
+        theirs = search(server, mode, queries, encoder, CompareConfig(k=10))
+        assert {q: list(r) for q, r in theirs.items()} == {q: list(r) for q, r in ours.items()}
     # a document written through the alias after the upgrade gets the reindex's passage vectors from the cluster
     client.index(index=alias, id="new-0007", body=docs["id-0007"], refresh=True)
     client.index(index=alias, id="new-0001", body=docs["id-0001"], refresh=True)

@@ -18,6 +18,11 @@ from genq_search.passages import Passage
 
 class SearchBackend(ABC):
     name: str
+    embeds_queries: bool = False  # True when the search engine embeds query texts itself (dense: ``neural_search``)
+
+    def neural_search(self, queries: Queries, k: int) -> Results:
+        """Dense search with the queries embedded by the engine (only where ``embeds_queries``)."""
+        raise NotImplementedError(f"the {self.name} backend does not embed queries")
 
     @abstractmethod
     def index(self, corpus: Corpus, passages: Sequence[Passage], vectors: np.ndarray | None) -> None:

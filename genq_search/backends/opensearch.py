@@ -355,6 +355,26 @@ class OpenSearchBackend(SearchBackend):
         return {"nested": {"path": VECTOR_FIELD, "score_mode": "max",
                            "query": {"knn": {f"{VECTOR_FIELD}.vector": {"vector": vector.tolist(), "k": k}}}}}
 
+    @property
+    def embeds_queries(self) -> bool:  # type: ignore[override]
+        return self.cfg.model_id is not None
+
+    def _dense_query(self, text: str, vector: np.ndarray | None, k: int) -> dict[str, Any]:
+        """``neural`` on the query text with ``model_id`` (the cluster embeds it), else k-NN with the client's vector."""
+        if self.cfg.model_id:
+            from genq_search.mlcommons import neural_query
+
+            return neural_query(self.cfg.model_id, text, k)
+        assert vector is not None
+        return self._knn_query(vector, k)
+
+    def neural_search(self, queries: Queries, k: int) -> Results:
+        qids = list(queries)
+        bodies = [{"size": k, "_source": False, "query": self._dense_query(queries[q], None, k)} for q in qids]
+        hits = self._msearch(bodies, qids, "neural search")
+        space = self.cfg.space_type
+        return {q: {h["_id"]: knn_score_to_similarity(float(h["_score"]), space) for h in hits[q]} for q in qids}
+
     def lexical_search(self, queries: Queries, k: int) -> Results:
         qids = list(queries)
         bodies = [{"size": k, "_source": False, "query": self._lexical_query(queries[q])} for q in qids]
@@ -370,14 +390,14 @@ class OpenSearchBackend(SearchBackend):
 
     def hybrid_search(self, queries: Queries, query_vectors: np.ndarray, k: int, method: FusionMethod = FusionMethod.RRF,
                       weights: tuple[float, float] = (0.5, 0.5), rrf_k: int = 60, depth: int = 100) -> Results:
-        if not self.cfg.server_side_hybrid:
+        if not (self.cfg.server_side_hybrid or self.cfg.model_id):  # the cluster embedding the query: its pipeline fuses
             return super().hybrid_search(queries, query_vectors, k, method, weights, rrf_k, depth)
         pipeline = self.ensure_hybrid_pipeline(method, weights, rrf_k)
         results: Results = {}
         for qid, vector in tqdm(list(zip(queries, query_vectors, strict=True)), desc="hybrid search", leave=False,
                                 disable=len(queries) < 200):  # _msearch takes no search_pipeline parameter
             body = {"size": k, "_source": False,
-                    "query": {"hybrid": {"queries": [self._lexical_query(queries[qid]), self._knn_query(vector, depth)]}}}
+                    "query": {"hybrid": {"queries": [self._lexical_query(queries[qid]), self._dense_query(queries[qid], vector, depth)]}}}
             response = self._call("hybrid search", self.client.search, index=self.index_name, body=body,
                                   params={"search_pipeline": pipeline})
             results[qid] = {h["_id"]: float(h["_score"]) for h in response["hits"]["hits"]}
