@@ -239,10 +239,18 @@ def load_collection(
     return Collection(corpus, *read_labels(corpus, queries_path or path / "queries.jsonl", qrels_path or path / "qrels" / f"{split}.tsv"))
 
 
-def read_labels(corpus: Corpus, queries_path: Path, qrels_path: Path) -> tuple[Queries, Qrels]:
-    """Labelled queries and their judgements, checked against the corpus' ids; only judged queries are kept."""
+def read_labels(corpus: Corpus, queries_path: Path, qrels_path: Path, live: bool = False) -> tuple[Queries, Qrels]:
+    """Labelled queries and their judgements, checked against the corpus' ids; only judged queries are kept. A
+    ``live`` index changes after its judgements were made: judgements of documents deleted since are dropped (and
+    counted in a warning) instead of failing the run."""
     queries = read_queries(queries_path)
-    qrels = read_qrels(qrels_path, corpus, queries)
+    qrels = read_qrels(qrels_path, None if live else corpus, queries)
+    if live:
+        gone = sum(d not in corpus for judged in qrels.values() for d in judged)
+        qrels = {q: kept for q, judged in qrels.items() if (kept := {d: r for d, r in judged.items() if d in corpus})}
+        if gone:
+            logger.warning("%s: %d judgements name documents no longer in the index; they are left out (%d judged queries remain)",
+                           qrels_path, gone, len(qrels))
     return {q: queries[q] for q in qrels}, qrels
 
 

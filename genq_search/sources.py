@@ -49,7 +49,7 @@ def load_source_collection(corpus: CorpusConfig, backend: BackendConfig, split: 
         return Collection(docs, {}, {})
     if corpus.qrels is None:
         raise GenqError("corpus.queries is set but corpus.qrels is not: give both (BEIR queries.jsonl + qrels TSV)")
-    return Collection(docs, *read_labels(docs, corpus.queries, corpus.qrels))
+    return Collection(docs, *read_labels(docs, corpus.queries, corpus.qrels, live=True))
 
 
 def concrete_indices(client: Any, cfg: BackendConfig, name: str) -> list[str]:

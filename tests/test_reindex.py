@@ -379,3 +379,21 @@ def test_a_run_killed_while_the_source_is_frozen_has_the_next_run_release_it(cfg
     assert result.state.resumed and result.verified_ids == 30
     assert "blocks" not in client.indices.get_settings(index=source)[source]["settings"]["index"]
     client.index(index=source, id="after", body={"text": "writable again"}, refresh=True)
+
+
+def test_labels_of_documents_deleted_from_a_live_index_are_left_out(cfg: BackendConfig, names: list[str], tmp_path: Path) -> None:
+    from genq_search.backends.opensearch import connect
+    from genq_search.config import RunConfig
+    from genq_search.pipeline import load_run_collection
+
+    index = new_name(names, "labels")
+    client = connect(cfg)
+    for doc_id in ("a", "b"):
+        client.index(index=index, id=doc_id, body={"title": doc_id, "text": f"text of {doc_id}"})
+    client.indices.refresh(index=index)
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "gone"}\n')
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\ta\t1\nq1\tdeleted\t1\nq2\tdeleted\t1\n")
+    run = RunConfig.load(None, {"corpus": {"path": f"opensearch://{cfg.url.split('://')[1]}/{index}",
+                                           "queries": tmp_path / "queries.jsonl", "qrels": tmp_path / "qrels.tsv"}})
+    collection = load_run_collection(run)
+    assert collection.qrels == {"q1": {"a": 1}} and set(collection.queries) == {"q1"}  # judged a deleted document: dropped
