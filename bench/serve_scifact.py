@@ -34,6 +34,7 @@ from common import SCIFACT, write_results
 from genq_search.backends.opensearch import connect, knn_index_settings
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
 from genq_search.data import load_collection
+from genq_search.encoders import row_cosines
 from genq_search.evaluate import evaluate
 from genq_search.export import OnnxEncoder
 from genq_search.mlcommons import hybrid_query, neural_query, register_bundle
@@ -129,7 +130,7 @@ def ingest(client: Any, cfg: BackendConfig, encoder: OnnxEncoder, docs: dict[str
         if a.shape != b.shape:
             count_mismatch += 1
             continue
-        cosines.extend(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).tolist())
+        cosines.extend(row_cosines(a, b).tolist())
     for name in (source, through, "scifact-serve-live-v1"):
         client.indices.delete(index=name, ignore_unavailable=True)
     return {"documents": len(docs), "reindex_docs_per_s": len(docs) / reindex_s, "ingest_docs_per_s": len(docs) / ingest_s,

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genq_search.data import file_sha256, fingerprint, write_json
-from genq_search.encoders import usable_cores
+from genq_search.encoders import row_cosines, usable_cores
 from genq_search.errors import GenqError, InputError
 from genq_search.models import resolve_model
 
@@ -174,7 +174,7 @@ def export_bundle(
             start = time.perf_counter()
             vectors = encoder.encode_passages(texts, progress=False)
             seconds = time.perf_counter() - start
-            cosine = (vectors * reference).sum(1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1))
+            cosine = row_cosines(vectors, reference)
             threshold = settings["min_mean_cosine"][variant]
             parity = {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "threshold": threshold,
                       "sample": len(texts), "cpu_docs_per_s": len(texts) / seconds, "passed": bool(cosine.mean() >= threshold)}
@@ -265,7 +265,7 @@ def _ecosystem_formats(model: Any, model_name: str, info: dict[str, Any], work: 
     pooled = np.concatenate(vectors)
     if info["normalize"]:
         pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-    cosine = (pooled * reference).sum(1) / (np.linalg.norm(pooled, axis=1) * np.linalg.norm(reference, axis=1))
+    cosine = row_cosines(pooled, reference)
     threshold = 0.9999  # the fp32 variant's: the same weights, pooled outside the graph
     parity = {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "threshold": threshold, "sample": len(texts),
               "passed": bool(cosine.mean() >= threshold)}

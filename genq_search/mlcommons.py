@@ -27,6 +27,7 @@ import numpy as np
 
 from genq_search.backends.opensearch import VECTOR_FIELD, explain_error
 from genq_search.config import BackendConfig, CorpusConfig
+from genq_search.encoders import row_cosines
 from genq_search.errors import GenqError
 
 logger = logging.getLogger(__name__)
@@ -242,7 +243,7 @@ def parity(cluster: Cluster, model_id: str, encoder: Any, texts: list[str] = PAR
     ours = encoder.encode_queries(texts)
     if theirs.shape != ours.shape:
         raise GenqError(f"model {model_id} embeds to dimension {theirs.shape[-1]}, the bundle to {ours.shape[-1]}")
-    cosine = (theirs * ours).sum(1) / np.maximum(np.linalg.norm(theirs, axis=1) * np.linalg.norm(ours, axis=1), 1e-12)
+    cosine = row_cosines(theirs, ours)
     if cosine.min() < MIN_PARITY_COSINE:
         raise GenqError(f"the cluster's embeddings differ from the bundle's (min cosine {cosine.min():.5f} < "
                         f"{MIN_PARITY_COSINE}); not attaching model {model_id}")
@@ -307,7 +308,7 @@ def passages_parity(cluster: Cluster, model_id: str, encoder: Any, windows: Any)
     if theirs.shape != ours.shape:
         raise GenqError(f"the cluster split the sample into {len(theirs)} passages, the reindex into {len(ours)}; "
                         f"not attaching model {model_id}")
-    cosine = (theirs * ours).sum(1) / np.maximum(np.linalg.norm(theirs, axis=1) * np.linalg.norm(ours, axis=1), 1e-12)
+    cosine = row_cosines(theirs, ours)
     if cosine.min() < MIN_PARITY_COSINE:
         raise GenqError(f"the cluster's passage vectors differ from the reindex's (min cosine {cosine.min():.5f}); "
                         f"not attaching model {model_id}")

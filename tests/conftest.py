@@ -70,6 +70,16 @@ def tiny_bi_encoder(tmp_path_factory: pytest.TempPathFactory, wordpiece_tokenize
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_bi_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bi-encoder exported once for the session: every variant and both ecosystem layouts (copy it to change it)."""
+    from genq_search.export import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(str(tiny_bi_encoder), out, profile="all", sample_texts=sample_texts(60))
+    return out
+
+
 @pytest.fixture
 def beir_dir(tmp_path: Path) -> Path:
     """A 6-document BEIR folder with 3 judged queries."""

@@ -418,7 +418,7 @@ def _(tmp: Path, fixture: Any) -> Outcome:
 
 @case("onnx-manifest-malformed")
 def _(tmp: Path, fixture: Any) -> Outcome:
-    bundle = shutil.copytree(fixture("onnx_bundle"), tmp / "bundle")
+    bundle = shutil.copytree(fixture("tiny_bundle"), tmp / "bundle")
     manifest = bundle / "manifest.json"
     manifest.write_text(manifest.read_text()[:-40])
     return dense(beir(tmp), f"onnx:{bundle}"), f"{manifest}:"
@@ -426,7 +426,7 @@ def _(tmp: Path, fixture: Any) -> Outcome:
 
 @case("onnx-bad-checksum")
 def _(tmp: Path, fixture: Any) -> Outcome:
-    bundle = shutil.copytree(fixture("onnx_bundle"), tmp / "bundle")
+    bundle = shutil.copytree(fixture("tiny_bundle"), tmp / "bundle")
     for model in bundle.glob("model.*.onnx"):  # one flipped byte in every variant, whichever the encoder picks
         data = bytearray(model.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -456,15 +456,6 @@ def _(tmp: Path, fixture: Any) -> Outcome:
 
 
 # --- fixtures and the test ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def onnx_bundle(tiny_bi_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from genq_search.export import export_bundle
-
-    out = tmp_path_factory.mktemp("badinput-bundle") / "tiny"
-    export_bundle(str(tiny_bi_encoder), out, profile="cpu", sample_texts=sample_texts(20))
-    return out
 
 
 @pytest.fixture(scope="module")

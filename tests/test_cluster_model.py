@@ -17,6 +17,7 @@ from conftest import new_name, sample_texts
 from test_opensearch import make_source
 
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
+from genq_search.encoders import row_cosines
 from genq_search.errors import GenqError
 from genq_search.export import OnnxEncoder, export_bundle, pool
 
@@ -24,10 +25,8 @@ TEXTS = sample_texts(40)
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bi_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cluster-bundle") / "tiny"
-    export_bundle(str(tiny_bi_encoder), out, profile="cpu", sample_texts=TEXTS)
-    return out
+def bundle(tiny_bundle: Path) -> Path:
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +82,6 @@ def post(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-
-
 def test_ml_commons_zip_layout_and_model_config(bundle: Path, tiny_bi_encoder: Path) -> None:
     import onnx
     import onnxruntime as ort
@@ -118,7 +113,7 @@ def test_ml_commons_zip_layout_and_model_config(bundle: Path, tiny_bi_encoder: P
     features = model.tokenizer(TEXTS, padding=True, truncation=True, max_length=model.max_seq_length, return_tensors="np")
     tokens = session.run(None, {n: features[n].astype(np.int64) for n in ("input_ids", "attention_mask", "token_type_ids")})[0]
     pooled = pool(tokens, features["attention_mask"], "mean")
-    assert cosine(pooled, model.encode(TEXTS)).min() >= 0.999
+    assert row_cosines(pooled, model.encode(TEXTS)).min() >= 0.999
 
 
 def test_sentence_transformers_folder_layout(bundle: Path, tiny_bi_encoder: Path) -> None:
@@ -129,12 +124,12 @@ def test_sentence_transformers_folder_layout(bundle: Path, tiny_bi_encoder: Path
     assert (folder / "modules.json").is_file() and (folder / "onnx" / "model.onnx").is_file()
     reference = SentenceTransformer(str(tiny_bi_encoder), device="cpu").encode(TEXTS)
     reloaded = SentenceTransformer(str(folder), device="cpu")  # the PyTorch weights of the same folder
-    assert cosine(reloaded.encode(TEXTS), reference).min() >= 0.9999
+    assert row_cosines(reloaded.encode(TEXTS), reference).min() >= 0.9999
     session = ort.InferenceSession(str(folder / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     features = reloaded.tokenizer(TEXTS, padding=True, truncation=True, max_length=reloaded.max_seq_length, return_tensors="np")
     tokens = session.run(None, {i.name: features[i.name].astype(np.int64) for i in session.get_inputs()})[0]
     pooled = pool(tokens, features["attention_mask"], "mean")
-    assert cosine(pooled, reference).min() >= 0.999
+    assert row_cosines(pooled, reference).min() >= 0.999
 
 
 def test_sentence_transformers_onnx_backend_loads_the_folder(bundle: Path, tiny_bi_encoder: Path) -> None:
@@ -144,7 +139,7 @@ def test_sentence_transformers_onnx_backend_loads_the_folder(bundle: Path, tiny_
 
     onnx_model = SentenceTransformer(str(bundle / "sentence-transformers"), backend="onnx", device="cpu")
     reference = SentenceTransformer(str(tiny_bi_encoder), device="cpu").encode(TEXTS)
-    assert cosine(onnx_model.encode(TEXTS), reference).min() >= 0.999
+    assert row_cosines(onnx_model.encode(TEXTS), reference).min() >= 0.999
 
 
 def test_export_without_ecosystem_formats_writes_neither(tiny_bi_encoder: Path, tmp_path: Path) -> None:
@@ -288,7 +283,7 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
     for new, old in [("new-0007", "id-0007"), ("new-0001", "id-0001"), ("new-0005", "id-0005")]:
         ingested = np.asarray([p["vector"] for p in client.get(index=alias, id=new)["_source"]["passages"]])
         reindexed = np.asarray([p["vector"] for p in client.get(index=alias, id=old)["_source"]["passages"]])
-        assert ingested.shape == reindexed.shape and cosine(ingested, reindexed).min() >= 0.9999
+        assert ingested.shape == reindexed.shape and row_cosines(ingested, reindexed).min() >= 0.9999
     vector = np.asarray(client.get(index=alias, id="new-0001")["_source"]["passages"][0]["vector"]).tolist()
     hits = client.search(index=alias, body={"size": 2, "query": {"nested": {"path": "passages", "score_mode": "max", "query": {
         "knn": {"passages.vector": {"vector": vector, "k": 10}}}}}})["hits"]["hits"]

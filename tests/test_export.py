@@ -20,10 +20,8 @@ TEXTS = sample_texts(60)
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bi_encoder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(str(tiny_bi_encoder), out, profile="all", sample_texts=TEXTS)
-    return out
+def bundle(tiny_bundle: Path) -> Path:
+    return tiny_bundle
 
 
 def test_bundle_layout_and_manifest(bundle: Path) -> None:
