@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from common import SCIFACT, write_results
 
-from genq_search.backends.opensearch import connect, knn_index_settings
+from genq_search.backends.opensearch import connect, knn_index_settings, passage_query
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
 from genq_search.data import load_collection
 from genq_search.encoders import row_cosines
@@ -71,7 +71,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def knn(vector: list[float], k: int = 100) -> dict[str, Any]:
-    return {"nested": {"path": "passages", "score_mode": "max", "query": {"knn": {"passages.vector": {"vector": vector, "k": k}}}}}
+    return passage_query("knn", {"vector": vector, "k": k})
 
 
 def query_latency(client: Any, encoder: OnnxEncoder, model_id: str, pipeline: str, queries: dict[str, str],

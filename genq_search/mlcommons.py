@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from genq_search.backends.opensearch import VECTOR_FIELD, explain_error
+from genq_search.backends.opensearch import VECTOR_FIELD, explain_error, passage_query
 from genq_search.config import BackendConfig, CorpusConfig
 from genq_search.encoders import row_cosines
 from genq_search.errors import GenqError
@@ -332,8 +332,7 @@ def attach(cluster: Cluster, target: dict[str, Any], url: str, encoder: Any, gro
 
 def neural_query(model_id: str, text: str, k: int = 100) -> dict[str, Any]:
     """Server-side k-NN over the nested passage vectors; the cluster embeds ``text`` with ``model_id``."""
-    return {"nested": {"path": VECTOR_FIELD, "score_mode": "max", "query": {"neural": {
-        f"{VECTOR_FIELD}.vector": {"query_text": text, "model_id": model_id, "k": k}}}}}
+    return passage_query("neural", {"query_text": text, "model_id": model_id, "k": k})
 
 
 def hybrid_query(model_id: str, text: str, fields: list[str], k: int = 100) -> dict[str, Any]:

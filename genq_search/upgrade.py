@@ -181,12 +181,11 @@ def hybrid_pipeline(backend: Any, params: dict[str, Any], tuned: dict[str, Any] 
 
 def query_body(cfg: RunConfig, alias: str, pipeline_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
     """A ready-to-paste search request for the application (the query vector comes from the bundle)."""
-    from genq_search.backends.opensearch import VECTOR_FIELD
+    from genq_search.backends.opensearch import passage_query
 
     fields = [*([cfg.corpus.title_field] if cfg.corpus.title_field else []), *cfg.corpus.text_fields]
     lexical = {"multi_match": {"query": "<user query>", "fields": fields, "type": "best_fields", "tie_breaker": 0.5}}
-    knn = {"nested": {"path": VECTOR_FIELD, "score_mode": "max", "query": {"knn": {f"{VECTOR_FIELD}.vector": {
-        "vector": ["<embedding of the user query by the bundle>"], "k": 100}}}}}
+    knn = passage_query("knn", {"vector": ["<embedding of the user query by the bundle>"], "k": 100})
     if params["mode"] == "bm25":
         return {"method": "POST", "path": f"/{alias}/_search", "body": {"size": 10, "query": lexical}}
     if params["mode"] == "dense" or pipeline_id is None:

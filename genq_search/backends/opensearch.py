@@ -160,6 +160,11 @@ def knn_index_settings(client: Any) -> dict[str, Any]:
     return {"knn.derived_source.enabled": False} if 3 <= major < 7 else {}  # 7.10.2: a 1.x/2.x node in compatibility mode
 
 
+def passage_query(clause: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A ``knn`` or ``neural`` clause on the nested passage vectors; a document scores as its best passage."""
+    return {"nested": {"path": VECTOR_FIELD, "score_mode": "max", "query": {clause: {f"{VECTOR_FIELD}.vector": params}}}}
+
+
 def vector_json(vector: np.ndarray) -> list[float]:
     """A vector as JSON numbers rounded to 7 decimals (at most 5e-8 off, far below float32 model noise): half the bytes
     and half the serialisation time of full-precision reprs, on the bulk writer's thread and in the cluster's parser."""
@@ -352,8 +357,7 @@ class OpenSearchBackend(SearchBackend):
                                 "type": "best_fields", "tie_breaker": 0.5}}
 
     def _knn_query(self, vector: np.ndarray, k: int) -> dict[str, Any]:
-        return {"nested": {"path": VECTOR_FIELD, "score_mode": "max",
-                           "query": {"knn": {f"{VECTOR_FIELD}.vector": {"vector": vector.tolist(), "k": k}}}}}
+        return passage_query("knn", {"vector": vector.tolist(), "k": k})
 
     @property
     def embeds_queries(self) -> bool:  # type: ignore[override]
@@ -370,8 +374,11 @@ class OpenSearchBackend(SearchBackend):
 
     def neural_search(self, queries: Queries, k: int) -> Results:
         qids = list(queries)
-        bodies = [{"size": k, "_source": False, "query": self._dense_query(queries[q], None, k)} for q in qids]
-        hits = self._msearch(bodies, qids, "neural search")
+        return self._dense_search([self._dense_query(queries[q], None, k) for q in qids], qids, k, "neural search")
+
+    def _dense_search(self, dense_queries: list[dict[str, Any]], qids: list[str], k: int, desc: str) -> Results:
+        """Run k-NN / neural queries; scores mapped back to the model's similarity."""
+        hits = self._msearch([{"size": k, "_source": False, "query": q} for q in dense_queries], qids, desc)
         space = self.cfg.space_type
         return {q: {h["_id"]: knn_score_to_similarity(float(h["_score"]), space) for h in hits[q]} for q in qids}
 
@@ -382,11 +389,7 @@ class OpenSearchBackend(SearchBackend):
         return {q: {h["_id"]: float(h["_score"]) for h in hits[q]} for q in qids}
 
     def vector_search(self, query_ids: Sequence[str], query_vectors: np.ndarray, k: int) -> Results:
-        qids = list(query_ids)
-        bodies = [{"size": k, "_source": False, "query": self._knn_query(v, k)} for v in query_vectors]
-        hits = self._msearch(bodies, qids, "k-NN search")
-        space = self.cfg.space_type
-        return {q: {h["_id"]: knn_score_to_similarity(float(h["_score"]), space) for h in hits[q]} for q in qids}
+        return self._dense_search([self._knn_query(v, k) for v in query_vectors], list(query_ids), k, "k-NN search")
 
     def hybrid_search(self, queries: Queries, query_vectors: np.ndarray, k: int, method: FusionMethod = FusionMethod.RRF,
                       weights: tuple[float, float] = (0.5, 0.5), rrf_k: int = 60, depth: int = 100) -> Results:
