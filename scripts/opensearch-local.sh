@@ -310,11 +310,15 @@ YML
   echo "$want" >"$NODE_DIR/.installed"
 }
 
-running() {  # the pid file exists only between bootstrap and shutdown, so fall back to the process table
+node_pid() {  # the node's pid, or nothing. The process table decides: the pid file exists only between bootstrap and
+  # shutdown, and outlives a node killed by SIGKILL or a machine restart (its pid may since belong to another process)
   local pid
   pid=$(cat "$NODE_DIR/pid" 2>/dev/null) || pid=
-  if [[ -n $pid ]]; then kill -0 "$pid" 2>/dev/null; else pgrep -f "$NODE_DIR/lib" >/dev/null; fi
+  if [[ -n $pid ]] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$NODE_DIR/lib"; then echo "$pid"; return; fi
+  pgrep -f -- "$NODE_DIR/lib" | head -n 1 || true
 }
+
+running() { [[ -n $(node_pid) ]]; }
 
 api() {  # api <path> [curl options]: a request to the node (--secure: as admin, the server checked against the demo CA)
   local path=$1; shift
@@ -325,6 +329,7 @@ api() {  # api <path> [curl options]: a request to the node (--secure: as admin,
 start() {
   install
   if running; then log "already running at $URL"; echo "$URL"; return; fi
+  rm -f "$NODE_DIR/pid"  # a stale one, left by a node that was killed: the wait below must not read it
   local jdk
   jdk=$(java_home)
   jdk=$(node_java_home "$jdk")
@@ -354,12 +359,14 @@ start() {
 }
 
 stop() {
-  if running; then
-    if [[ -f $NODE_DIR/pid ]]; then kill "$(cat "$NODE_DIR/pid")"; else pkill -f "$NODE_DIR/lib"; fi
+  local pid
+  pid=$(node_pid)
+  if [[ -n $pid ]]; then
+    kill "$pid"
     for _ in $(seq 1 60); do running || break; sleep 1; done
     rm -f "$NODE_DIR/pid"; log "stopped"
   else
-    log "not running"
+    rm -f "$NODE_DIR/pid"; log "not running"
   fi
 }
 
