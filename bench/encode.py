@@ -1,10 +1,13 @@
-"""Encoding speed and quality side by side: PyTorch (fp32, bf16) vs ONNX Runtime (fp32, int8[, fp16]).
+"""Encoding speed and quality side by side: PyTorch (fp32, bf16) vs ONNX Runtime (fp32, int8[, fp16]) vs OpenVINO
+(fp32, bf16, static int8).
 
-    python bench/encode.py --bundle runs/bundles/minilm        # exports the bundle first if it is missing
+    python bench/encode.py --bundle runs/bundles/minilm        # exports the bundle first if it lacks a variant
 
-Each variant runs in its own process (clean peak RSS) on the same machine, one after the other: it encodes every
-SciFact document (title + text, truncated to 256 tokens) -> docs/s and dense nDCG@10 on the test queries, then
-measures queries at batch 1 (latency p50/p95) and batch 64 (queries/s). Writes bench/results/encode.json.
+The bundle is exported with the `all` profile, its parity sample (and openvino-int8's calibration set) the first 256
+SciFact documents. Each variant runs in its own process (clean peak RSS) on the same machine, one after the other: it
+encodes every SciFact document (title + text, truncated to 256 tokens) -> docs/s, mean cosine to PyTorch fp32's
+vectors and dense nDCG@10 on the test queries, then measures queries at batch 1 (latency p50/p95) and batch 64
+(queries/s). Writes bench/results/encode.json.
 """
 
 from __future__ import annotations
@@ -15,16 +18,17 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from common import SCIFACT, write_results
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-VARIANTS = ["torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ort-fp16"]
+VARIANTS = ["torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ort-fp16", "openvino-fp32", "openvino-bf16", "openvino-int8"]
 
 
-def child(variant: str, bundle: Path, data: Path, threads: int | None) -> dict:
+def child(variant: str, bundle: Path, data: Path, threads: int | None, vectors_out: Path) -> dict:
     import numpy as np
     import torch
 
@@ -52,6 +56,10 @@ def child(variant: str, bundle: Path, data: Path, threads: int | None) -> dict:
         vectors = encoder.encode_passages(texts, batch_size=64, progress=True)
     encode_s = time.perf_counter() - start
     vectors = vectors.astype(np.float32)
+    np.save(vectors_out, vectors)
+    # batch dependence: the first 200 documents encoded one per call (an ingest pipeline) vs in the batches above
+    alone = np.vstack([encoder.encode_passages([t], batch_size=1, progress=False) for t in texts[:200]]).astype(np.float32)
+    alone_cosine = (alone * vectors[:200]).sum(1) / np.linalg.norm(alone, axis=1) / np.linalg.norm(vectors[:200], axis=1)
     backend = EmbeddedBackend()
     backend.index({d: collection.corpus[d] for d in ids}, [Passage(d, d, "") for d in ids], vectors)
     qids = list(collection.queries)
@@ -70,6 +78,7 @@ def child(variant: str, bundle: Path, data: Path, threads: int | None) -> dict:
     return {
         "docs_per_s": len(texts) / encode_s, "encode_s": encode_s, "metrics": metrics,
         "query_latency_ms_batch1": {"p50": q[49], "p95": q[94]}, "queries_per_s_batch64": batch_qps,
+        "alone_vs_batched_cosine": {"mean": float(alone_cosine.mean()), "min": float(alone_cosine.min())},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -81,18 +90,29 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=VARIANTS)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--vectors", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.bundle, args.data, args.threads)))
+        print("RESULT " + json.dumps(child(args.child, args.bundle, args.data, args.threads, args.vectors)))
         return
     started = time.perf_counter()
-    if not (args.bundle / "manifest.json").is_file():
-        from genq_search.export import export_bundle
+    import numpy as np
 
-        export_bundle(MODEL, args.bundle, profile="all")
-    measured = {}
+    from genq_search.data import load_collection
+    from genq_search.encoders import row_cosines
+    from genq_search.export import export_bundle
+    from genq_search.passages import document_text
+
+    manifest_path = args.bundle / "manifest.json"
+    wanted = {v.removeprefix("ort-") for v in args.variants if not v.startswith("torch")}
+    if not manifest_path.is_file() or wanted - set(json.loads(manifest_path.read_text())["variants"]):
+        corpus = load_collection(args.data).corpus
+        export_bundle(MODEL, args.bundle, profile="all", overwrite=True, formats=(),
+                      sample_texts=[document_text(corpus[d]) for d in list(corpus)[:256]])
+    measured, vectors_dir = {}, Path(tempfile.mkdtemp(prefix="encode-bench-"))
     for variant in args.variants:
-        cmd = [sys.executable, __file__, "--child", variant, "--bundle", str(args.bundle), "--data", str(args.data)]
+        cmd = [sys.executable, __file__, "--child", variant, "--bundle", str(args.bundle), "--data", str(args.data),
+               "--vectors", str(vectors_dir / f"{variant}.npy")]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -106,14 +126,21 @@ def main() -> None:
               f"q-latency p50 {m['query_latency_ms_batch1']['p50']:.1f} ms  {m['queries_per_s_batch64']:.0f} q/s  "
               f"RSS {m['peak_rss_mb']:.0f} MB", flush=True)
     base = measured.get("torch-fp32", {}).get("docs_per_s")
-    print("\n| variant | docs/s | × torch-fp32 | nDCG@10 | Recall@100 | query p50 ms (b=1) | p95 ms | queries/s (b=64) | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    if (vectors_dir / "torch-fp32.npy").is_file():
+        reference = np.load(vectors_dir / "torch-fp32.npy")
+        for variant, m in measured.items():
+            cosine = row_cosines(np.load(vectors_dir / f"{variant}.npy"), reference)
+            m["cosine_to_torch_fp32"] = {"mean": float(cosine.mean()), "min": float(cosine.min())}
+    print("\n| variant | docs/s | × torch-fp32 | nDCG@10 | Recall@100 | mean cosine to torch-fp32 | query p50 ms (b=1) | p95 ms "
+          "| queries/s (b=64) | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for variant, m in measured.items():
         ratio = f"{m['docs_per_s'] / base:.2f}" if base else "-"
+        cosine = f"{m['cosine_to_torch_fp32']['mean']:.5f}" if "cosine_to_torch_fp32" in m else "-"
         print(f"| {variant} | {m['docs_per_s']:.1f} | {ratio} | {100 * m['metrics']['ndcg@10']:.2f} | "
-              f"{100 * m['metrics']['recall@100']:.2f} | {m['query_latency_ms_batch1']['p50']:.1f} | "
+              f"{100 * m['metrics']['recall@100']:.2f} | {cosine} | {m['query_latency_ms_batch1']['p50']:.1f} | "
               f"{m['query_latency_ms_batch1']['p95']:.1f} | {m['queries_per_s_batch64']:.0f} | {m['peak_rss_mb']:.0f} |")
-    manifest = json.loads((args.bundle / "manifest.json").read_text())
+    manifest = json.loads(manifest_path.read_text())
     path = write_results("encode", {
         "dataset": "scifact", "split": "test", "wall_s": time.perf_counter() - started,
         "runs": [{"name": f"dense-zeroshot-{v}", "backend": "embedded", "model": MODEL, "metrics": m["metrics"]} for v, m in measured.items()],
@@ -122,12 +149,16 @@ def main() -> None:
                        "ratio_vs_torch_fp32": {v: m["docs_per_s"] / base for v, m in measured.items()} if base else {}},
         "latency_ms": {f"query-encode-{v}": m["query_latency_ms_batch1"] for v, m in measured.items()},
         "peak_rss_mb": {v: m["peak_rss_mb"] for v, m in measured.items()},
+        "cosine_to_torch_fp32": {v: m["cosine_to_torch_fp32"] for v, m in measured.items() if "cosine_to_torch_fp32" in m},
+        "alone_vs_batched_cosine": {v: m["alone_vs_batched_cosine"] for v, m in measured.items()},
         "parity": {v: e["parity"] for v, e in manifest["variants"].items()},
         "notes": ("All 5,183 SciFact documents (title + text, truncated to 256 tokens, batch 64, length-sorted), one "
                   "process per variant, run one after another on the same machine. torch = sentence-transformers "
                   "on CPU; ort = ONNX Runtime CPU provider on the exported bundle (fp32 with ORT transformer fusions; "
                   "int8 = dynamic per-channel quantisation of MatMul/Attention; fp16 shown for completeness, it is the "
-                  "GPU variant). nDCG@10 is dense-only with one truncated passage per document."),
+                  "GPU variant); openvino = OpenVINO CPU plugin on the bundle's IR (fp32; bf16 = the fp32 IR at bf16 "
+                  "inference precision; int8 = NNCF static quantisation calibrated on the first 256 SciFact documents). "
+                  "nDCG@10 is dense-only with one truncated passage per document."),
     })
     print(f"wrote {path}")
 

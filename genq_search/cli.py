@@ -445,14 +445,15 @@ def upgrade(
 def export(
     model: Annotated[str, typer.Option("--model", "-m", help="sentence-transformers bi-encoder: HF id or path.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create.")],
-    profile: Annotated[str, typer.Option(help="Export profile from export/profiles.json: cpu (fp32+int8), gpu (fp32+fp16), all.")] = "cpu",
+    profile: Annotated[str, typer.Option(help="Export profile from export/profiles.json: cpu (fp32+int8, and OpenVINO's when installed), "
+                                              "openvino (OpenVINO's required), gpu (fp32+fp16), all.")] = "cpu",
     corpus: Annotated[Path | None, typer.Option("--corpus", help="BEIR folder whose passages are the parity sample.")] = None,
-    sample: Annotated[int, typer.Option(help="Passages used for the parity check.")] = 256,
+    sample: Annotated[int, typer.Option(help="Passages used for the parity check (and to calibrate openvino-int8).")] = 256,
     formats: Annotated[str, typer.Option(help="Also write these layouts of the transformer graph (comma-separated; '' = none): "
                                               "sentence-transformers (folder with onnx/model.onnx), ml-commons (model zip).")] = "sentence-transformers,ml-commons",
     overwrite: OverwriteOpt = None,
 ) -> None:
-    """Export a bi-encoder to a verified ONNX bundle (fp32 / fp16 / int8) usable as --model onnx:<dir>."""
+    """Export a bi-encoder to a verified ONNX bundle (fp32 / fp16 / int8, OpenVINO fp32 / bf16 / int8) usable as --model onnx:<dir>."""
     from genq_search.export import export_bundle
 
     texts = None
@@ -469,7 +470,7 @@ def export(
                              formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
     for variant, entry in manifest["variants"].items():
         parity = entry["parity"]
-        typer.echo(f"{variant:>5}: mean cosine {parity['mean_cosine']:.5f} (min {parity['min_cosine']:.5f}) "
+        typer.echo(f"{variant:>13}: mean cosine {parity['mean_cosine']:.5f} (min {parity['min_cosine']:.5f}) "
                    f"{parity['cpu_docs_per_s']:.1f} docs/s on CPU, {entry['bytes'] / 2**20:.1f} MiB")
     if "ml_commons" in manifest:
         zipped = manifest["ml_commons"]

@@ -4,7 +4,10 @@ The bundle is a directory: ``model.<variant>.onnx`` files (the whole embedding f
 normalisation; dynamic batch and sequence axes), the tokenizer files and ``manifest.json`` (dimension, max length,
 pooling, normalisation, similarity, source model, variants with SHA-256 checksums, parity and speed on a sample).
 Variants: ``fp32`` (graph-optimised with ONNX Runtime's transformer fusions), ``fp16`` (for CUDA) and ``int8``
-(dynamic quantisation, per-channel weights, MatMul/Attention only).
+(dynamic quantisation, per-channel weights, MatMul/Attention only), run by ONNX Runtime; and, with the ``openvino``
+extra, OpenVINO IR of the same graph under ``openvino/``: ``openvino-fp32``, ``openvino-bf16`` (the fp32 IR run in bf16,
+built on CPUs with bf16 instructions) and ``openvino-int8`` (static int8, NNCF, calibrated on the sample passages: the
+user's own documents). The encoder runs the fastest variant that passed parity on this machine's runtimes.
 
 Besides, the transformer alone (token embeddings, pooled by the caller) is written in the layouts the ecosystem loads:
 ``sentence-transformers/`` (the model folder with ``onnx/model.onnx``, sentence-transformers' ``backend="onnx"``
@@ -35,7 +38,9 @@ from genq_search.models import resolve_model
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("fp32", "fp16", "int8")
+OPENVINO_VARIANTS = ("openvino-fp32", "openvino-bf16", "openvino-int8")
+VARIANTS = ("fp32", "fp16", "int8", *OPENVINO_VARIANTS)
+MIN_CALIBRATION = 64  # passages: fewer give int8 activation ranges that do not hold on the corpus
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 FORMATS = ("sentence-transformers", "ml-commons")
 # sentence-transformers pooling mode -> ML Commons model_config.pooling_mode
@@ -50,6 +55,25 @@ def _require_onnx() -> None:
     except ModuleNotFoundError:
         raise GenqError("ONNX export and inference need onnx and onnxruntime: pip install 'genq-search[onnx]' "
                         "(or 'genq-search[gpu]' for onnxruntime-gpu)") from None
+
+
+def _require_openvino() -> Any:
+    try:
+        import openvino
+    except ModuleNotFoundError:
+        raise GenqError("OpenVINO variants need openvino and nncf: pip install 'genq-search[openvino]'") from None
+    return openvino
+
+
+def openvino_available() -> bool:
+    from importlib.util import find_spec
+
+    return find_spec("openvino") is not None
+
+
+def cpu_has_bf16() -> bool:
+    """OpenVINO's own view of the CPU: bf16 kernels exist (AVX512-BF16 or AMX)."""
+    return "BF16" in _require_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def load_profile(name: str) -> dict[str, Any]:
@@ -138,6 +162,7 @@ def export_bundle(
     info = _describe(model)
     max_length = int(model.max_seq_length)
     texts = sample_texts or ["a short query", "a somewhat longer passage about retrieval with several words in it"]
+    wanted_ov = _openvino_variants(settings, len(texts))
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
     try:
         tokenizer = model.tokenizer
@@ -158,6 +183,8 @@ def export_bundle(
             built["fp16"] = _to_fp16(work / "model.fp32.onnx", work / "model.fp16.onnx")
         if "int8" in settings["variants"]:
             built["int8"] = _quantise(work / "model.fp32.onnx", work / "model.int8.onnx")
+        if wanted_ov:
+            built |= _openvino(raw, work / "openvino", wanted_ov, tokenizer, texts, max_length)
         raw.unlink()
         tokenizer.save_pretrained(str(work / "tokenizer"))
         reference = model.encode(texts, batch_size=32, convert_to_numpy=True, normalize_embeddings=info["normalize"])
@@ -167,9 +194,10 @@ def export_bundle(
             "inputs": [n for n in INPUTS], "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "variants": {},
         }
-        for variant in settings["variants"]:
+        for variant in built:
             file = built[variant]
-            encoder = OnnxEncoder(work, variant=variant, provider="cpu", verify=False, manifest=manifest | {"variants": {variant: {"file": file.name}}})
+            entry = {"file": file.relative_to(work).as_posix(), **_runtime(variant)}
+            encoder = OnnxEncoder(work, variant=variant, provider="cpu", verify=False, manifest=manifest | {"variants": {variant: entry}})
             encoder.encode_passages(texts[:8], progress=False)  # warm-up: session initialisation is not throughput
             start = time.perf_counter()
             vectors = encoder.encode_passages(texts, progress=False)
@@ -178,7 +206,10 @@ def export_bundle(
             threshold = settings["min_mean_cosine"][variant]
             parity = {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "threshold": threshold,
                       "sample": len(texts), "cpu_docs_per_s": len(texts) / seconds, "passed": bool(cosine.mean() >= threshold)}
-            manifest["variants"][variant] = {"file": file.name, "sha256": file_sha256(file), "bytes": file.stat().st_size, "parity": parity}
+            weights = file.with_suffix(".bin")  # an OpenVINO IR's weights, beside its .xml
+            manifest["variants"][variant] = {**entry, "sha256": file_sha256(file), "bytes": file.stat().st_size, "parity": parity,
+                                             **({"weights_sha256": file_sha256(weights), "bytes": file.stat().st_size + weights.stat().st_size}
+                                                if weights.is_file() else {})}
             logger.info("%s: mean cosine %.5f (min %.5f), %.1f docs/s on CPU", variant, parity["mean_cosine"], parity["min_cosine"], parity["cpu_docs_per_s"])
         failed = {v: m["parity"]["mean_cosine"] for v, m in manifest["variants"].items() if not m["parity"]["passed"]}
         if failed:
@@ -194,6 +225,62 @@ def export_bundle(
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _runtime(variant: str) -> dict[str, str]:
+    """How a variant runs: ONNX Runtime, or OpenVINO at an inference precision."""
+    if variant in OPENVINO_VARIANTS:
+        return {"runtime": "openvino", "precision": "bf16" if variant == "openvino-bf16" else "f32"}
+    return {"runtime": "onnxruntime"}
+
+
+def _openvino_variants(settings: dict[str, Any], samples: int) -> list[str]:
+    """The OpenVINO variants to build: the profile's ``variants`` (required) and ``optional_variants`` (built when
+    the openvino extra is installed); bf16 only where the CPU has it, int8 only with enough calibration passages."""
+    required = [v for v in settings["variants"] if v in OPENVINO_VARIANTS]
+    optional = [v for v in settings.get("optional_variants", []) if v not in required]
+    if required:
+        _require_openvino()
+    elif optional and not openvino_available():
+        logger.info("OpenVINO variants not built (pip install 'genq-search[openvino]' adds them)")
+        return []
+    wanted = required + optional
+    if "openvino-bf16" in wanted and not cpu_has_bf16():
+        logger.warning("openvino-bf16 not built: this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
+        wanted.remove("openvino-bf16")
+    if "openvino-int8" in wanted and samples < MIN_CALIBRATION:
+        message = (f"openvino-int8 needs at least {MIN_CALIBRATION} calibration passages from the corpus, got {samples} "
+                   "(export --corpus DIR, --sample N)")
+        if "openvino-int8" in required:
+            raise GenqError(message)
+        logger.warning("%s; not built", message)
+        wanted.remove("openvino-int8")
+    return wanted
+
+
+def _openvino(raw: Path, out: Path, variants: list[str], tokenizer: Any, texts: list[str], max_length: int) -> dict[str, Path]:
+    """OpenVINO IR of the raw (unfused) graph: OpenVINO applies its own fusions. int8 is NNCF's static quantisation
+    for transformers (SmoothQuant, fast bias correction; softmax and layer norms stay float), calibrated on ``texts``."""
+    ov = _require_openvino()
+    out.mkdir()
+    model = ov.convert_model(str(raw))
+    built = {}
+    if {"openvino-fp32", "openvino-bf16"} & set(variants):
+        ov.save_model(model, str(out / "model.fp32.xml"), compress_to_fp16=False)
+        built |= {v: out / "model.fp32.xml" for v in ("openvino-fp32", "openvino-bf16") if v in variants}
+    if "openvino-int8" in variants:
+        import nncf
+
+        batches = []
+        for start in range(0, len(texts), 16):
+            features = tokenizer(texts[start : start + 16], padding=True, truncation=True, max_length=max_length, return_tensors="np")
+            ids = features["input_ids"].astype(np.int64)
+            batches.append({"input_ids": ids, "attention_mask": features["attention_mask"].astype(np.int64),
+                            "token_type_ids": features.get("token_type_ids", np.zeros_like(ids)).astype(np.int64)})
+        quantised = nncf.quantize(model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
+        ov.save_model(quantised, str(out / "model.int8.xml"), compress_to_fp16=False)
+        built["openvino-int8"] = out / "model.int8.xml"
+    return built
 
 
 def _token_graph_inputs(model_type: str) -> list[str]:
@@ -361,7 +448,8 @@ def pick_providers(provider: str) -> list[str]:
 
 
 class OnnxEncoder:
-    """The Encoder interface over an exported bundle (``onnx:<dir>``): length-sorted batches, ORT session."""
+    """The Encoder interface over an exported bundle (``onnx:<dir>``): length-sorted batches, one ONNX Runtime session
+    or OpenVINO compiled model (the variant's ``runtime``)."""
 
     def __init__(self, bundle: str | Path, variant: str | None = None, provider: str = "auto", verify: bool = True,
                  manifest: dict[str, Any] | None = None, threads: int | None = None):
@@ -394,11 +482,21 @@ class OnnxEncoder:
         model_file = self.bundle / entry["file"]
         if verify:
             self._verify(model_file, entry)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or usable_cores()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_file), options, providers=providers)
-        self.input_names = {i.name for i in self.session.get_inputs()}
+        threads = threads or usable_cores()
+        if entry.get("runtime") == "openvino":
+            ov = _require_openvino()
+            compiled = ov.Core().compile_model(str(model_file), "CPU", {
+                "INFERENCE_PRECISION_HINT": entry.get("precision", "f32"), "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": threads})
+            self.input_names = {name for port in compiled.inputs for name in port.get_names()}
+            self._run = lambda feeds: compiled(feeds)[0]
+        else:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self.session = ort.InferenceSession(str(model_file), options, providers=providers)
+            self.input_names = {i.name for i in self.session.get_inputs()}
+            self._run = lambda feeds: self.session.run(None, feeds)[0]
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.bundle / "tokenizer"))
         self.name = f"onnx:{self.bundle}"
         self.dim = int(manifest["dimension"])
@@ -407,19 +505,30 @@ class OnnxEncoder:
         self.truncated = 0
 
     def _fastest_passing(self, on_gpu: bool) -> str:
+        """CUDA's fp16 on a GPU; else the CPU variant that was fastest at export among those that passed parity and
+        whose runtime is installed here."""
         variants = self.manifest["variants"]
         if on_gpu and "fp16" in variants:
             return "fp16"
         passing = {v: m for v, m in variants.items() if v != "fp16" and m.get("parity", {}).get("passed", True)}
         if not passing:
             raise GenqError(f"{self.bundle}: no CPU variant passed its parity check")
-        return max(passing, key=lambda v: passing[v].get("parity", {}).get("cpu_docs_per_s", 0.0))
+        speed = {v: m.get("parity", {}).get("cpu_docs_per_s", 0.0) for v, m in passing.items()}
+        runnable = {v: s for v, s in speed.items() if passing[v].get("runtime") != "openvino" or openvino_available()}
+        fastest, chosen = max(speed, key=speed.__getitem__), max(runnable or speed, key=(runnable or speed).__getitem__)
+        if fastest != chosen:
+            logger.info("%s: using %s; the faster %s needs OpenVINO (pip install 'genq-search[openvino]')",
+                        self.bundle, chosen, fastest)
+        return chosen
 
     def _verify(self, model_file: Path, entry: dict[str, Any]) -> None:
         if not model_file.is_file():
             raise GenqError(f"{self.bundle}: missing {model_file.name}")
         if file_sha256(model_file) != entry["sha256"]:
             raise GenqError(f"{self.bundle}: checksum mismatch for {model_file.name} (modified or corrupt); re-export it")
+        weights = model_file.with_suffix(".bin")
+        if "weights_sha256" in entry and (not weights.is_file() or file_sha256(weights) != entry["weights_sha256"]):
+            raise GenqError(f"{self.bundle}: {weights.name} is missing, modified or corrupt; re-export the bundle")
         for name, digest in self.manifest.get("tokenizer_files", {}).items():
             file = self.bundle / "tokenizer" / name
             if not file.is_file() or file_sha256(file) != digest:
@@ -440,7 +549,7 @@ class OnnxEncoder:
             feeds = {name: features[name][first].astype(np.int64) for name in self.input_names if name in features}
             if "token_type_ids" in self.input_names and "token_type_ids" not in feeds:
                 feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
-            vectors = self.session.run(None, feeds)[0].astype(np.float32)
+            vectors = np.array(self._run(feeds), dtype=np.float32)  # a copy: OpenVINO reuses its output buffer
             if self.normalize:
                 vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
             out[rows] = vectors
