@@ -14,21 +14,37 @@ RESULTS = Path(__file__).parent / "results"
 SCIFACT = Path(os.environ.get("GENQ_SCIFACT", Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "scifact"))
 
 
+# the CPU flags that decide which fast paths run (int8 dot products, bf16, AMX): recorded with every result
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
+
+
 def machine(gpu: str | None = None) -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
+    facts: dict[str, str] = {}  # the first core's "model name" and "flags"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            facts.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    cpu, flags = facts.get("model name") or platform.processor() or "unknown", set(facts.get("flags", "").split())
     memory_gb = None
     try:
         memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
     except (ValueError, OSError):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": gpu}
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "gpu": gpu,
+            "cpu_flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since its exec (VmHWM; getrusage's maxrss also counts the parent's image
+    a subprocess was forked from)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def commit() -> str:

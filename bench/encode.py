@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import SCIFACT, write_results
+from common import RESULTS, SCIFACT, peak_rss_mb, write_results
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 VARIANTS = ["torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ort-fp16", "openvino-fp32", "openvino-bf16", "openvino-int8"]
@@ -79,7 +78,7 @@ def child(variant: str, bundle: Path, data: Path, threads: int | None, vectors_o
         "docs_per_s": len(texts) / encode_s, "encode_s": encode_s, "metrics": metrics,
         "query_latency_ms_batch1": {"p50": q[49], "p95": q[94]}, "queries_per_s_batch64": batch_qps,
         "alone_vs_batched_cosine": {"mean": float(alone_cosine.mean()), "min": float(alone_cosine.min())},
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
@@ -141,7 +140,10 @@ def main() -> None:
               f"{100 * m['metrics']['recall@100']:.2f} | {cosine} | {m['query_latency_ms_batch1']['p50']:.1f} | "
               f"{m['query_latency_ms_batch1']['p95']:.1f} | {m['queries_per_s_batch64']:.0f} | {m['peak_rss_mb']:.0f} |")
     manifest = json.loads(manifest_path.read_text())
+    previous = RESULTS / "encode.json"  # a GPU run recorded through the device tool is kept until measured again
+    gpu_run = json.loads(previous.read_text()).get("gpu_run") if previous.is_file() else None
     path = write_results("encode", {
+        **({"gpu_run": gpu_run} if gpu_run else {}),
         "dataset": "scifact", "split": "test", "wall_s": time.perf_counter() - started,
         "runs": [{"name": f"dense-zeroshot-{v}", "backend": "embedded", "model": MODEL, "metrics": m["metrics"]} for v, m in measured.items()],
         "throughput": {"encode_docs_per_s": {v: m["docs_per_s"] for v, m in measured.items()},

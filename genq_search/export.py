@@ -45,6 +45,9 @@ INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 FORMATS = ("sentence-transformers", "ml-commons")
 # sentence-transformers pooling mode -> ML Commons model_config.pooling_mode
 ML_COMMONS_POOLING = {"mean": "MEAN", "cls": "CLS", "max": "MAX", "mean_sqrt_len_tokens": "MEAN_SQRT_LEN"}
+# sentence-transformers pooling mode -> its pooling_mode_<key> flag in the layout every release reads
+ST_LEGACY_POOLING = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                     "weightedmean": "weightedmean_tokens", "lasttoken": "lasttoken"}
 ML_COMMONS_IR_VERSION = 8  # ML Commons 2.19 runs ONNX Runtime 1.16.3 (DJL 0.31.1): IR <= 9, opset <= 19
 
 
@@ -163,7 +166,8 @@ def export_bundle(
     max_length = int(model.max_seq_length)
     texts = sample_texts or ["a short query", "a somewhat longer passage about retrieval with several words in it"]
     wanted_ov = _openvino_variants(settings, len(texts))
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent if out_dir.parent.exists() else None))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)  # the work dir beside it: the final rename stays on one filesystem
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     try:
         tokenizer = model.tokenizer
         example = tokenizer(texts[:2], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
@@ -362,6 +366,7 @@ def _ecosystem_formats(model: Any, model_name: str, info: dict[str, Any], work: 
     if "sentence-transformers" in formats:
         folder = work / "sentence-transformers"
         model.save(str(folder))
+        _portable_st_config(folder, info, int(reference.shape[1]), int(model.max_seq_length))
         (folder / "onnx").mkdir()
         shutil.copyfile(graph, folder / "onnx" / "model.onnx")
         out["sentence_transformers"] = {"dir": folder.name, "onnx": "onnx/model.onnx", "inputs": names, "parity": parity}
@@ -387,6 +392,23 @@ def _ecosystem_formats(model: Any, model_name: str, info: dict[str, Any], work: 
         }
     graph.unlink()
     return out
+
+
+def _portable_st_config(folder: Path, info: dict[str, Any], dimension: int, max_length: int) -> None:
+    """Rewrite the module configs sentence-transformers 6 saved in the layout every release reads (that of the hub's
+    models): ST 6 names its modules by paths ST <= 5 cannot import (``sentence_transformers.base.modules...``) and
+    writes new config keys, while the only ``backend="onnx"`` loader that runs today (optimum-onnx 0.1) needs
+    transformers < 4.58, hence ST <= 5. ST 6 loads this layout too (it is the hub's)."""
+    modules = json.loads((folder / "modules.json").read_text())
+    for module in modules:
+        module["type"] = "sentence_transformers.models." + module["type"].rsplit(".", 1)[-1]  # Transformer, Pooling, Normalize
+        if module["type"].endswith(".Pooling"):
+            legacy = ST_LEGACY_POOLING.get(info["pooling"])
+            write_json(folder / module["path"] / "config.json", {
+                "word_embedding_dimension": dimension,
+                **{f"pooling_mode_{key}": key == legacy for key in ST_LEGACY_POOLING.values()}, "include_prompt": True})
+    write_json(folder / "modules.json", modules)
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": max_length, "do_lower_case": False})
 
 
 def _ml_commons_name(model_name: str) -> str:
@@ -514,12 +536,20 @@ class OnnxEncoder:
         if not passing:
             raise GenqError(f"{self.bundle}: no CPU variant passed its parity check")
         speed = {v: m.get("parity", {}).get("cpu_docs_per_s", 0.0) for v, m in passing.items()}
-        runnable = {v: s for v, s in speed.items() if passing[v].get("runtime") != "openvino" or openvino_available()}
+        runnable = {v: s for v, s in speed.items() if self._runs_here(passing[v])}
         fastest, chosen = max(speed, key=speed.__getitem__), max(runnable or speed, key=(runnable or speed).__getitem__)
         if fastest != chosen:
-            logger.info("%s: using %s; the faster %s needs OpenVINO (pip install 'genq-search[openvino]')",
-                        self.bundle, chosen, fastest)
+            needs = ("OpenVINO (pip install 'genq-search[openvino]')" if not openvino_available()
+                     else "a CPU with bf16 instructions (AVX512-BF16 or AMX)")
+            logger.info("%s: using %s; the faster %s needs %s", self.bundle, chosen, fastest, needs)
         return chosen
+
+    @staticmethod
+    def _runs_here(entry: dict[str, Any]) -> bool:
+        """The variant's runtime is installed and the CPU has its instructions (bf16 falls back to fp32 without them)."""
+        if entry.get("runtime") != "openvino":
+            return True
+        return openvino_available() and (entry.get("precision") != "bf16" or cpu_has_bf16())
 
     def _verify(self, model_file: Path, entry: dict[str, Any]) -> None:
         if not model_file.is_file():

@@ -122,6 +122,11 @@ def test_sentence_transformers_folder_layout(bundle: Path, tiny_bi_encoder: Path
 
     folder = bundle / "sentence-transformers"
     assert (folder / "modules.json").is_file() and (folder / "onnx" / "model.onnx").is_file()
+    # the layout every sentence-transformers release reads (ST <= 5 cannot import ST 6's own module paths)
+    modules = json.loads((folder / "modules.json").read_text())
+    assert [m["type"] for m in modules] == [f"sentence_transformers.models.{c}" for c in ("Transformer", "Pooling", "Normalize")]
+    assert json.loads((folder / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] is True
+    assert json.loads((folder / "sentence_bert_config.json").read_text()) == {"max_seq_length": 64, "do_lower_case": False}
     reference = SentenceTransformer(str(tiny_bi_encoder), device="cpu").encode(TEXTS)
     reloaded = SentenceTransformer(str(folder), device="cpu")  # the PyTorch weights of the same folder
     assert row_cosines(reloaded.encode(TEXTS), reference).min() >= 0.9999

@@ -133,6 +133,11 @@ def test_the_fastest_variant_whose_runtime_is_installed_is_chosen(bundle: Path, 
     assert OnnxEncoder(fast, provider="cpu").variant == "int8"
     manifest["variants"]["openvino-int8"]["parity"]["passed"] = True
     (fast / "manifest.json").write_text(json.dumps(manifest))
+    manifest["variants"]["openvino-bf16"] = {**manifest["variants"]["openvino-fp32"], "precision": "bf16"}
+    manifest["variants"]["openvino-bf16"]["parity"] = {**manifest["variants"]["openvino-fp32"]["parity"], "cpu_docs_per_s": 80.0}
+    (fast / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(export, "cpu_has_bf16", lambda: False)  # a CPU without bf16: the next fastest
+    assert OnnxEncoder(fast, provider="cpu").variant == "openvino-int8"
     monkeypatch.setattr(export, "openvino_available", lambda: False)
     assert OnnxEncoder(fast, provider="cpu").variant == "int8"
 
@@ -155,3 +160,9 @@ def test_static_int8_vectors_do_not_depend_on_their_batch(bundle: Path) -> None:
     batched = encoder.encode_passages(TEXTS[:40], batch_size=16, progress=False)
     alone = np.vstack([encoder.encode_passages([t], batch_size=1, progress=False) for t in TEXTS[:40]])
     assert (batched * alone).sum(1).min() >= 0.9999
+
+
+def test_export_creates_missing_parent_folders(tiny_bi_encoder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "bundles" / "b"
+    export_bundle(str(tiny_bi_encoder), out, profile="gpu", sample_texts=TEXTS[:8], formats=())
+    assert (out / "manifest.json").is_file() and not list(out.parent.glob(".export-*"))
