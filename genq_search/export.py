@@ -17,6 +17,7 @@ itself) with its model config in the manifest, both parity-checked like the vari
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -74,8 +76,9 @@ def openvino_available() -> bool:
     return find_spec("openvino") is not None
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
-    """OpenVINO's own view of the CPU: bf16 kernels exist (AVX512-BF16 or AMX)."""
+    """OpenVINO's own view of the CPU: bf16 kernels exist (AVX512-BF16 or AMX). Asked once per process."""
     return "BF16" in _require_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
@@ -198,8 +201,7 @@ def export_bundle(
             "inputs": [n for n in INPUTS], "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "variants": {},
         }
-        for variant in built:
-            file = built[variant]
+        for variant, file in built.items():
             entry = {"file": file.relative_to(work).as_posix(), **_runtime(variant)}
             encoder = OnnxEncoder(work, variant=variant, provider="cpu", verify=False, manifest=manifest | {"variants": {variant: entry}})
             encoder.encode_passages(texts[:8], progress=False)  # warm-up: session initialisation is not throughput
@@ -211,9 +213,10 @@ def export_bundle(
             parity = {"mean_cosine": float(cosine.mean()), "min_cosine": float(cosine.min()), "threshold": threshold,
                       "sample": len(texts), "cpu_docs_per_s": len(texts) / seconds, "passed": bool(cosine.mean() >= threshold)}
             weights = file.with_suffix(".bin")  # an OpenVINO IR's weights, beside its .xml
-            manifest["variants"][variant] = {**entry, "sha256": file_sha256(file), "bytes": file.stat().st_size, "parity": parity,
-                                             **({"weights_sha256": file_sha256(weights), "bytes": file.stat().st_size + weights.stat().st_size}
-                                                if weights.is_file() else {})}
+            manifest["variants"][variant] = {
+                **entry, "sha256": file_sha256(file), "parity": parity,
+                "bytes": file.stat().st_size + (weights.stat().st_size if weights.is_file() else 0),
+                **({"weights_sha256": file_sha256(weights)} if weights.is_file() else {})}
             logger.info("%s: mean cosine %.5f (min %.5f), %.1f docs/s on CPU", variant, parity["mean_cosine"], parity["min_cosine"], parity["cpu_docs_per_s"])
         failed = {v: m["parity"]["mean_cosine"] for v, m in manifest["variants"].items() if not m["parity"]["passed"]}
         if failed:
@@ -275,16 +278,20 @@ def _openvino(raw: Path, out: Path, variants: list[str], tokenizer: Any, texts: 
     if "openvino-int8" in variants:
         import nncf
 
-        batches = []
-        for start in range(0, len(texts), 16):
-            features = tokenizer(texts[start : start + 16], padding=True, truncation=True, max_length=max_length, return_tensors="np")
-            ids = features["input_ids"].astype(np.int64)
-            batches.append({"input_ids": ids, "attention_mask": features["attention_mask"].astype(np.int64),
-                            "token_type_ids": features.get("token_type_ids", np.zeros_like(ids)).astype(np.int64)})
+        batches = list(_feed_batches(tokenizer, texts, max_length, 16))
         quantised = nncf.quantize(model, nncf.Dataset(batches), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
         ov.save_model(quantised, str(out / "model.int8.xml"), compress_to_fp16=False)
         built["openvino-int8"] = out / "model.int8.xml"
     return built
+
+
+def _feed_batches(tokenizer: Any, texts: list[str], max_length: int, size: int) -> Iterator[dict[str, np.ndarray]]:
+    """``texts`` tokenised ``size`` at a time as int64 graph feeds (``token_type_ids`` zeros where the tokenizer has none)."""
+    for start in range(0, len(texts), size):
+        features = tokenizer(texts[start : start + size], padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        feeds = {name: np.asarray(features[name], dtype=np.int64) for name in ("input_ids", "attention_mask")}
+        feeds["token_type_ids"] = np.asarray(features.get("token_type_ids", np.zeros_like(feeds["input_ids"])), dtype=np.int64)
+        yield feeds
 
 
 def _token_graph_inputs(model_type: str) -> list[str]:
@@ -346,14 +353,8 @@ def _ecosystem_formats(model: Any, model_name: str, info: dict[str, Any], work: 
     graph = work / "token-embeddings.onnx"
     names = _export_token_graph(model, texts, graph, opset)
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    vectors = []
-    for start in range(0, len(texts), 32):
-        features = model.tokenizer(texts[start : start + 32], padding=True, truncation=True, max_length=int(model.max_seq_length),
-                                   return_tensors="np")
-        features.setdefault("token_type_ids", np.zeros_like(features["input_ids"]))
-        tokens = session.run(None, {n: features[n].astype(np.int64) for n in names})[0]
-        vectors.append(pool(tokens, features["attention_mask"], info["pooling"]))
-    pooled = np.concatenate(vectors)
+    pooled = np.concatenate([pool(session.run(None, {n: feeds[n] for n in names})[0], feeds["attention_mask"], info["pooling"])
+                             for feeds in _feed_batches(model.tokenizer, texts, int(model.max_seq_length), 32)])
     if info["normalize"]:
         pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
     cosine = row_cosines(pooled, reference)
@@ -536,8 +537,8 @@ class OnnxEncoder:
         if not passing:
             raise GenqError(f"{self.bundle}: no CPU variant passed its parity check")
         speed = {v: m.get("parity", {}).get("cpu_docs_per_s", 0.0) for v, m in passing.items()}
-        runnable = {v: s for v, s in speed.items() if self._runs_here(passing[v])}
-        fastest, chosen = max(speed, key=speed.__getitem__), max(runnable or speed, key=(runnable or speed).__getitem__)
+        runnable = [v for v in speed if self._runs_here(passing[v])] or list(speed)  # none: the fastest says what it needs
+        fastest, chosen = max(speed, key=speed.__getitem__), max(runnable, key=speed.__getitem__)
         if fastest != chosen:
             needs = ("OpenVINO (pip install 'genq-search[openvino]')" if not openvino_available()
                      else "a CPU with bf16 instructions (AVX512-BF16 or AMX)")
