@@ -22,13 +22,22 @@ def random_index(n_docs: int = 50, dim: int = 8, seed: int = 0) -> tuple[Embedde
 def test_exact_top_k_matches_brute_force_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     from genq_search.backends import embedded
 
-    monkeypatch.setattr(embedded, "SCORE_CHUNK_ROWS", 7)  # force many chunks
+    monkeypatch.setattr(embedded, "SCORE_CHUNK_ROWS", 7)  # force many chunks (one shorter than k)...
+    monkeypatch.setattr(embedded, "SCORE_BLOCK_FLOATS", 14)  # ...and blocks of two queries
     rng = np.random.default_rng(1)
     matrix, queries = rng.normal(size=(53, 4)).astype(np.float32), rng.normal(size=(5, 4)).astype(np.float32)
     scores, rows = exact_top_k(queries, matrix, 10)
     brute = np.argsort(-(queries @ matrix.T), axis=1)[:, :10]
     np.testing.assert_array_equal(rows, brute)
-    np.testing.assert_allclose(scores, np.take_along_axis(queries @ matrix.T, brute, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ matrix.T, brute, axis=1), rtol=1e-5)
+    assert exact_top_k(queries, matrix[:3], 10)[1].shape == (5, 3)  # k above the row count: every row
+    assert exact_top_k(queries, matrix[:0], 10)[1].shape == (5, 0)
+
+
+def test_exact_top_k_breaks_ties_by_row() -> None:
+    matrix = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.5]], dtype=np.float32)
+    _, rows = exact_top_k(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32), matrix, 3)
+    assert rows.tolist() == [[1, 3, 4], [0, 2, 4]]
 
 
 def test_vector_search_is_max_passage_and_exact() -> None:

@@ -1,4 +1,4 @@
-"""In-process backend: BM25 (rank_bm25) over documents, exact NumPy inner-product search over passage vectors.
+"""In-process backend: BM25 (rank_bm25) over documents, exact inner-product search over passage vectors (torch; GPU if present).
 
 Persisted to a directory (``index.json``, ``passages.jsonl``, ``vectors.npy``, ``bm25.pkl``) and reloadable.
 """
@@ -22,7 +22,8 @@ from genq_search.passages import Passage, document_text, max_passage
 
 logger = logging.getLogger(__name__)
 
-SCORE_CHUNK_ROWS = 65_536  # passages scored per matrix product: bounds memory to queries x chunk floats
+SCORE_CHUNK_ROWS = 65_536  # passage vectors read (and moved to the device) at a time
+SCORE_BLOCK_FLOATS = 1 << 26  # scores computed at once (256 MiB of float32): bounds exact search memory
 
 
 class RegexTokenizer:
@@ -150,17 +151,34 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def exact_top_k(queries: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` inner products of each query against all rows, scanning ``matrix`` in bounded chunks."""
-    n_queries = len(queries)
-    best_scores = np.full((n_queries, 0), -np.inf, dtype=np.float32)
-    best_rows = np.zeros((n_queries, 0), dtype=np.int64)
-    for start in range(0, len(matrix), SCORE_CHUNK_ROWS):
-        chunk = np.asarray(matrix[start : start + SCORE_CHUNK_ROWS], dtype=np.float32)
-        scores = np.concatenate([best_scores, queries @ chunk.T], axis=1)
-        rows = np.concatenate([best_rows, np.broadcast_to(np.arange(start, start + len(chunk)), (n_queries, len(chunk)))], axis=1)
-        keep = min(k, scores.shape[1])
-        part = np.argpartition(-scores, keep - 1, axis=1)[:, :keep]
-        best_scores = np.take_along_axis(scores, part, axis=1)
-        best_rows = np.take_along_axis(rows, part, axis=1)
-    order = np.lexsort((best_rows, -best_scores), axis=1)
-    return np.take_along_axis(best_scores, order, axis=1), np.take_along_axis(best_rows, order, axis=1)
+    """Top-``k`` inner products of each query against all rows, best first (ties by row index).
+
+    torch's BLAS product and ``topk`` on the GPU when one is present, else on the CPU. Memory stays bounded whatever
+    the corpus and query counts: ``matrix`` (possibly a memory map) is read in chunks of ``SCORE_CHUNK_ROWS`` rows and
+    the queries in blocks, so at most ``SCORE_BLOCK_FLOATS`` scores exist at once; a running top-``k`` per query is
+    merged with each chunk's."""
+    import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n_queries, k = len(queries), min(k, len(matrix))
+    if k == 0 or n_queries == 0:
+        return np.zeros((n_queries, 0), dtype=np.float32), np.zeros((n_queries, 0), dtype=np.int64)
+    query_t = torch.from_numpy(np.array(queries, dtype=np.float32)).to(device)
+    best_scores = torch.full((n_queries, 0), -torch.inf, device=device)
+    best_rows = torch.zeros((n_queries, 0), dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        for start in range(0, len(matrix), SCORE_CHUNK_ROWS):
+            chunk = torch.from_numpy(np.array(matrix[start : start + SCORE_CHUNK_ROWS], dtype=np.float32)).to(device)
+            block = max(1, SCORE_BLOCK_FLOATS // len(chunk))
+            merged_scores, merged_rows = [], []
+            for q in range(0, n_queries, block):
+                top_scores, top_rows = torch.topk(query_t[q : q + block] @ chunk.T, min(k, len(chunk)), dim=1)
+                scores = torch.cat([best_scores[q : q + block], top_scores], dim=1)
+                rows = torch.cat([best_rows[q : q + block], top_rows + start], dim=1)
+                keep_scores, keep = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+                merged_scores.append(keep_scores)
+                merged_rows.append(torch.gather(rows, 1, keep))
+            best_scores, best_rows = torch.cat(merged_scores), torch.cat(merged_rows)
+    scores_np, rows_np = best_scores.cpu().numpy(), best_rows.cpu().numpy()
+    order = np.lexsort((rows_np, -scores_np), axis=1)
+    return np.take_along_axis(scores_np, order, axis=1), np.take_along_axis(rows_np, order, axis=1)
