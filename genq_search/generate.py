@@ -10,6 +10,7 @@ gives exactly the output of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -54,6 +55,9 @@ GPL_TOTAL_QUERIES = 250_000
 POST_PROCESSING = {"min_query_words", "max_query_words", "filter_top_k", "filter_model", "dev_max_overlap"}
 TRAINING_SIDE = {"queries_per_passage", "samples_per_passage", "passage_windows", "max_passages"}  # the dev set is sized apart
 OPTIONAL_OFF: dict[str, Any] = {"samples_per_passage": None, "passage_windows": False}
+# a runtime whose queries for the same settings changed keeps a new key in the settings hash, so chunks written
+# before are regenerated rather than mixed with new ones (llama.cpp: batched sequences and its own sampler)
+RUNTIME_KEYS = {"llama.cpp": "llama.cpp/batched"}
 POSITIVES = "gen-positives.jsonl"  # passage_windows: each query's window, the positive it trains on
 DEV_QUERIES_PER_DOCUMENT = 3  # at most: several near-duplicate queries of one document add little to a dev set
 DEV_EXPECTED_SURVIVAL = 0.2  # share of dev candidates assumed to pass the lexical-gap filter when sizing the pool
@@ -282,15 +286,17 @@ class CausalGenerator(_TransformersGenerator):
 
 
 class LlamaCppGenerator:
-    """A GGUF causal LM through llama.cpp (``llama-cpp-python``, the ``llama`` extra): its quantised CPU kernels, and
-    its prompt cache: llama-cpp-python keeps the evaluated tokens and re-evaluates only what follows the longest
-    common prefix, so a document's prompt is evaluated once for all its queries, and the few-shot part of the
-    template once for the whole run. Same prompt, truncation and sampling settings (temperature, top-k, top-p, no
-    min-p) as ``CausalGenerator``; each query has its own seed.
+    """A GGUF causal LM through llama.cpp (``llama-cpp-python``, the ``llama`` extra): its quantised CPU kernels, one
+    prefill per document and the queries of a document decoded together. The few-shot part of the template is
+    evaluated once for the run (KV cells ``[0, len(prefix))`` of sequence 0); each document's remainder is evaluated
+    after exactly it, its KV cells are shared with one sequence per query (``llama_memory_seq_cp``, no copy), and one
+    batch per step advances every unfinished query. A step for 3 sequences costs little more than one where the step
+    is bound by reading the weights (the 262K-token output projection; measured 24.3 vs 22.1 ms on a 2-core Xeon).
 
-    Decoding the queries of a document together (llama.cpp sequences sharing the prompt's KV cells) was measured
-    and not kept: on a 2-core CPU a step for 3 sequences cost 3x a single one (the 262K-token output projection
-    is compute-bound), so it gained nothing and lost the cross-document prefix reuse.
+    Sampling is done here (numpy, per-query seeded generator), in ``CausalGenerator``'s order and settings: temperature,
+    top-k, top-p (no min-p), so the log-probability of each sampled token under the raw logits is at hand for
+    ``generate_with_likelihood``. A document's queries depend only on the document, the seed and the model: resuming
+    gives the queries an uninterrupted run gives.
     """
 
     def __init__(self, path: str, cfg: GenerateConfig):
@@ -298,66 +304,161 @@ class LlamaCppGenerator:
 
         self.cfg = cfg
         self.template = prompt_template(cfg)
-        self.llm = Llama(model_path=path, vocab_only=True, verbose=False)  # the tokenizer, to size the context
-        context = len(self._tokens(self.template)) + cfg.max_input_tokens + cfg.max_new_tokens + 16
-        self.llm = Llama(model_path=path, n_ctx=context, n_batch=min(512, context), n_threads=usable_cores(),
-                         seed=cfg.seed, verbose=False)
-        # The few-shot part is evaluated once, alone, and every document restarts from exactly it: a prefix reused
-        # at whatever length it happened to share with the previous prompt would change the floating-point sums
-        # and so the sampled queries, and resuming a run must give the queries an uninterrupted run gives.
+        with _without_amx_buffers():
+            self.llm = Llama(model_path=path, n_ctx=64, n_threads=usable_cores(), verbose=False)  # weights, tokenizer
         prefix = self.template.split("{document}")[0].encode("utf-8")
         self.prefix = self.llm.tokenize(prefix, add_bos=True, special=False)[:-1]  # its last token may merge with the document's
-        self.llm.eval(self.prefix)
+        self.prompt_budget = len(self._tokens(self.template)) + cfg.max_input_tokens + 16
+        self.contexts: dict[int, Any] = {}  # per number of sequences: a context whose cells [0, len(prefix)) hold the prefix
 
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
 
     def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
-        return [[text for text, _ in row] for row in self._generate(documents, per_document, seed, False)]
+        return [[text for text, _ in row] for row in self._generate(documents, per_document, seed)]
 
     def generate_with_likelihood(self, documents: list[str], per_document: int, seed: int) -> list[list[tuple[str, float]]]:
-        return self._generate(documents, per_document, seed, True)
+        return self._generate(documents, per_document, seed)
 
-    def _generate(self, documents: list[str], per_document: int, seed: int, likelihood: bool) -> list[list[tuple[str, float]]]:
+    def _generate(self, documents: list[str], per_document: int, seed: int) -> list[list[tuple[str, float]]]:
+        import numpy as np
+
         out = []
         for i, document in enumerate(documents):
             doc = self.llm.detokenize(self._tokens(document)[: self.cfg.max_input_tokens]).decode("utf-8", errors="ignore")
-            prompt = self.template.replace("{document}", doc)
-            self.llm.n_tokens = len(self.prefix)
-            row = []
-            for k in range(per_document):
-                recorder = _TokenLogProbs() if likelihood else None
-                text = self.llm.create_completion(
-                    prompt, max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                    top_k=self.cfg.top_k, min_p=0.0, stop=["\n"], seed=zlib.crc32(f"{seed}:{i}:{k}".encode()),
-                    logits_processor=[recorder] if recorder else None,
-                )["choices"][0]["text"]
-                row.append((text, recorder.mean() if recorder else 0.0))
-            out.append(row)
+            prompt = self.llm.tokenize(self.template.replace("{document}", doc).encode("utf-8"), add_bos=True, special=False)
+            rngs = [np.random.default_rng(zlib.crc32(f"{seed}:{i}:{k}".encode())) for k in range(per_document)]
+            out.append(self._decode(prompt, rngs))
         return out
 
+    def _context(self, sequences: int) -> Any:
+        """A context for ``sequences`` queries sharing one prompt (unified KV cells), the prefix already evaluated."""
+        if sequences not in self.contexts:
+            import llama_cpp
+            from llama_cpp._internals import LlamaContext
 
-class _TokenLogProbs:
-    """A llama.cpp logits processor that changes nothing and records the log-probability, under the model's raw
-    logits, of each token sampled: called before each sampling step, it learns the previous step's token from the
-    input ids. The token that ends the completion (the line break) is not scored, as in ``CausalGenerator``."""
+            params = llama_cpp.llama_context_default_params()
+            params.n_ctx = self.prompt_budget + sequences * (self.cfg.max_new_tokens + 1)
+            params.n_batch = params.n_ubatch = 512
+            params.n_seq_max, params.kv_unified = sequences, True
+            params.n_threads = params.n_threads_batch = usable_cores()
+            context = LlamaContext(model=self.llm._model, params=params, verbose=False)
+            self.contexts[sequences] = context
+            self._eval(context, self.prefix, 0)
+        return self.contexts[sequences]
 
-    def __init__(self) -> None:
-        self.previous: Any = None
-        self.logprobs: list[float] = []
+    def _eval(self, context: Any, tokens: list[int], position: int, sequences: list[int] | None = None) -> None:
+        """Evaluate ``tokens`` (one sequence, from ``position``) or one token per sequence in ``sequences``; logits
+        are kept for the last token of the one sequence, or for every sequence's token."""
+        import llama_cpp
 
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for start in range(0, len(tokens), 512):
+            part = tokens[start : start + 512]
+            batch = llama_cpp.llama_batch_init(len(part), 0, 1)
+            try:
+                for j, token in enumerate(part):
+                    batch.token[j], batch.n_seq_id[j] = token, 1
+                    batch.pos[j] = position + start + j if sequences is None else position
+                    batch.seq_id[j][0] = 0 if sequences is None else sequences[j]
+                    batch.logits[j] = sequences is not None or start + j == len(tokens) - 1
+                batch.n_tokens = len(part)
+                if llama_cpp.llama_decode(context.ctx, batch) != 0:
+                    raise GenqError("llama.cpp could not evaluate a batch (context too small?)")
+            finally:
+                llama_cpp.llama_batch_free(batch)
+
+    def _decode(self, prompt: list[int], rngs: list[Any]) -> list[tuple[str, float]]:
+        import llama_cpp
         import numpy as np
 
-        if self.previous is not None:
-            top = float(self.previous.max())
-            log_total = top + float(np.log(np.exp(self.previous - top).sum()))
-            self.logprobs.append(float(self.previous[int(input_ids[-1])]) - log_total)
-        self.previous = np.array(scores, dtype=np.float64)
-        return scores
+        n, start = len(rngs), len(self.prefix)
+        context = self._context(n)
+        memory = llama_cpp.llama_get_memory(context.ctx)
+        llama_cpp.llama_memory_seq_rm(memory, -1, start, -1)  # every sequence back to the bare prefix
+        for s in range(1, n):
+            llama_cpp.llama_memory_seq_rm(memory, s, -1, -1)
+        if prompt[:start] != self.prefix:  # the document merged with the prefix's last token: evaluate it all, once
+            llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
+            self._eval(context, prompt, 0)
+            self.contexts.pop(n)  # the prefix is no longer in its cells
+        else:
+            self._eval(context, prompt[start:], start)
+        for s in range(1, n):
+            llama_cpp.llama_memory_seq_cp(memory, 0, s, -1, -1)
+        vocab, n_vocab = self.llm._model.vocab, self.llm.n_vocab()
 
-    def mean(self) -> float:
-        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else float("-inf")
+        def logits(row: int) -> Any:
+            return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(context.ctx, row), shape=(n_vocab,)).astype(np.float64)
+
+        first = logits(-1)
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        logprobs: list[list[float]] = [[] for _ in range(n)]
+        texts: list[str | None] = [None] * n
+        rows = dict.fromkeys(range(n), first)
+        for step in range(self.cfg.max_new_tokens):
+            for s, row_logits in rows.items():
+                token, logprob = _sample(row_logits, rngs[s], self.cfg)
+                tokens[s].append(token)
+                text = self.llm.detokenize(tokens[s]).decode("utf-8", errors="ignore")
+                if llama_cpp.llama_vocab_is_eog(vocab, token) or "\n" in text:
+                    texts[s] = text.split("\n")[0] if "\n" in text else self.llm.detokenize(tokens[s][:-1]).decode("utf-8", errors="ignore")
+                else:
+                    logprobs[s].append(logprob)
+            active = [s for s in range(n) if texts[s] is None]
+            if not active or step == self.cfg.max_new_tokens - 1:
+                break
+            self._eval(context, [tokens[s][-1] for s in active], len(prompt) + step, active)
+            rows = {s: logits(j) for j, s in enumerate(active)}
+        return [(texts[s] if texts[s] is not None else self.llm.detokenize(tokens[s]).decode("utf-8", errors="ignore"),
+                 sum(logprobs[s]) / len(logprobs[s]) if logprobs[s] else float("-inf")) for s in range(n)]
+
+
+def _sample(logits: Any, rng: Any, cfg: GenerateConfig) -> tuple[int, float]:
+    """One token by temperature, top-k and top-p sampling (transformers' order), and its log-probability under the
+    raw logits."""
+    import numpy as np
+
+    top = float(logits.max())
+    logprob = logits - (top + math.log(float(np.exp(logits - top).sum())))
+    if cfg.temperature <= 0:
+        token = int(np.argmax(logits))
+        return token, float(logprob[token])
+    scaled = logits / cfg.temperature
+    ids = np.argpartition(-scaled, cfg.top_k - 1)[: cfg.top_k] if 0 < cfg.top_k < len(scaled) else np.arange(len(scaled))
+    ids = ids[np.lexsort((ids, -scaled[ids]))]  # best first, ties by id
+    probs = np.exp(scaled[ids] - scaled[ids[0]])
+    probs /= probs.sum()
+    keep = int(np.searchsorted(np.cumsum(probs), cfg.top_p)) + 1 if cfg.top_p < 1 else len(ids)
+    probs = probs[:keep] / probs[:keep].sum()
+    token = int(ids[min(int(np.searchsorted(np.cumsum(probs), rng.random(), side="right")), keep - 1)])
+    return token, float(logprob[token])
+
+
+@contextlib.contextmanager
+def _without_amx_buffers() -> Any:
+    """Load llama.cpp models without ggml's extra weight buffers where the build uses AMX: the AMX buffer crashes the
+    process (SIGSEGV in ``ggml_backend_amx_mul_mat``) at the first batched evaluation of Q4_K weights on some AMX CPUs
+    (seen here on a Xeon with AMX_INT8 and Gemma-3 270M Q4_K_M; ggml-org/llama.cpp#20824, closed unfixed). The plain
+    CPU kernels run instead. llama-cpp-python has no argument for ``use_extra_bufts``, so the library's default model
+    parameters are wrapped while the model loads."""
+    import llama_cpp
+
+    if b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
+        yield
+        return
+    logger.info("llama.cpp: AMX build, loading without extra weight buffers (ggml-org/llama.cpp#20824)")
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def params() -> Any:
+        value = defaults()
+        value.use_extra_bufts = False
+        return value
+
+    llama_cpp.llama_cpp.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        llama_cpp.llama_cpp.llama_model_default_params = defaults
 
 
 def generation_runtime(cfg: GenerateConfig) -> str:
@@ -642,7 +743,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
         raise GenqError("generate.passage_windows needs the index's passage windows (run it through `genq-search generate` or `adapt`)")
     corpus_hash = corpus_fingerprint(corpus)
     runtime = generation_runtime(cfg)
-    source = [runtime, corpus_hash, *([windows.key] if cfg.passage_windows and windows else [])]
+    source = [RUNTIME_KEYS.get(runtime, runtime), corpus_hash, *([windows.key] if cfg.passage_windows and windows else [])]
     settings = fingerprint([_hashed(cfg, {"device", "batch_size"}), *source])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("generate: complete in %s, skipping", stage_dir)
@@ -656,7 +757,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
     # chunks hold raw generations: clean-up and filter settings may change without regenerating them; the dev set's
     # chunks depend on its own documents and sampling only, so training-side options do not regenerate it
     shaping = [_hashed(cfg, POST_PROCESSING | {"device", "batch_size"}), *source]
-    dev_shaping = [cfg.model_dump(mode="json", exclude=POST_PROCESSING | TRAINING_SIDE | {"device", "batch_size"}), runtime, corpus_hash]
+    dev_shaping = [cfg.model_dump(mode="json", exclude=POST_PROCESSING | TRAINING_SIDE | {"device", "batch_size"}), source[0], corpus_hash]
     lazy = _LazyGenerator(cfg, generator)
     started = time.perf_counter()
     dev: list[tuple[str, str, str, float]] = []
