@@ -58,6 +58,7 @@ OPTIONAL_OFF: dict[str, Any] = {"samples_per_passage": None, "passage_windows": 
 # a runtime whose queries for the same settings changed keeps a new key in the settings hash, so chunks written
 # before are regenerated rather than mixed with new ones (llama.cpp: batched sequences and its own sampler)
 RUNTIME_KEYS = {"llama.cpp": "llama.cpp/batched"}
+LLAMA_IN_FLIGHT = 16  # documents decoded together by llama.cpp (3 queries each: ~48 tokens per step, the measured optimum)
 POSITIVES = "gen-positives.jsonl"  # passage_windows: each query's window, the positive it trains on
 DEV_QUERIES_PER_DOCUMENT = 3  # at most: several near-duplicate queries of one document add little to a dev set
 DEV_EXPECTED_SURVIVAL = 0.2  # share of dev candidates assumed to pass the lexical-gap filter when sizing the pool
@@ -287,19 +288,22 @@ class CausalGenerator(_TransformersGenerator):
 
 class LlamaCppGenerator:
     """A GGUF causal LM through llama.cpp (``llama-cpp-python``, the ``llama`` extra): its quantised CPU kernels, one
-    prefill per document and the queries of a document decoded together. The few-shot part of the template is
-    evaluated once for the run (KV cells ``[0, len(prefix))`` of sequence 0); each document's remainder is evaluated
-    after exactly it, its KV cells are shared with one sequence per query (``llama_memory_seq_cp``, no copy), and one
-    batch per step advances every unfinished query. A step for 3 sequences costs little more than one where the step
-    is bound by reading the weights (the 262K-token output projection; measured 24.3 vs 22.1 ms on a 2-core Xeon).
+    prefill per document, and the queries of many documents decoded together (continuous batching). The few-shot
+    part of the template is evaluated once per context, in a sequence of its own; a document's KV cells start from it
+    (``llama_memory_seq_cp`` shares cells, copies nothing) and its remainder is evaluated once, then shared by one
+    sequence per query. Each step is one llama.cpp batch: the next token of every unfinished query, plus the prompt of
+    any document admitted into the slot of a finished one (up to ``LLAMA_IN_FLIGHT`` documents at a time). A step
+    reads all the weights (the 262K-token output projection) whatever its size: on a 2-core Xeon 1 token took 22 ms,
+    8 tokens 28 ms, 48 tokens 200 ms.
 
-    Sampling is done here (numpy, per-query seeded generator), in ``CausalGenerator``'s order and settings: temperature,
-    top-k, top-p (no min-p), so the log-probability of each sampled token under the raw logits is at hand for
-    ``generate_with_likelihood``. A document's queries depend only on the document, the seed and the model: resuming
-    gives the queries an uninterrupted run gives.
+    Sampling is done here (torch, one seeded generator per query) in ``CausalGenerator``'s order and settings:
+    temperature, top-k, top-p (no min-p), so the log-probability of each sampled token under the raw logits is at hand
+    for ``generate_with_likelihood``. The queries of a call depend on its documents, the seed and the model only (a
+    resumed run regenerates whole chunks, so it writes the queries an uninterrupted run writes).
     """
 
     def __init__(self, path: str, cfg: GenerateConfig):
+        import llama_cpp
         from llama_cpp import Llama
 
         self.cfg = cfg
@@ -309,10 +313,14 @@ class LlamaCppGenerator:
         prefix = self.template.split("{document}")[0].encode("utf-8")
         self.prefix = self.llm.tokenize(prefix, add_bos=True, special=False)[:-1]  # its last token may merge with the document's
         self.prompt_budget = len(self._tokens(self.template)) + cfg.max_input_tokens + 16
-        self.contexts: dict[int, Any] = {}  # per number of sequences: a context whose cells [0, len(prefix)) hold the prefix
+        self.max_sequences = int(llama_cpp.llama_max_parallel_sequences()) - 1  # one sequence holds the prefix
+        self.contexts: dict[tuple[int, int], Any] = {}  # by (slots, queries per document), the prefix evaluated
 
     def _tokens(self, text: str) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def _text(self, tokens: list[int]) -> str:
+        return self.llm.detokenize(tokens).decode("utf-8", errors="ignore")
 
     def generate(self, documents: list[str], per_document: int, seed: int) -> list[list[str]]:
         return [[text for text, _ in row] for row in self._generate(documents, per_document, seed)]
@@ -323,115 +331,137 @@ class LlamaCppGenerator:
     def _generate(self, documents: list[str], per_document: int, seed: int) -> list[list[tuple[str, float]]]:
         import numpy as np
 
-        out = []
-        for i, document in enumerate(documents):
-            doc = self.llm.detokenize(self._tokens(document)[: self.cfg.max_input_tokens]).decode("utf-8", errors="ignore")
-            prompt = self.llm.tokenize(self.template.replace("{document}", doc).encode("utf-8"), add_bos=True, special=False)
-            rngs = [np.random.default_rng(zlib.crc32(f"{seed}:{i}:{k}".encode())) for k in range(per_document)]
-            out.append(self._decode(prompt, rngs))
-        return out
+        prompts = []
+        for document in documents:
+            doc = self._text(self._tokens(document)[: self.cfg.max_input_tokens])
+            prompts.append(self.llm.tokenize(self.template.replace("{document}", doc).encode("utf-8"), add_bos=True, special=False))
+        rngs = [[np.random.default_rng(zlib.crc32(f"{seed}:{i}:{k}".encode())) for k in range(per_document)] for i in range(len(documents))]
+        return self._decode(prompts, rngs)
 
-    def _context(self, sequences: int) -> Any:
-        """A context for ``sequences`` queries sharing one prompt (unified KV cells), the prefix already evaluated."""
-        if sequences not in self.contexts:
+    def _context(self, slots: int, per_document: int) -> Any:
+        """A context for ``slots`` documents of ``per_document`` queries, the prefix evaluated in its extra last
+        sequence. Unified KV cells, no more than needed: every query attends over all cells up to the highest in use
+        (masked), so spare cells would cost time (one stream per sequence measured slower: the prompt is copied)."""
+        sequences = slots * per_document
+        if (slots, per_document) not in self.contexts:
             import llama_cpp
             from llama_cpp._internals import LlamaContext
 
             params = llama_cpp.llama_context_default_params()
-            params.n_ctx = self.prompt_budget + sequences * (self.cfg.max_new_tokens + 1)
+            params.n_ctx = len(self.prefix) + slots * self.prompt_budget + sequences * (self.cfg.max_new_tokens + 1)
             params.n_batch = params.n_ubatch = 512
-            params.n_seq_max, params.kv_unified = sequences, True
+            params.n_seq_max, params.kv_unified = sequences + 1, True
             params.n_threads = params.n_threads_batch = usable_cores()
             context = LlamaContext(model=self.llm._model, params=params, verbose=False)
-            self.contexts[sequences] = context
-            self._eval(context, self.prefix, 0)
-        return self.contexts[sequences]
+            self._eval(context, [(t, p, sequences, False) for p, t in enumerate(self.prefix)])
+            self.contexts[slots, per_document] = context
+        return self.contexts[slots, per_document]
 
-    def _eval(self, context: Any, tokens: list[int], position: int, sequences: list[int] | None = None) -> None:
-        """Evaluate ``tokens`` (one sequence, from ``position``) or one token per sequence in ``sequences``; logits
-        are kept for the last token of the one sequence, or for every sequence's token."""
-        import llama_cpp
-
-        for start in range(0, len(tokens), 512):
-            part = tokens[start : start + 512]
-            batch = llama_cpp.llama_batch_init(len(part), 0, 1)
-            try:
-                for j, token in enumerate(part):
-                    batch.token[j], batch.n_seq_id[j] = token, 1
-                    batch.pos[j] = position + start + j if sequences is None else position
-                    batch.seq_id[j][0] = 0 if sequences is None else sequences[j]
-                    batch.logits[j] = sequences is not None or start + j == len(tokens) - 1
-                batch.n_tokens = len(part)
-                if llama_cpp.llama_decode(context.ctx, batch) != 0:
-                    raise GenqError("llama.cpp could not evaluate a batch (context too small?)")
-            finally:
-                llama_cpp.llama_batch_free(batch)
-
-    def _decode(self, prompt: list[int], rngs: list[Any]) -> list[tuple[str, float]]:
+    def _eval(self, context: Any, entries: list[tuple[int, int, int, bool]]) -> Any:
+        """Evaluate ``(token, position, sequence, keep logits)`` entries in batches; the logits asked for, one row each
+        in order (a view of llama.cpp's buffer, valid until the next evaluation, when one batch held them all)."""
         import llama_cpp
         import numpy as np
 
-        n, start = len(rngs), len(self.prefix)
-        context = self._context(n)
-        memory = llama_cpp.llama_get_memory(context.ctx)
-        llama_cpp.llama_memory_seq_rm(memory, -1, start, -1)  # every sequence back to the bare prefix
-        for s in range(1, n):
+        n_vocab, out = self.llm.n_vocab(), []
+        for start in range(0, len(entries), 512):
+            part = entries[start : start + 512]
+            batch = llama_cpp.llama_batch_init(len(part), 0, 1)
+            try:
+                for j, (token, position, sequence, logits) in enumerate(part):
+                    batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = token, position, 1, logits
+                    batch.seq_id[j][0] = sequence
+                batch.n_tokens = len(part)
+                if llama_cpp.llama_decode(context.ctx, batch) != 0:
+                    raise GenqError("llama.cpp could not evaluate a batch (context too small?)")
+                rows = sum(entry[3] for entry in part)
+                if rows:
+                    out.append(np.ctypeslib.as_array(llama_cpp.llama_get_logits(context.ctx), shape=(rows, n_vocab)))
+            finally:
+                llama_cpp.llama_batch_free(batch)
+        return out[0] if len(out) == 1 else np.concatenate(out) if out else np.zeros((0, n_vocab), dtype=np.float32)
+
+    def _decode(self, prompts: list[list[int]], rngs: list[list[Any]]) -> list[list[tuple[str, float]]]:
+        """The queries of each prompt (one per generator in its ``rngs`` row), continuously batched: up to
+        ``IN_FLIGHT`` documents at a time, one llama.cpp batch per step holding the next token of every unfinished
+        query and the prompt of any document admitted into a slot freed by a finished one."""
+        import llama_cpp
+
+        per_document, length = len(rngs[0]), len(self.prefix)
+        slots = max(1, min(len(prompts), LLAMA_IN_FLIGHT, self.max_sequences // per_document))
+        context = self._context(slots, per_document)
+        memory, vocab = llama_cpp.llama_get_memory(context.ctx), self.llm._model.vocab
+        prefix_seq = slots * per_document
+        for s in range(prefix_seq):
             llama_cpp.llama_memory_seq_rm(memory, s, -1, -1)
-        if prompt[:start] != self.prefix:  # the document merged with the prefix's last token: evaluate it all, once
-            llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
-            self._eval(context, prompt, 0)
-            self.contexts.pop(n)  # the prefix is no longer in its cells
-        else:
-            self._eval(context, prompt[start:], start)
-        for s in range(1, n):
-            llama_cpp.llama_memory_seq_cp(memory, 0, s, -1, -1)
-        vocab, n_vocab = self.llm._model.vocab, self.llm.n_vocab()
-
-        def logits(row: int) -> Any:
-            return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(context.ctx, row), shape=(n_vocab,)).astype(np.float64)
-
-        first = logits(-1)
-        tokens: list[list[int]] = [[] for _ in range(n)]
-        logprobs: list[list[float]] = [[] for _ in range(n)]
-        texts: list[str | None] = [None] * n
-        rows = dict.fromkeys(range(n), first)
-        for step in range(self.cfg.max_new_tokens):
-            for s, row_logits in rows.items():
-                token, logprob = _sample(row_logits, rngs[s], self.cfg)
-                tokens[s].append(token)
-                text = self.llm.detokenize(tokens[s]).decode("utf-8", errors="ignore")
-                if llama_cpp.llama_vocab_is_eog(vocab, token) or "\n" in text:
-                    texts[s] = text.split("\n")[0] if "\n" in text else self.llm.detokenize(tokens[s][:-1]).decode("utf-8", errors="ignore")
+        out: list[list[tuple[str, float]]] = [[] for _ in prompts]
+        pending = list(range(len(prompts)))[::-1]
+        free = list(range(slots))[::-1]
+        doc_of: dict[int, int] = {}  # slot -> document
+        tokens: dict[int, list[int]] = {}  # sequence -> sampled tokens, while the sequence runs
+        logprobs: dict[int, list[float]] = {}
+        while pending or tokens:
+            entries, admitted = [], []
+            for s, sampled in tokens.items():
+                slot = s // per_document
+                entries.append((sampled[-1], len(prompts[doc_of[slot]]) + len(sampled) - 1, s, True))
+            while pending and free:
+                slot, d = free.pop(), pending.pop()
+                doc_of[slot], first, prompt = d, slot * per_document, prompts[d]
+                shared = prompt[:length] == self.prefix  # else the document merged with the prefix's last token
+                if shared:
+                    llama_cpp.llama_memory_seq_cp(memory, prefix_seq, first, -1, -1)
+                entries += [(t, p, first, p == len(prompt) - 1) for p, t in enumerate(prompt) if p >= length or not shared]
+                admitted.append(slot)
+            logits = self._eval(context, entries)
+            for slot in admitted:
+                first = slot * per_document
+                for s in range(first + 1, first + per_document):
+                    llama_cpp.llama_memory_seq_cp(memory, first, s, -1, -1)
+            rows = list(tokens)  # logits rows: running sequences first, then one per admitted document
+            order = rows + [slot * per_document + k for slot in admitted for k in range(per_document)]
+            picks = list(range(len(rows))) + [len(rows) + i for i, _ in enumerate(admitted) for _ in range(per_document)]
+            sampled, scores = _sample(logits[picks], [rngs[doc_of[s // per_document]][s % per_document] for s in order], self.cfg)
+            for s, token, logprob in zip(order, sampled, scores, strict=True):
+                run = tokens.setdefault(s, [])
+                run.append(token)
+                text = self._text(run)
+                done = "\n" in text or llama_cpp.llama_vocab_is_eog(vocab, token) or len(run) == self.cfg.max_new_tokens
+                if "\n" in text or llama_cpp.llama_vocab_is_eog(vocab, token):
+                    text = text.split("\n")[0] if "\n" in text else self._text(run[:-1])
                 else:
-                    logprobs[s].append(logprob)
-            active = [s for s in range(n) if texts[s] is None]
-            if not active or step == self.cfg.max_new_tokens - 1:
-                break
-            self._eval(context, [tokens[s][-1] for s in active], len(prompt) + step, active)
-            rows = {s: logits(j) for j, s in enumerate(active)}
-        return [(texts[s] if texts[s] is not None else self.llm.detokenize(tokens[s]).decode("utf-8", errors="ignore"),
-                 sum(logprobs[s]) / len(logprobs[s]) if logprobs[s] else float("-inf")) for s in range(n)]
+                    logprobs.setdefault(s, []).append(logprob)
+                if done:
+                    scored = logprobs.pop(s, [])
+                    slot = s // per_document
+                    out[doc_of[slot]].append((s % per_document, text, sum(scored) / len(scored) if scored else float("-inf")))
+                    del tokens[s]
+                    llama_cpp.llama_memory_seq_rm(memory, s, -1, -1)
+                    if len(out[doc_of[slot]]) == per_document:
+                        free.append(slot)
+        return [[(text, score) for _, text, score in sorted(row)] for row in out]
 
 
-def _sample(logits: Any, rng: Any, cfg: GenerateConfig) -> tuple[int, float]:
-    """One token by temperature, top-k and top-p sampling (transformers' order), and its log-probability under the
-    raw logits."""
-    import numpy as np
+def _sample(logits: Any, rngs: list[Any], cfg: GenerateConfig) -> tuple[list[int], list[float]]:
+    """One token per row of ``logits`` by temperature, top-k and top-p sampling (transformers' order; row ``i`` draws
+    from ``rngs[i]``), and each token's log-probability under the raw logits. torch, all rows at once."""
+    import torch
 
-    top = float(logits.max())
-    logprob = logits - (top + math.log(float(np.exp(logits - top).sum())))
+    x = torch.from_numpy(logits)
     if cfg.temperature <= 0:
-        token = int(np.argmax(logits))
-        return token, float(logprob[token])
-    scaled = logits / cfg.temperature
-    ids = np.argpartition(-scaled, cfg.top_k - 1)[: cfg.top_k] if 0 < cfg.top_k < len(scaled) else np.arange(len(scaled))
-    ids = ids[np.lexsort((ids, -scaled[ids]))]  # best first, ties by id
-    probs = np.exp(scaled[ids] - scaled[ids[0]])
-    probs /= probs.sum()
-    keep = int(np.searchsorted(np.cumsum(probs), cfg.top_p)) + 1 if cfg.top_p < 1 else len(ids)
-    probs = probs[:keep] / probs[:keep].sum()
-    token = int(ids[min(int(np.searchsorted(np.cumsum(probs), rng.random(), side="right")), keep - 1)])
-    return token, float(logprob[token])
+        tokens = x.argmax(dim=1)
+    else:
+        k = cfg.top_k if 0 < cfg.top_k < x.shape[1] else x.shape[1]
+        values, ids = torch.topk(x, k, dim=1)  # best first; the temperature does not change the order
+        probs = torch.softmax(values.double() / cfg.temperature, dim=1)
+        keep = (probs.cumsum(dim=1) < cfg.top_p).sum(dim=1, keepdim=True) + 1 if cfg.top_p < 1 else torch.full((len(x), 1), k)
+        probs = probs * (torch.arange(k) < keep)
+        cumulative = (probs / probs.sum(dim=1, keepdim=True)).cumsum(dim=1)
+        draws = torch.tensor([[rng.random()] for rng in rngs], dtype=torch.float64)
+        choice = torch.minimum((cumulative <= draws).sum(dim=1, keepdim=True), keep - 1)
+        tokens = ids.gather(1, choice).squeeze(1)
+    scores = x.gather(1, tokens[:, None]).squeeze(1).double() - torch.logsumexp(x, dim=1).double()
+    return tokens.tolist(), scores.tolist()
 
 
 @contextlib.contextmanager

@@ -221,7 +221,7 @@ def test_shared_prefill_samples_what_prompt_copies_would(sample: bool, tiny_caus
         assert generator.generate(documents, 3, seed=11) == generator.generate(documents, 3, seed=11)
 
 
-def test_llama_cpp_runtime_generates_reproducibly_from_the_bundled_gguf(tmp_path: Path) -> None:
+def test_llama_cpp_runtime_generates_reproducibly_from_the_bundled_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The llama.cpp runtime on the real Gemma-3 270M GGUF (offline package), chosen by ``auto``: seeded, so a rerun in
     a fresh folder writes the same queries, and a non-GGUF model forced onto it is refused."""
     pytest.importorskip("llama_cpp")
@@ -247,8 +247,39 @@ def test_llama_cpp_runtime_generates_reproducibly_from_the_bundled_gguf(tmp_path
     assert [[q for q, _ in row] for row in scored] == generator.generate(documents, 2, seed=3)
     scores = [score for row in scored for query, score in row if query.strip()]  # an empty query scores -inf
     assert scores and all(-30 < score < 0 for score in scores)
+    # continuous batching: with one document in flight the others wait for its slot; same shape, reproducible
+    import genq_search.generate as generate_module
+
+    monkeypatch.setattr(generate_module, "LLAMA_IN_FLIGHT", 1)
+    texts = [d["text"] for d in corpus.values()][:3]
+    queued = generator.generate_with_likelihood(texts, 2, seed=5)  # type: ignore[attr-defined]
+    assert [len(row) for row in queued] == [2, 2, 2]
+    assert queued == generator.generate_with_likelihood(texts, 2, seed=5)  # type: ignore[attr-defined]
     with pytest.raises(GenqError, match="needs a .gguf"):
         load_generator(GenerateConfig(model=str(tmp_path), runtime="llama.cpp"))
+
+
+def test_sampler_keeps_top_k_and_top_p_and_scores_under_the_raw_logits() -> None:
+    import numpy as np
+    import torch
+
+    from genq_search.generate import _sample
+
+    logits = np.array([[0.0, 3.0, 2.0, -1.0, 2.5], [5.0, 0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    log_softmax = torch.log_softmax(torch.from_numpy(logits).double(), dim=1).numpy()
+    rngs = [np.random.default_rng(0), np.random.default_rng(1)]
+    cfg = GenerateConfig(model="m", top_k=2, top_p=1.0, temperature=1.0)
+    draws = [_sample(logits, rngs, cfg) for _ in range(2000)]
+    first = [tokens[0] for tokens, _ in draws]
+    assert set(first) == {1, 4}  # top-2 only
+    p1 = 1 / (1 + np.exp(-0.5))  # softmax over the two kept logits
+    assert abs(first.count(1) / len(first) - p1) < 0.04
+    tokens, scores = draws[0]
+    assert scores == pytest.approx([log_softmax[0, tokens[0]], log_softmax[1, tokens[1]]], abs=1e-6)  # float32 logits
+    nucleus = GenerateConfig(model="m", top_k=0, top_p=0.5, temperature=1.0)  # the first token alone reaches 0.5
+    assert {_sample(logits, rngs, nucleus)[0][0] for _ in range(200)} == {1}
+    greedy = GenerateConfig(model="m", temperature=0.0)
+    assert _sample(logits, rngs, greedy)[0] == [1, 0]
 
 
 def test_over_generation_keeps_the_most_likely_clean_queries(tmp_path: Path) -> None:
