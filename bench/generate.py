@@ -1,13 +1,15 @@
 """Query generation throughput and quality, one process per variant, side by side in one run.
 
-    python bench/generate.py [--documents 200] [--slow-documents 40] [--variants ...]
+    python bench/generate.py [--documents 200] [--slow-documents 40] [--batch-size 8] [--baseline-batch-size 4] [--variants ...]
 
 Variants (Gemma-3 270M Q4_K_M GGUF from the offline package, the few-shot prompt of `generate`, 3 queries per
-document, documents truncated to 256 tokens, sampling top-p 0.95 / top-k 25, batch 4):
+document, documents truncated to 256 tokens, sampling top-p 0.95 / top-k 25, --batch-size documents per call, the
+`generate` default 8):
 - `transformers-prompt-copies`: the generator as it was before this benchmark: `generate(num_return_sequences=3)`,
   which copies each prompt three times before the forward pass (fp32, GGUF de-quantised by transformers);
 - `transformers`: one prefill per document, its KV cache repeated for the three samples (`CausalGenerator`);
-- `llama.cpp`: `LlamaCppGenerator` (llama-cpp-python, Q4_K_M kernels, prompt cache).
+- `llama.cpp`: `LlamaCppGenerator` (llama-cpp-python; few-shot prefix evaluated once, one prefill per document, the
+  queries of the batch's documents decoded together).
 The transformers variants are slow on this CPU, so they run on the first `--slow-documents` of the random sample
 and llama.cpp runs on those and on all `--documents`; ratios compare the same documents. Quality: share of
 candidates kept by clean-up, and share of kept queries whose source all-MiniLM-L6-v2 ranks in its top 10 over the
@@ -26,10 +28,10 @@ from pathlib import Path
 
 from common import SCIFACT, write_results
 
-SETTINGS = {"model": "google/gemma-3-270m", "max_input_tokens": 256, "max_new_tokens": 64, "batch_size": 4, "device": "cpu"}
+SETTINGS = {"model": "google/gemma-3-270m", "max_input_tokens": 256, "max_new_tokens": 64, "device": "cpu"}
 
 
-def child(variant: str, ids_file: Path, out: Path) -> None:
+def child(variant: str, ids_file: Path, out: Path, batch_size: int) -> None:
     """Generate for the documents in ``ids_file`` with one variant; write the raw candidates and the seconds."""
     import torch
 
@@ -41,7 +43,7 @@ def child(variant: str, ids_file: Path, out: Path) -> None:
 
     corpus = load_collection(SCIFACT, with_qrels=False).corpus
     ids = json.loads(ids_file.read_text())
-    cfg = GenerateConfig(**SETTINGS, runtime="llama.cpp" if variant == "llama.cpp" else "transformers")
+    cfg = GenerateConfig(**SETTINGS, batch_size=batch_size, runtime="llama.cpp" if variant == "llama.cpp" else "transformers")
     path = resolve_model(cfg.model)
     generator = LlamaCppGenerator(path, cfg) if variant == "llama.cpp" else CausalGenerator(path, cfg)
     if variant == "transformers-prompt-copies":
@@ -84,12 +86,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--documents", type=int, default=200)
     parser.add_argument("--slow-documents", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--baseline-batch-size", type=int, help="batch of the baseline (default --batch-size): its best, if another")
     parser.add_argument("--variants", nargs="+", default=["transformers-prompt-copies", "transformers", "llama.cpp"])
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-generate"))
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], Path(args.child[1]), Path(args.child[2]))
+        child(args.child[0], Path(args.child[1]), Path(args.child[2]), args.batch_size)
         return
     from genq_search.backends.embedded import EmbeddedBackend
     from genq_search.data import load_collection
@@ -108,7 +112,8 @@ def main() -> None:
         for name in (["slow", "all"] if variant == "llama.cpp" else ["slow"]):
             key = f"{variant}@{name}"
             out = args.work_dir / f"{variant}-{name}.json"
-            subprocess.run([sys.executable, __file__, "--child", variant, str(args.work_dir / f"ids-{name}.json"), str(out)], check=True)
+            batch = args.baseline_batch_size if variant == "transformers-prompt-copies" and args.baseline_batch_size else args.batch_size
+            subprocess.run([sys.executable, __file__, "--batch-size", str(batch), "--child", variant, str(args.work_dir / f"ids-{name}.json"), str(out)], check=True)
             outputs[key] = json.loads(out.read_text())
     encoder = load_encoder("sentence-transformers/all-MiniLM-L6-v2", "cpu")
     passages = split_documents(corpus, encoder.tokenizer, encoder.max_seq_length, 32)
@@ -132,7 +137,7 @@ def main() -> None:
         "quality": rates, "samples": samples,
         "notes": (f"{args.documents} random SciFact documents (seed 42); '@slow' = the first {args.slow_documents} of them, run by "
                   "every variant; '@all' = all of them (llama.cpp only). Gemma-3 270M Q4_K_M, 3 queries per document, 256-token "
-                  "documents, batch 4, one process per variant, one after the other on the same machine. "
+                  f"documents, {args.batch_size} documents per call (baseline: {args.baseline_batch_size or args.batch_size}), one process per variant, one after the other on the same machine. "
                   "round_trip_kept: share of the kept queries whose source all-MiniLM-L6-v2 ranks in its top 10 over all "
                   "5,183 documents."),
     })

@@ -5,7 +5,8 @@
 # OPENSEARCH_SECURE_URL points at one; stops afterwards what this script started. Then the integration tests again
 # against OpenSearch 3.x (GENQ_OPENSEARCH_3_VERSION, default 3.6.0; empty skips them): a node started the same way
 # (its own install and port, 9202) unless OPENSEARCH_3_URL points at one; the secured drills run on 2.x only.
-# Extra arguments go to pytest (both runs).
+# A side virtualenv for sentence-transformers' backend="onnx" loader (scripts/st-onnx-env.sh) unless
+# GENQ_ST_ONNX_PYTHON is set. Extra arguments go to pytest (both runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=()  # the opensearch-local.sh option of each node this script started ("" = the plain node)
@@ -27,6 +28,10 @@ fi
 if [[ -z ${OPENSEARCH_SECURE_URL:-} ]]; then
   start_node --secure
   eval "$(scripts/opensearch-local.sh env --secure)"  # OPENSEARCH_SECURE_URL, _CA, _USERNAME, _PASSWORD
+fi
+if [[ -z ${GENQ_ST_ONNX_PYTHON:-} ]]; then  # sentence-transformers' backend="onnx" loader, in a side venv (see the script)
+  if GENQ_ST_ONNX_PYTHON=$(scripts/st-onnx-env.sh python); then export GENQ_ST_ONNX_PYTHON
+  else echo "scripts/st-onnx-env.sh failed: the sentence-transformers ONNX-backend test will be skipped" >&2; unset GENQ_ST_ONNX_PYTHON; fi
 fi
 python -m pytest "$@"
 rc=$?
