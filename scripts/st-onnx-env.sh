@@ -8,14 +8,14 @@
 set -euo pipefail
 project_python=${1:-python}
 venv=${GENQ_ST_ONNX_VENV:-$HOME/.cache/genq-search/st-onnx-venv}
-stamp=$venv/.installed-v1
+stamp=$venv/.installed-v2
 if [[ ! -f $stamp ]]; then
   rm -rf "$venv"
   "$project_python" -m venv "$venv" >&2
   site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   "$project_python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > "$site/genq-project.pth"
   PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install -q \
-    "sentence-transformers>=5.1,<6" "transformers>=4.41,<4.58" "optimum-onnx==0.1.*" >&2
+    "sentence-transformers>=5.1,<6" "transformers>=4.41,<4.58" "optimum-onnx==0.1.*" "datasets<5" >&2
   touch "$stamp"
 fi
 echo "$venv/bin/python"
