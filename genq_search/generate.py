@@ -383,7 +383,7 @@ class LlamaCppGenerator:
 
     def _decode(self, prompts: list[list[int]], rngs: list[list[Any]]) -> list[list[tuple[str, float]]]:
         """The queries of each prompt (one per generator in its ``rngs`` row), continuously batched: up to
-        ``IN_FLIGHT`` documents at a time, one llama.cpp batch per step holding the next token of every unfinished
+        ``LLAMA_IN_FLIGHT`` documents at a time, one llama.cpp batch per step holding the next token of every unfinished
         query and the prompt of any document admitted into a slot freed by a finished one."""
         import llama_cpp
 
@@ -394,7 +394,7 @@ class LlamaCppGenerator:
         prefix_seq = slots * per_document
         for s in range(prefix_seq):
             llama_cpp.llama_memory_seq_rm(memory, s, -1, -1)
-        out: list[list[tuple[str, float]]] = [[] for _ in prompts]
+        out: list[list[tuple[int, str, float]]] = [[] for _ in prompts]  # (query number, text, mean log-probability)
         pending = list(range(len(prompts)))[::-1]
         free = list(range(slots))[::-1]
         doc_of: dict[int, int] = {}  # slot -> document
@@ -426,12 +426,12 @@ class LlamaCppGenerator:
                 run = tokens.setdefault(s, [])
                 run.append(token)
                 text = self._text(run)
-                done = "\n" in text or llama_cpp.llama_vocab_is_eog(vocab, token) or len(run) == self.cfg.max_new_tokens
-                if "\n" in text or llama_cpp.llama_vocab_is_eog(vocab, token):
+                ended = "\n" in text or llama_cpp.llama_vocab_is_eog(vocab, token)  # that token is not part of the query
+                if ended:
                     text = text.split("\n")[0] if "\n" in text else self._text(run[:-1])
                 else:
                     logprobs.setdefault(s, []).append(logprob)
-                if done:
+                if ended or len(run) == self.cfg.max_new_tokens:
                     scored = logprobs.pop(s, [])
                     slot = s // per_document
                     out[doc_of[slot]].append((s % per_document, text, sum(scored) / len(scored) if scored else float("-inf")))

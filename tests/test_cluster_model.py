@@ -162,7 +162,7 @@ def test_sentence_transformers_onnx_backend_loads_the_folder(bundle: Path, tiny_
         vectors = SentenceTransformer(str(folder), backend="onnx", device="cpu").encode(TEXTS)
     elif python := os.environ.get("GENQ_ST_ONNX_PYTHON"):
         done = subprocess.run([python, "-c", ST_ONNX_SCRIPT, str(folder), str(tmp_path / "v.npy"), json.dumps(TEXTS)],
-                              capture_output=True, text=True, timeout=600)
+                              check=False, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         assert done.stdout.strip().splitlines()[-1].startswith("5.")  # a release other than ours read the folder
         vectors = np.load(tmp_path / "v.npy")
