@@ -20,6 +20,7 @@ Writes bench/results/serve_scifact.json.
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import SCIFACT, write_results
+from common import RESULTS, SCIFACT, write_results
 
 from genq_search.backends.opensearch import connect, knn_index_settings, passage_query
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
@@ -193,7 +194,16 @@ def main() -> None:
                   "query; the first --warmup queries are not timed. Ingest: client-side reindex vs bulk through the ml_inference "
                   "ingest pipeline calling /v1/passages, same documents."),
     }
+    # one file for every OpenSearch version measured: this run's figures on top, each version's under by_version
+    previous = json.loads((RESULTS / "serve_scifact.json").read_text()) if (RESULTS / "serve_scifact.json").is_file() else {}
+    by_version = previous.get("by_version") or ({previous["serve"]["opensearch_versions"][0]: {
+        k: previous[k] for k in ("date", "commit", "machine", "runs", "latency_ms", "serve")}} if previous else {})
+    by_version[version] = {k: payload[k] for k in ("runs", "latency_ms", "serve")}
+    payload["serve"]["opensearch_versions"] = sorted(by_version)
+    payload["by_version"] = by_version
     path = write_results("serve_scifact", payload)
+    by_version[version].update({k: json.loads(path.read_text())[k] for k in ("date", "commit", "machine")})
+    path.write_text(json.dumps({**json.loads(path.read_text()), "by_version": by_version}, indent=2) + "\n")
     for mode, stats in payload["latency_ms"].items():
         print(f"{mode:>22}: p50 {stats['p50']:.1f} p95 {stats['p95']:.1f} p99 {stats['p99']:.1f} ms")
     for run in runs:
