@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, SCIFACT, peak_rss_mb, write_results
+from common import RESULTS, SCIFACT, machine, peak_rss_mb, write_results
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 VARIANTS = ["torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ort-fp16", "openvino-fp32", "openvino-bf16", "openvino-int8"]
@@ -141,9 +141,15 @@ def main() -> None:
               f"{m['query_latency_ms_batch1']['p95']:.1f} | {m['queries_per_s_batch64']:.0f} | {m['peak_rss_mb']:.0f} |")
     manifest = json.loads(manifest_path.read_text())
     previous = RESULTS / "encode.json"  # a GPU run recorded through the device tool is kept until measured again
-    gpu_run = json.loads(previous.read_text()).get("gpu_run") if previous.is_file() else None
+    before = json.loads(previous.read_text()) if previous.is_file() else {}
+    gpu_run = before.get("gpu_run")
+    # runs on other CPUs are kept (machines differ between sessions: ratios compare only within one run)
+    earlier = [r for r in before.get("earlier_cpu_runs", []) if r["machine"]["cpu"] != machine()["cpu"]]
+    if before and before["machine"]["cpu"] != machine()["cpu"]:
+        earlier.append({k: before[k] for k in ("machine", "date", "commit", "throughput", "latency_ms", "cosine_to_torch_fp32")})
     path = write_results("encode", {
         **({"gpu_run": gpu_run} if gpu_run else {}),
+        **({"earlier_cpu_runs": earlier} if earlier else {}),
         "dataset": "scifact", "split": "test", "wall_s": time.perf_counter() - started,
         "runs": [{"name": f"dense-zeroshot-{v}", "backend": "embedded", "model": MODEL, "metrics": m["metrics"]} for v, m in measured.items()],
         "throughput": {"encode_docs_per_s": {v: m["docs_per_s"] for v, m in measured.items()},
