@@ -144,8 +144,9 @@ def main() -> None:
     before = json.loads(previous.read_text()) if previous.is_file() else {}
     gpu_run = before.get("gpu_run")
     # runs on other CPUs are kept (machines differ between sessions: ratios compare only within one run)
-    earlier = [r for r in before.get("earlier_cpu_runs", []) if r["machine"]["cpu"] != machine()["cpu"]]
-    if before and before["machine"]["cpu"] != machine()["cpu"]:
+    cpu = machine()["cpu"]
+    earlier = [r for r in before.get("earlier_cpu_runs", []) if r["machine"]["cpu"] != cpu]
+    if before and before["machine"]["cpu"] != cpu:
         earlier.append({k: before[k] for k in ("machine", "date", "commit", "throughput", "latency_ms", "cosine_to_torch_fp32")})
     path = write_results("encode", {
         **({"gpu_run": gpu_run} if gpu_run else {}),

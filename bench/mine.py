@@ -60,9 +60,9 @@ def prepare(cache: Path, n_queries: int, scale_rows: int) -> dict:
 
     cache.mkdir(parents=True, exist_ok=True)
     info_file = cache / "info.json"
-    if info_file.is_file() and json.loads(info_file.read_text()).get("queries") == n_queries \
-            and json.loads(info_file.read_text()).get("scale_rows") == scale_rows:
-        return json.loads(info_file.read_text())
+    cached = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if cached.get("queries") == n_queries and cached.get("scale_rows") == scale_rows:
+        return cached
     corpus = load_collection(SCIFACT).corpus
     encoder = SentenceTransformerEncoder(MODEL, device="cpu", dtype="bfloat16")
     passages = split_documents(corpus, encoder.tokenizer, encoder.max_seq_length, 32)

@@ -200,10 +200,10 @@ def main() -> None:
         k: previous[k] for k in ("date", "commit", "machine", "runs", "latency_ms", "serve")}} if previous else {})
     by_version[version] = {k: payload[k] for k in ("runs", "latency_ms", "serve")}
     payload["serve"]["opensearch_versions"] = sorted(by_version)
-    payload["by_version"] = by_version
     path = write_results("serve_scifact", payload)
-    by_version[version].update({k: json.loads(path.read_text())[k] for k in ("date", "commit", "machine")})
-    path.write_text(json.dumps({**json.loads(path.read_text()), "by_version": by_version}, indent=2) + "\n")
+    record = json.loads(path.read_text())  # this run's date, commit and machine, as write_results recorded them
+    by_version[version].update({k: record[k] for k in ("date", "commit", "machine")})
+    path.write_text(json.dumps({**record, "by_version": by_version}, indent=2) + "\n")
     for mode, stats in payload["latency_ms"].items():
         print(f"{mode:>22}: p50 {stats['p50']:.1f} p95 {stats['p95']:.1f} p99 {stats['p99']:.1f} ms")
     for run in runs:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from genq_search.backends.base import SearchBackend
 from genq_search.data import Corpus, Queries, Results, atomic_write, write_json
+from genq_search.encoders import pick_device
 from genq_search.errors import GenqError
 from genq_search.passages import Passage, document_text, max_passage
 
@@ -159,7 +160,7 @@ def exact_top_k(queries: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.nda
     merged with each chunk's."""
     import torch
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(pick_device())
     n_queries, k = len(queries), min(k, len(matrix))
     if k == 0 or n_queries == 0:
         return np.zeros((n_queries, 0), dtype=np.float32), np.zeros((n_queries, 0), dtype=np.int64)
