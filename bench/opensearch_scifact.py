@@ -117,7 +117,8 @@ def main() -> None:
         "latency_ms": latency,
         "stages_s": {"bulk-index": timings.index_s, "reindex": reindex_s, **summary["stages_s"]},
         "notes": ("OpenSearch 2.19.1 single node (integ-test zip + k-NN 2.19.1.0 + neural-search, 768 MB heap) on the same "
-                  "2-core machine as the client. k-NN: lucene HNSW, innerproduct, m=16, ef_construction=256, ef_search=256, "
+                  f"2-core machine as the client. k-NN: lucene HNSW, innerproduct, m={cfg.backend.hnsw_m}, "
+                  f"ef_construction={cfg.backend.ef_construction}, ef_search={cfg.backend.ef_search}, "
                   "nested passages (256-token windows, max-passage). BM25: Lucene defaults k1=1.2 b=0.75, multi_match "
                   "best_fields over title+text (tie_breaker 0.5), standard analyzer. Latency: one query per request, "
                   f"{len(texts)} SciFact queries after 100 warm-up queries; dense latency excludes query encoding. "

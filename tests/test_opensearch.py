@@ -97,6 +97,24 @@ def test_hybrid_uses_the_shared_fusion_and_matches_server_side(cfg: BackendConfi
         assert [server_side[qid][d] for d in top_server] == pytest.approx([client_side[qid][d] for d in top_client], abs=1e-3)  # Lucene scores are float32
 
 
+def test_bulk_bodies_with_and_without_gzip(cfg: BackendConfig, names: list[str]) -> None:
+    """orjson bodies (numpy values, non-ASCII text) land intact, plain and gzip-compressed (``http_compress``)."""
+    index = new_name(names)
+    corpus, passages, vectors = random_collection(n_docs=2, dim=8)
+    backend_for(cfg, index).index(corpus, passages, vectors)
+    for compress in (False, True):
+        backend = backend_for(cfg, index, http_compress=compress)
+        assert backend.client.transport.get_connection().http_compress is compress
+        doc_id = f"gz-{compress}"
+        vector = np.linspace(-1, 1, 8, dtype=np.float32)
+        ok, failures = backend.bulk([{"_index": index, "_id": doc_id, "_source": {
+            "title": "Größe — 大小", "text": "naïve café", "count": np.int64(3), VECTOR_FIELD: [{"vector": vector}]}}], progress=False)
+        assert (ok, failures) == (1, [])
+        source = backend.client.get(index=index, id=doc_id)["_source"]
+        assert (source["title"], source["text"], source["count"]) == ("Größe — 大小", "naïve café", 3)
+        assert np.allclose(source[VECTOR_FIELD][0]["vector"], vector, atol=1e-7)
+
+
 def test_safety_errors(cfg: BackendConfig, names: list[str], beir_dir: Path) -> None:
     from genq_search.backends.opensearch import connect
 

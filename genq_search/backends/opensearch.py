@@ -84,6 +84,26 @@ def explain_error(exc: Exception, cfg: BackendConfig, action: str) -> GenqError:
 _WARNED_UNVERIFIED: set[str] = set()
 
 
+def _orjson_serializer(os_: Any) -> Any:
+    """opensearch-py's JSON serializer with orjson's ``dumps``: a bulk body of vectors serialises ~10x faster (on the
+    reindex's writer thread, which shares the CPU with the encoder: 3 points of reindex throughput on 2 cores).
+    opensearch-py ships no orjson serializer (elasticsearch-py 8 does), hence these lines; ``loads`` and the types
+    ``default`` accepts are the base class's."""
+    import orjson
+
+    class OrjsonSerializer(os_.serializer.JSONSerializer):
+        def dumps(self, data: Any) -> str:
+            if isinstance(data, str):
+                return data
+            try:
+                return orjson.dumps(data, default=self.default,
+                                    option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS).decode()
+            except orjson.JSONEncodeError as exc:
+                raise os_.exceptions.SerializationError(data, exc) from None
+
+    return OrjsonSerializer()
+
+
 def connect(cfg: BackendConfig) -> Any:
     """A client from the URL, with basic auth, TLS options, timeouts and retries; checked with a ping. Without
     certificate verification it warns once per URL (instead of urllib3's warning on every request)."""
@@ -104,7 +124,8 @@ def connect(cfg: BackendConfig) -> Any:
         timeout=cfg.timeout_s,
         max_retries=3,
         retry_on_timeout=True,
-        http_compress=True,
+        http_compress=cfg.http_compress,
+        serializer=_orjson_serializer(os_),
     )
     try:
         client.info()
