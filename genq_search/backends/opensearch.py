@@ -92,8 +92,8 @@ def _orjson_serializer(os_: Any) -> Any:
     import orjson
 
     class OrjsonSerializer(os_.serializer.JSONSerializer):
-        def dumps(self, data: Any) -> str:
-            if isinstance(data, str):
+        def dumps(self, data: Any) -> str | bytes:
+            if isinstance(data, (str, bytes)):  # already a body (bulk lines, a model chunk): as the base class
                 return data
             try:
                 return orjson.dumps(data, default=self.default,
