@@ -101,7 +101,8 @@ class BackendConfig(StageConfig):
     ef_search: int = 256
     hnsw_m: int = 16
     ef_construction: int = Field(100, description="HNSW build width (the k-NN plugin's default): 256 cost the reindex "
-                                                  "6 points of throughput on 2 cores for no measured recall")
+                                                  "6 points of throughput on 2 cores and gained nothing (SciFact "
+                                                  "dense nDCG@10 66.63 vs 66.62, 99.7% of top-10 hits shared)")
     overwrite: bool = False
     server_side_hybrid: bool = False
     model_id: str | None = Field(None, description="ML Commons model the cluster embeds queries with (genq-search register): "

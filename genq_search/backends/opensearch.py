@@ -85,10 +85,10 @@ _WARNED_UNVERIFIED: set[str] = set()
 
 
 def _orjson_serializer(os_: Any) -> Any:
-    """opensearch-py's JSON serializer with orjson's ``dumps``: a bulk body of vectors serialises ~10x faster (on the
-    reindex's writer thread, which shares the CPU with the encoder: 3 points of reindex throughput on 2 cores).
-    opensearch-py ships no orjson serializer (elasticsearch-py 8 does), hence these lines; ``loads`` and the types
-    ``default`` accepts are the base class's."""
+    """opensearch-py's JSON serializer with orjson's ``dumps``: the bulk writer thread serialises 1,000 documents with
+    a 384-d vector each in 9 ms instead of 103 ms, so a GPU encoding 10K docs/s is not held to the standard library's
+    ~10K docs/s (on 2 CPU cores the reindex is encoder-bound and the difference is within noise). opensearch-py ships
+    no orjson serializer (elasticsearch-py 8 does), hence these lines; ``loads`` and ``default`` are the base class's."""
     import orjson
 
     class OrjsonSerializer(os_.serializer.JSONSerializer):
