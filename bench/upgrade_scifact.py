@@ -109,11 +109,12 @@ def main() -> None:
         "reindex": {"verify_sample": 200},
     })
     client = connect(cfg.backend)
-    if not client.indices.exists_alias(name=ALIAS):  # a rerun resumes the upgrade of the same live index
-        client.indices.delete(index=f"{ALIAS}-v*", ignore_unavailable=True)
+    behind = set(client.indices.get_alias(name=ALIAS)) if client.indices.exists_alias(name=ALIAS) else set()
+    if behind != {SOURCE}:  # no live index yet, or a finished upgrade moved the alias: start again from a fresh one
+        client.indices.delete(index=f"{ALIAS}-v*", ignore_unavailable=True)  # the alias goes with them
         load_s = load_live_index(client, SOURCE, collection.corpus, 0.9, 0.4)
         client.indices.update_aliases(body={"actions": [{"add": {"index": SOURCE, "alias": ALIAS}}]})
-    else:
+    else:  # a rerun resumes the upgrade of the same live index
         load_s = None
     load_live_index(client, DEFAULT_BM25, collection.corpus, 1.2, 0.75)
     runs = []
