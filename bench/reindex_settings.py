@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common import SCIFACT, write_results
-from upgrade_scifact import load_live_index
+from upgrade_scifact import encoder_alone, load_live_index
 
 import genq_search.backends.opensearch as backend_module
 from genq_search.backends.opensearch import OpenSearchBackend, connect
@@ -27,7 +27,6 @@ from genq_search.data import load_collection
 from genq_search.evaluate import evaluate
 from genq_search.export import OnnxEncoder
 from genq_search.index import run_reindex
-from genq_search.passages import split_documents
 
 SOURCE = "reindex-bench-src"
 SETTINGS = {  # name -> (ef_construction, http_compress, serializer)
@@ -36,15 +35,6 @@ SETTINGS = {  # name -> (ef_construction, http_compress, serializer)
     "ef100-json": (100, False, "json"),
     "ef100-orjson": (100, False, "orjson"),  # today's defaults
 }
-
-
-def encoder_alone(encoder: OnnxEncoder, corpus: dict[str, dict[str, str]], read_batch: int, stride: int) -> float:
-    """Documents/s of the bundle on the reindex's work: its passages, in batches of the reindex's read size."""
-    items, start = list(corpus.items()), time.perf_counter()
-    for i in range(0, len(items), read_batch):
-        texts = [p.text for p in split_documents(dict(items[i : i + read_batch]), encoder.tokenizer, encoder.max_seq_length, stride)]
-        encoder.encode_passages(texts, batch_size=64, progress=False)
-    return len(items) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -61,7 +51,7 @@ def main() -> None:
     load_live_index(client, SOURCE, collection.corpus, 0.9, 0.4)
     corpus = CorpusConfig(index=SOURCE)
     encoder = OnnxEncoder(args.bundle, provider="cpu")
-    before = encoder_alone(encoder, collection.corpus, corpus.read_batch, corpus.passage_stride)
+    before, _ = encoder_alone(encoder, collection.corpus, corpus.read_batch, corpus.passage_stride)
     qids = list(collection.queries)
     qvecs = encoder.encode_queries([collection.queries[q] for q in qids])
     stdlib = backend_module._orjson_serializer
@@ -87,7 +77,7 @@ def main() -> None:
                      "top10_overlap_with_first": sum(len(top[q] & ref[q]) for q in qids) / (10 * len(qids))})
         print(rows[-1], flush=True)
         client.indices.delete(index=result.state.target)
-    after = encoder_alone(encoder, collection.corpus, corpus.read_batch, corpus.passage_stride)
+    after, _ = encoder_alone(encoder, collection.corpus, corpus.read_batch, corpus.passage_stride)
     path = write_results("reindex_settings", {
         "dataset": "scifact", "split": "test", "wall_s": time.perf_counter() - started,
         "encoder_docs_per_s": {"before": before, "after": after, "variant": encoder.variant},

@@ -48,6 +48,20 @@ def load_live_index(client: Any, name: str, corpus: dict[str, dict[str, str]], k
     return time.perf_counter() - start
 
 
+def encoder_alone(encoder: Any, corpus: dict[str, dict[str, str]], read_batch: int, stride: int) -> tuple[float, int]:
+    """The encoder alone on the reindex's own work: the same passages (documents split as the reindex splits them), in
+    batches of the reindex's read size, so "reindex docs/s / encoder docs/s" measures what bulk writes cost.
+    Returns (documents/s, passages)."""
+    from genq_search.passages import split_documents
+
+    items, passages, start = list(corpus.items()), 0, time.perf_counter()
+    for i in range(0, len(items), read_batch):
+        texts = [p.text for p in split_documents(dict(items[i : i + read_batch]), encoder.tokenizer, encoder.max_seq_length, stride)]
+        passages += len(texts)
+        encoder.encode_passages(texts, batch_size=64, progress=False)
+    return len(items) / (time.perf_counter() - start), passages
+
+
 def bm25(client: Any, index: str, queries: dict[str, str], kind: str) -> dict[str, dict[str, float]]:
     extra = {"tie_breaker": 0.5} if kind == "best_fields" else {}
     results = {}
@@ -160,18 +174,8 @@ def main() -> None:
     for name, row in report["runs"].items():
         runs.append({"name": name, "backend": "embedded", "model": None, "metrics": row["metrics"],
                      **({"label_free": report["label_free"].get(name)} if report.get("label_free") else {})})
-    # the encoder alone on the reindex's own work: the same passages (documents split like the reindex splits them),
-    # in batches of the reindex's read size, so "reindex docs/s / encoder docs/s" measures what bulk writes cost
-    from genq_search.passages import split_documents
-
-    docs = {d: collection.corpus[d] for d in source_ids}
-    batches = [dict(list(docs.items())[i : i + cfg.corpus.read_batch]) for i in range(0, len(docs), cfg.corpus.read_batch)]
-    t0, passages = time.perf_counter(), 0
-    for batch in batches:
-        texts = [p.text for p in split_documents(batch, encoder.tokenizer, encoder.max_seq_length, cfg.corpus.passage_stride)]
-        passages += len(texts)
-        encoder.encode_passages(texts, batch_size=64, progress=False)
-    encoder_docs_per_s = len(docs) / (time.perf_counter() - t0)
+    encoder_docs_per_s, passages = encoder_alone(encoder, {d: collection.corpus[d] for d in source_ids},
+                                                 cfg.corpus.read_batch, cfg.corpus.passage_stride)
     rx = report["reindex"]
     reindex_docs_per_s = rx["copied"] / rx["stages_s"]["copy_s"] if rx["stages_s"].get("copy_s") else None
     for row in runs:
