@@ -1,7 +1,7 @@
 """Label-free verdicts on SciFact: every run scored on the synthetic dev set and on the real test qrels.
 
-    python bench/labelfree_scifact.py [--train-documents 200] [--dev-queries 300] [--tuples-per-query 2]
-    python bench/labelfree_scifact.py --ablations windows,likelihood     # then: resumes, adds the ablation models
+    python bench/labelfree_scifact.py [--train-documents 200] [--dev-queries 1000] [--tuples-per-query 2]
+    python bench/labelfree_scifact.py --ablations windows,likelihood,budget     # then: resumes, adds the ablation models
 
 Runs (all-MiniLM-L6-v2 base, Gemma-3 270M GGUF generator on llama.cpp, everything offline):
 - BM25, zero-shot dense, GenQ (MultipleNegativesRankingLoss on round-trip-filtered queries),
@@ -11,7 +11,8 @@ Runs (all-MiniLM-L6-v2 base, Gemma-3 270M GGUF generator on llama.cpp, everythin
   hybrid tuned on the synthetic dev set (``hybrid-tuned``), against the fixed 50/50 min-max hybrid and the better input.
 - ``--ablations``: GenQ trained on queries generated per indexed passage window, and on queries kept by the generator's
   own likelihood (6 sampled, the 3 most likely kept: as many as the base run), each against the base GenQ run, all on
-  the same dev set.
+  the same dev set; and GPL with the BM25 teacher on ``--budget-tuples-per-query`` tuples per query (a fresh negative each,
+  as many training steps more) against the base run's ``--tuples-per-query``.
 
 Agreement: sign of Δ nDCG@10 on the dev set vs the qrels for every pair of runs and Kendall's τ of the run ordering;
 significance by paired t-test over the 300 test queries. The dev set is chosen from documents kept out of training;
@@ -123,6 +124,14 @@ def adapt_models(args: argparse.Namespace, cfg: RunConfig, collection: Any, stag
         train = cfg.train.model_copy(update={"method": "gpl"})
         models[f"gpl-{name}"] = run_train(train, collection.corpus, gen_dir, cfg.run_dir / f"train-gpl-{name}", label_dir=label_dir)["model"]
         stages[f"train-gpl-{name}_s"] = time.perf_counter() - start
+    if "budget" in args.ablations:  # the paper's lever: more tuples (steps x batch), each with a freshly sampled negative
+        start = time.perf_counter()
+        label = cfg.label.model_copy(update={"teacher": TEACHERS["bm25"], "tuples_per_query": args.budget_tuples_per_query})
+        stages["label-bm25-budget"] = run_label(label, collection.corpus, gen_dir, cfg.run_dir / "mine", cfg.run_dir / "label-bm25-budget")
+        train = cfg.train.model_copy(update={"method": "gpl"})
+        models["gpl-bm25-budget"] = run_train(train, collection.corpus, gen_dir, cfg.run_dir / "train-gpl-bm25-budget",
+                                              label_dir=cfg.run_dir / "label-bm25-budget")["model"]
+        stages["gpl-bm25-budget_s"] = time.perf_counter() - start
     return models
 
 
@@ -181,12 +190,13 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-labelfree"))
     parser.add_argument("--data", type=Path, default=SCIFACT)
     parser.add_argument("--train-documents", type=int, default=200, help="documents the generator writes training queries for")
-    parser.add_argument("--dev-queries", type=int, default=300, help="synthetic dev set size")
+    parser.add_argument("--dev-queries", type=int, default=1000, help="synthetic dev set size (the product's default)")
     parser.add_argument("--tuples-per-query", type=int, default=2, help="GPL tuples per query (each a fresh negative)")
     parser.add_argument("--teachers", default="bm25,bi,lm", help="GPL teachers (comma-separated; with two or more the ensemble too)")
     parser.add_argument("--dtype", default="bfloat16", help="encoder dtype for the comparison (bfloat16: ~1.7x faster here)")
     parser.add_argument("--gpl-teachers", default="", help="train GPL only with these teachers (e.g. ensemble,bm25; default: all)")
-    parser.add_argument("--ablations", default="", help="comma-separated: windows, likelihood")
+    parser.add_argument("--ablations", default="", help="comma-separated: windows, likelihood, budget")
+    parser.add_argument("--budget-tuples-per-query", type=int, default=8, help="budget ablation: GPL (BM25 teacher) tuples per query")
     args = parser.parse_args()
     args.teachers = [t for t in args.teachers.split(",") if t]
     args.gpl_teachers = [t for t in args.gpl_teachers.split(",") if t]
@@ -197,11 +207,11 @@ def main() -> None:
     start = time.perf_counter()
     stages["generate"] = run_generate(cfg.generate, collection.corpus, cfg.run_dir / "generate")
     stages["generate_s"] = time.perf_counter() - start
+    args.ablations = [a for a in args.ablations.split(",") if a]
     models = adapt_models(args, cfg, collection, stages)
-    ablations = [a for a in args.ablations.split(",") if a]
-    if "windows" in ablations:
+    if "windows" in args.ablations:
         models["genq-windows"] = ablation(args, cfg, "windows", collection, stages, passage_windows=True)
-    if "likelihood" in ablations:
+    if "likelihood" in args.ablations:
         # twice the samples, the 3 most likely kept: as many training queries as the base run, chosen by likelihood
         models["genq-likelihood"] = ablation(args, cfg, "likelihood", collection, stages, samples_per_passage=6)
     compare_cfg = cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"models": models})})
@@ -230,7 +240,8 @@ def main() -> None:
                   f"(GGUF, llama.cpp), 3 queries for {args.train_documents} random documents, round-trip filter top 10 under "
                   f"all-MiniLM-L6-v2; synthetic dev set of up to {args.dev_queries} queries from documents kept out of training "
                   "(lexical-gap filter: at most 40% of a query's content words in its source). GPL: negatives from "
-                  f"all-MiniLM-L6-v2 and BM25 (top 50), {args.tuples_per_query} tuples per query, teachers bm25 / bi (zero-shot "
+                  f"all-MiniLM-L6-v2 and BM25 (top 50), {args.tuples_per_query} tuples per query ({args.budget_tuples_per_query} in the "
+                  "budget ablation, BM25 teacher), teachers bm25 / bi (zero-shot "
                   "all-MiniLM-L6-v2) / lm (Gemma-3 270M query likelihood) and their RMS-normalised equal-weight ensemble "
                   "(single-teacher labels are the ensemble's member columns: the same tuples and scores). All models "
                   "all-MiniLM-L6-v2, 1 epoch, batch 32, lr 2e-5, 10% warm-up. Hybrid tuned on the dev set over min-max and "

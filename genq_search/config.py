@@ -62,8 +62,9 @@ class EncoderConfig(StageConfig):
     batch_size: int = 64
     normalize: bool = True
     max_seq_length: int | None = None
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="float32 | bfloat16 (PyTorch models; bfloat16 is faster on CPUs with "
-                                              "AVX-512-BF16/AMX and on GPUs)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="float32 | bfloat16 | float16 (PyTorch models; "
+                                                         "bfloat16 is faster on CPUs with AVX-512-BF16/AMX and on GPUs; "
+                                                         "float16: GPUs only)")
 
 
 class Engine(StrEnum):

@@ -6,8 +6,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -16,6 +19,8 @@ from genq_search.errors import GenqError
 from genq_search.models import resolve_model
 
 logger = logging.getLogger(__name__)
+T, R = TypeVar("T"), TypeVar("R")
+DTYPES = {"float32", "bfloat16", "float16"}
 
 
 class Encoder(Protocol):
@@ -43,6 +48,20 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def prefetched(items: Iterable[T], fn: Callable[[T], R], ahead: int = 2) -> Iterator[R]:
+    """``fn(item)`` for each item in order, computed in one background thread up to ``ahead`` items before it is
+    consumed: tokenisation of the next batches overlaps the forward pass of this one (fast tokenizers release the
+    GIL). An exception in ``fn`` is raised where its result would have been."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as pool:
+        pending: deque[Any] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def pick_device(device: str = "auto") -> str:
     if device != "auto":
         return device
@@ -59,7 +78,8 @@ def model_fingerprint(path: str) -> str:
 
 
 class SentenceTransformerEncoder:
-    """A sentence-transformers bi-encoder (any HF id or local path); batches are length-sorted by the library."""
+    """A sentence-transformers bi-encoder (any HF id or local path); batches are length-sorted. On a CPU the library's
+    ``encode`` runs; on a GPU ``_encode_on_device`` (see there)."""
 
     def __init__(
         self,
@@ -74,8 +94,8 @@ class SentenceTransformerEncoder:
         import torch
         from sentence_transformers import SentenceTransformer
 
-        if dtype not in {"float32", "bfloat16"}:
-            raise GenqError(f"unknown encoder dtype '{dtype}' (float32 or bfloat16)")
+        if dtype not in DTYPES:
+            raise GenqError(f"unknown encoder dtype '{dtype}' ({', '.join(sorted(DTYPES))})")
 
         if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().exists():
             raise GenqError(f"cannot load bi-encoder '{model}': no such file or directory")
@@ -90,13 +110,17 @@ class SentenceTransformerEncoder:
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
         self.dtype = dtype
-        if dtype == "bfloat16":
-            self.model.to(torch.bfloat16)
+        if dtype == "float16" and self.model.device.type == "cpu":
+            raise GenqError("encoder dtype float16 needs a GPU (on a CPU use bfloat16, or float32)")
+        if dtype != "float32":
+            self.model.to(getattr(torch, dtype))
         self.max_seq_length = int(self.model.max_seq_length or 512)
         self.dim = int(self.model.get_embedding_dimension())
         self.tokenizer = self.model.tokenizer
 
     def _encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        if self.model.device.type == "cuda":
+            return self._encode_on_device(texts, batch_size, progress)
         vectors = self.model.encode(
             texts,
             batch_size=batch_size,
@@ -105,6 +129,38 @@ class SentenceTransformerEncoder:
             normalize_embeddings=self.normalize,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+    def _encode_on_device(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        """The library's ``encode`` loop with the GPU kept busy. Hand-written because ``encode`` tokenises each batch in
+        the calling thread and copies its vectors to the CPU before starting the next (a synchronisation per batch):
+        on an H100 it reached 1,092 docs/s at fp16, bound by tokenisation. Here the next batches are tokenised in a
+        background thread (``prefetched``) while the GPU runs, inputs go over from pinned memory without blocking, and
+        the vectors stay on the GPU until one copy at the end. Same batches, order and vectors as ``encode``."""
+        import torch
+        from tqdm.auto import tqdm
+
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        device = self.model.device
+        tokenize = getattr(self.model, "preprocess", None) or self.model.tokenize  # preprocess: sentence-transformers >= 6
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        batches = [[texts[i] for i in order[s : s + batch_size]] for s in range(0, len(texts), batch_size)]
+
+        def features(batch: list[str]) -> dict[str, Any]:
+            out = tokenize(batch)
+            return {k: v.pin_memory() if device.type == "cuda" and isinstance(v, torch.Tensor) else v for k, v in out.items()}
+
+        self.model.eval()
+        parts = []
+        with torch.inference_mode():
+            for batch in tqdm(prefetched(batches, features), total=len(batches), desc="Batches", disable=not progress):
+                batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                vectors = self.model(batch)["sentence_embedding"].float()
+                parts.append(torch.nn.functional.normalize(vectors, p=2, dim=1) if self.normalize else vectors)
+            sorted_vectors = torch.cat(parts).cpu().numpy()
+        out = np.empty_like(sorted_vectors)
+        out[order] = sorted_vectors
+        return out
 
     def encode_queries(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         return self._encode([self.query_prefix + t for t in texts], batch_size, progress)

@@ -1,13 +1,15 @@
 """ONNX export of a sentence-transformers bi-encoder and an ONNX Runtime encoder for the exported bundle.
 
 The bundle is a directory: ``model.<variant>.onnx`` files (the whole embedding function: transformer, pooling,
-normalisation; dynamic batch and sequence axes), the tokenizer files and ``manifest.json`` (dimension, max length,
-pooling, normalisation, similarity, source model, variants with SHA-256 checksums, parity and speed on a sample).
-Variants: ``fp32`` (graph-optimised with ONNX Runtime's transformer fusions), ``fp16`` (for CUDA) and ``int8``
-(dynamic quantisation, per-channel weights, MatMul/Attention only), run by ONNX Runtime; and, with the ``openvino``
-extra, OpenVINO IR of the same graph under ``openvino/``: ``openvino-fp32``, ``openvino-bf16`` (the fp32 IR run in bf16,
-built on CPUs with bf16 instructions) and ``openvino-int8`` (static int8, NNCF, calibrated on the sample passages: the
-user's own documents). The encoder runs the fastest variant that passed parity on this machine's runtimes.
+normalisation; dynamic batch and sequence axes), the tokenizer files, ``parity/`` (32 sample texts and their PyTorch
+vectors, to check a variant on the device it is loaded on) and ``manifest.json`` (dimension, max length, pooling,
+normalisation, similarity, source model, variants with SHA-256 checksums, parity and speed on a sample).
+Variants: ``fp32`` (graph-optimised with ONNX Runtime's transformer fusions), ``fp16`` (for CUDA: fused for the GPU,
+checked on it at load) and ``int8`` (dynamic quantisation, per-channel weights, MatMul/Attention only), run by ONNX
+Runtime; and, with the ``openvino`` extra, OpenVINO IR of the same graph under ``openvino/``: ``openvino-fp32``,
+``openvino-bf16`` (the fp32 IR run in bf16, built on CPUs with bf16 instructions) and ``openvino-int8`` (static int8,
+NNCF, calibrated on the sample passages: the user's own documents). The encoder runs the fastest variant that passed
+parity on this machine's runtimes.
 
 Besides, the transformer alone (token embeddings, pooled by the caller) is written in the layouts the ecosystem loads:
 ``sentence-transformers/`` (the model folder with ``onnx/model.onnx``, sentence-transformers' ``backend="onnx"``
@@ -34,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genq_search.data import file_sha256, fingerprint, write_json
-from genq_search.encoders import row_cosines, usable_cores
+from genq_search.encoders import prefetched, row_cosines, usable_cores
 from genq_search.errors import GenqError, InputError
 from genq_search.models import resolve_model
 
@@ -51,6 +53,8 @@ ML_COMMONS_POOLING = {"mean": "MEAN", "cls": "CLS", "max": "MAX", "mean_sqrt_len
 ST_LEGACY_POOLING = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens", "mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
                      "weightedmean": "weightedmean_tokens", "lasttoken": "lasttoken"}
 ML_COMMONS_IR_VERSION = 8  # ML Commons 2.19 runs ONNX Runtime 1.16.3 (DJL 0.31.1): IR <= 9, opset <= 19
+# sample texts whose PyTorch vectors the bundle keeps, to check fp16 on the GPU it is loaded on (export runs on the CPU)
+PARITY_REFERENCE_TEXTS = 32
 
 
 def _require_onnx() -> None:
@@ -187,7 +191,7 @@ def export_bundle(
         config = model[0].auto_model.config
         built = {"fp32": _optimise(raw, work / "model.fp32.onnx", config)}
         if "fp16" in settings["variants"]:
-            built["fp16"] = _to_fp16(work / "model.fp32.onnx", work / "model.fp16.onnx")
+            built["fp16"] = _gpu_fp16(raw, work / "model.fp16.onnx", config)
         if "int8" in settings["variants"]:
             built["int8"] = _quantise(work / "model.fp32.onnx", work / "model.int8.onnx")
         if wanted_ov:
@@ -221,6 +225,7 @@ def export_bundle(
         failed = {v: m["parity"]["mean_cosine"] for v, m in manifest["variants"].items() if not m["parity"]["passed"]}
         if failed:
             raise GenqError(f"parity check failed for {failed} (mean cosine to PyTorch below the threshold); nothing written")
+        manifest["parity_reference"] = _write_parity_reference(work, texts[:PARITY_REFERENCE_TEXTS], reference[:PARITY_REFERENCE_TEXTS])
         if formats:
             manifest.update(_ecosystem_formats(model, model_name, info, work, texts, reference, formats, opset or settings["opset"]))
         manifest["tokenizer_files"] = {p.name: file_sha256(p) for p in sorted((work / "tokenizer").iterdir())}
@@ -430,14 +435,28 @@ def _optimise(raw: Path, out: Path, config: Any) -> Path:
     return out
 
 
-def _to_fp16(fp32: Path, out: Path) -> Path:
-    import onnx
-    from onnxruntime.transformers.onnx_model import OnnxModel
+def _gpu_fp16(raw: Path, out: Path, config: Any) -> Path:
+    """The CUDA variant, ONNX Runtime's recipe for BERT-family models on GPUs: its transformer fusions targeted at the
+    GPU (``use_gpu``; without ONNX Runtime's CPU graph pass, which the CPU variants get and a CUDA session redoes for
+    its own provider), then fp16 weights and compute with fp32 inputs and outputs."""
+    from onnxruntime.transformers import optimizer
 
-    model = OnnxModel(onnx.load(str(fp32)))
-    model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(out))
+    optimised = optimizer.optimize_model(str(raw), model_type="bert", num_heads=int(getattr(config, "num_attention_heads", 0) or 0),
+                                         hidden_size=int(getattr(config, "hidden_size", 0) or 0), opt_level=0, use_gpu=True)
+    optimised.convert_float_to_float16(keep_io_types=True)
+    optimised.save_model_to_file(str(out))
     return out
+
+
+def _write_parity_reference(work: Path, texts: list[str], vectors: np.ndarray) -> dict[str, Any]:
+    """Keep sample texts and their PyTorch vectors in the bundle (``parity/``), for the check on the device a variant
+    is loaded on (fp16 on CUDA). The texts are the export's sample: the user's own documents."""
+    folder = work / "parity"
+    folder.mkdir()
+    write_json(folder / "texts.json", texts)
+    np.save(folder / "vectors.npy", vectors.astype(np.float32))
+    return {"texts": "parity/texts.json", "vectors": "parity/vectors.npy", "sha256": {
+        "texts": file_sha256(folder / "texts.json"), "vectors": file_sha256(folder / "vectors.npy")}}
 
 
 def _quantise(fp32: Path, out: Path) -> Path:
@@ -471,13 +490,18 @@ def pick_providers(provider: str) -> list[str]:
 
 
 class OnnxEncoder:
-    """The Encoder interface over an exported bundle (``onnx:<dir>``): length-sorted batches, one ONNX Runtime session
-    or OpenVINO compiled model (the variant's ``runtime``)."""
+    """The Encoder interface over an exported bundle (``onnx:<dir>``): length-sorted batches tokenised a batch ahead of
+    the forward pass, one ONNX Runtime session or OpenVINO compiled model (the variant's ``runtime``).
+
+    On a GPU provider the vectors of the bundle's parity texts are checked against their PyTorch vectors at load
+    (``device_parity``; export checks on the CPU only): an automatically chosen variant that misses its threshold
+    there falls back to fp32, a requested one is refused. Inputs and outputs are bound to the device (``io_binding``).
+    Both default to "on a GPU provider"."""
 
     def __init__(self, bundle: str | Path, variant: str | None = None, provider: str = "auto", verify: bool = True,
-                 manifest: dict[str, Any] | None = None, threads: int | None = None):
+                 manifest: dict[str, Any] | None = None, threads: int | None = None, device_parity: bool | None = None,
+                 io_binding: bool | None = None):
         _require_onnx()
-        import onnxruntime as ort
         from transformers import AutoTokenizer
 
         self.bundle = Path(bundle)
@@ -496,43 +520,102 @@ class OnnxEncoder:
                 raise GenqError(f"{manifest_path}: not a bundle manifest (dimension, max_length and variants missing); "
                                 "re-export the bundle")
         self.manifest = manifest
-        providers = pick_providers("cuda" if provider.startswith("cuda") else provider)
-        on_gpu = providers[0] != "CPUExecutionProvider"
-        self.variant = variant or self._fastest_passing(on_gpu)
-        if self.variant not in manifest["variants"]:
-            raise GenqError(f"{self.bundle}: no '{self.variant}' variant (have {', '.join(manifest['variants'])})")
-        entry = manifest["variants"][self.variant]
-        model_file = self.bundle / entry["file"]
-        if verify:
-            self._verify(model_file, entry)
-        threads = threads or usable_cores()
-        if entry.get("runtime") == "openvino":
-            ov = _require_openvino()
-            compiled = ov.Core().compile_model(str(model_file), "CPU", {
-                "INFERENCE_PRECISION_HINT": entry.get("precision", "f32"), "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_NUM_THREADS": threads})
-            self.input_names = {name for port in compiled.inputs for name in port.get_names()}
-            self._run = lambda feeds: compiled(feeds)[0]
-        else:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self.session = ort.InferenceSession(str(model_file), options, providers=providers)
-            self.input_names = {i.name for i in self.session.get_inputs()}
-            self._run = lambda feeds: self.session.run(None, feeds)[0]
+        self.providers = pick_providers("cuda" if provider.startswith("cuda") else provider)
+        on_gpu = self.providers[0] != "CPUExecutionProvider"
+        self.threads = threads or usable_cores()
+        self.io_binding = on_gpu if io_binding is None else io_binding
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.bundle / "tokenizer"))
         self.name = f"onnx:{self.bundle}"
         self.dim = int(manifest["dimension"])
         self.max_seq_length = int(manifest["max_length"])
         self.normalize = bool(manifest.get("normalize", True))
         self.truncated = 0
+        self._load(variant or self._fastest_passing(on_gpu), verify)
+        self.device_parity: dict[str, Any] | None = None
+        if on_gpu if device_parity is None else device_parity:
+            self._check_device_parity(requested=variant is not None, verify=verify)
+
+    def _load(self, variant: str, verify: bool) -> None:
+        """Open ``variant``'s session (ONNX Runtime) or compiled model (OpenVINO)."""
+        import onnxruntime as ort
+
+        if variant not in self.manifest["variants"]:
+            raise GenqError(f"{self.bundle}: no '{variant}' variant (have {', '.join(self.manifest['variants'])})")
+        self.variant = variant
+        entry = self.manifest["variants"][variant]
+        model_file = self.bundle / entry["file"]
+        if verify:
+            self._verify(model_file, entry)
+        if entry.get("runtime") == "openvino":
+            ov = _require_openvino()
+            compiled = ov.Core().compile_model(str(model_file), "CPU", {
+                "INFERENCE_PRECISION_HINT": entry.get("precision", "f32"), "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": self.threads})
+            self.input_names = {name for port in compiled.inputs for name in port.get_names()}
+            self._run = lambda feeds: compiled(feeds)[0]
+            return
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(model_file), options, providers=self.providers)
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        self._run = self._run_bound if self.io_binding else lambda feeds: self.session.run(None, feeds)[0]
+
+    def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One forward pass with the inputs and the output bound to the session's device (IOBinding): ONNX Runtime
+        allocates the output there and copies it back once, instead of through its generic ``run`` path."""
+        binding = self.session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        device = "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" else "cpu"
+        binding.bind_output(self.session.get_outputs()[0].name, device)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def _check_device_parity(self, requested: bool, verify: bool) -> None:
+        """Compare this device's vectors of the bundle's parity texts with PyTorch's; fall back to fp32 or refuse."""
+        self.device_parity = self._device_parity()
+        unchecked = self.device_parity is None and self.variant == "fp16"
+        failed = self.device_parity is not None and not self.device_parity["passed"]
+        if unchecked and requested:
+            logger.warning("%s: fp16 is not checked on this device (the bundle predates parity texts; re-export it)", self.bundle)
+        elif (unchecked or failed) and not requested and self.variant != "fp32":
+            why = (f"mean cosine {self.device_parity['mean_cosine']:.5f} to PyTorch on this device, below "
+                   f"{self.device_parity['threshold']}" if failed else "not checkable: the bundle predates parity texts; re-export it")
+            logger.warning("%s: %s %s; using fp32", self.bundle, self.variant, why)
+            self._load("fp32", verify)
+            self.device_parity = self._device_parity()
+            failed = self.device_parity is not None and not self.device_parity["passed"]
+        if failed:
+            raise GenqError(f"{self.bundle}: variant {self.variant} fails its parity check on {self.providers[0]} (mean cosine "
+                            f"{self.device_parity['mean_cosine']:.5f} to PyTorch, threshold {self.device_parity['threshold']}); "
+                            "choose another variant (onnx:<dir>@fp32) or re-export")
+
+    def _device_parity(self) -> dict[str, Any] | None:
+        """Mean cosine of this session's vectors of the bundle's parity texts to their PyTorch vectors (None: a bundle
+        exported without them)."""
+        reference = self.manifest.get("parity_reference")
+        if not reference:
+            return None
+        files = {key: self.bundle / reference[key] for key in ("texts", "vectors")}
+        for key, file in files.items():
+            if not file.is_file() or file_sha256(file) != reference["sha256"][key]:
+                raise GenqError(f"{self.bundle}: {reference[key]} is missing, modified or corrupt; re-export the bundle")
+        texts = json.loads(files["texts"].read_text(encoding="utf-8"))
+        truncated = self.truncated
+        cosine = row_cosines(self._encode(texts, 8, False), np.load(files["vectors"]))
+        self.truncated = truncated  # the check is not the caller's work
+        threshold = float(self.manifest["variants"][self.variant].get("parity", {}).get("threshold", 0.99))
+        return {"variant": self.variant, "provider": self.providers[0], "mean_cosine": float(cosine.mean()),
+                "min_cosine": float(cosine.min()), "threshold": threshold, "sample": len(texts),
+                "passed": bool(cosine.mean() >= threshold)}
 
     def _fastest_passing(self, on_gpu: bool) -> str:
-        """CUDA's fp16 on a GPU; else the CPU variant that was fastest at export among those that passed parity and
-        whose runtime is installed here."""
+        """On a GPU fp16 (checked there at load), or fp32 in a bundle without it; else the CPU variant that was fastest
+        at export among those that passed parity and whose runtime is installed here."""
         variants = self.manifest["variants"]
-        if on_gpu and "fp16" in variants:
-            return "fp16"
+        if on_gpu:
+            return "fp16" if "fp16" in variants else "fp32"
         passing = {v: m for v, m in variants.items() if v != "fp16" and m.get("parity", {}).get("passed", True)}
         if not passing:
             raise GenqError(f"{self.bundle}: no CPU variant passed its parity check")
@@ -565,25 +648,31 @@ class OnnxEncoder:
             if not file.is_file() or file_sha256(file) != digest:
                 raise GenqError(f"{self.bundle}: tokenizer file {name} is missing or modified; re-export the bundle")
 
+    def _features(self, batch: list[str]) -> tuple[dict[str, np.ndarray], int]:
+        """The session's inputs for ``batch`` and how many of its texts are truncated. One tokenizer pass: overflow
+        windows tell which texts were truncated; only each text's first window is encoded."""
+        features = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="np",
+                                  return_overflowing_tokens=True)
+        windows = np.asarray(features["overflow_to_sample_mapping"])
+        first = np.unique(windows, return_index=True)[1]
+        feeds = {name: features[name][first].astype(np.int64) for name in self.input_names if name in features}
+        if "token_type_ids" in self.input_names and "token_type_ids" not in feeds:
+            feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        return feeds, int(np.sum(np.bincount(windows) > 1))
+
     def _encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: similar lengths share a batch
-        for start in tqdm(range(0, len(texts), batch_size), desc="Batches", disable=not progress):
-            rows = order[start : start + batch_size]
-            batch = [texts[i] for i in rows]
-            # one tokenizer pass: overflow windows tell which texts were truncated; only each text's first window is encoded
-            features = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_seq_length, return_tensors="np",
-                                      return_overflowing_tokens=True)
-            windows = np.asarray(features["overflow_to_sample_mapping"])
-            first = np.unique(windows, return_index=True)[1]
-            self.truncated += int(np.sum(np.bincount(windows) > 1))
-            feeds = {name: features[name][first].astype(np.int64) for name in self.input_names if name in features}
-            if "token_type_ids" in self.input_names and "token_type_ids" not in feeds:
-                feeds["token_type_ids"] = np.zeros_like(feeds["input_ids"])
+        rows = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+        batches = ([texts[i] for i in r] for r in rows)
+        # one batch (a query): no thread to start; more: the next batch is tokenised while this one runs
+        features = map(self._features, batches) if len(rows) <= 1 else prefetched(batches, self._features)
+        for batch_rows, (feeds, truncated) in zip(rows, tqdm(features, total=len(rows), desc="Batches", disable=not progress), strict=True):
+            self.truncated += truncated
             vectors = np.array(self._run(feeds), dtype=np.float32)  # a copy: OpenVINO reuses its output buffer
             if self.normalize:
                 vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-            out[rows] = vectors
+            out[batch_rows] = vectors
         return out
 
     def encode_queries(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:

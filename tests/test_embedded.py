@@ -93,4 +93,43 @@ def test_bfloat16_encoder_is_close_to_float32_and_cached_apart(tiny_bi_encoder: 
     assert cosines.min() > 0.99 and not np.array_equal(a, b)
     assert full.fingerprint() != half.fingerprint()  # cached embeddings of one are never read as the other's
     with pytest.raises(GenqError, match="unknown encoder dtype"):
+        load_encoder(str(tiny_bi_encoder), "cpu", dtype="float8")
+    with pytest.raises(GenqError, match="float16 needs a GPU"):
         load_encoder(str(tiny_bi_encoder), "cpu", dtype="float16")
+
+
+def test_prefetched_keeps_order_and_raises_where_the_failing_item_is() -> None:
+    import threading
+
+    from genq_search.encoders import prefetched
+
+    threads = set()
+
+    def square(x: int) -> int:
+        threads.add(threading.current_thread().name)
+        if x == 7:
+            raise ValueError("item 7")
+        return x * x
+
+    assert list(prefetched(range(7), square, ahead=3)) == [x * x for x in range(7)]
+    assert threads and all(name.startswith("prefetch") for name in threads)  # computed off the calling thread
+    seen = []
+    with pytest.raises(ValueError, match="item 7"):
+        for value in prefetched(range(10), square):
+            seen.append(value)  # noqa: PERF402 (the items before the failing one)
+    assert seen == [x * x for x in range(7)]
+
+
+def test_the_gpu_encode_loop_gives_the_library_vectors(tiny_bi_encoder: Path) -> None:
+    """The loop a GPU runs (tokenised ahead, vectors kept on the device until the end), run here on the CPU: the vectors
+    of sentence-transformers' own encode, in the caller's order, for every batch split."""
+    from genq_search.encoders import load_encoder
+
+    texts = [f"document {i} " + "word " * (i * 7 % 23) for i in range(37)] + [""]
+    encoder = load_encoder(str(tiny_bi_encoder), "cpu")
+    expected = encoder.encode_passages(texts, batch_size=8, progress=False)
+    for batch_size in (1, 5, 64):
+        got = encoder._encode_on_device(texts, batch_size, progress=False)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=2e-6)
+    assert encoder._encode_on_device([], 8, progress=False).shape == (0, encoder.dim)

@@ -166,3 +166,83 @@ def test_export_creates_missing_parent_folders(tiny_bi_encoder: Path, tmp_path: 
     out = tmp_path / "runs" / "bundles" / "b"
     export_bundle(str(tiny_bi_encoder), out, profile="gpu", sample_texts=TEXTS[:8], formats=())
     assert (out / "manifest.json").is_file() and not list(out.parent.glob(".export-*"))
+
+
+def test_fp16_is_built_for_the_gpu_and_keeps_a_parity_reference(bundle: Path, tiny_bi_encoder: Path) -> None:
+    import onnx
+
+    graph = onnx.load(str(bundle / "model.fp16.onnx"))
+    ops = {node.op_type for node in graph.graph.node}
+    assert "Attention" in ops and "SkipLayerNormalization" in ops  # ONNX Runtime's transformer fusions
+    assert {i.data_type for i in graph.graph.initializer if i.dims and len(i.dims) == 2} == {onnx.TensorProto.FLOAT16}
+    assert [i.type.tensor_type.elem_type for i in graph.graph.input] == [onnx.TensorProto.INT64] * 3
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 in and out
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    texts = json.loads((bundle / manifest["parity_reference"]["texts"]).read_text())
+    vectors = np.load(bundle / manifest["parity_reference"]["vectors"])
+    assert texts == TEXTS[:32] and vectors.shape == (32, 32)
+    reference = load_encoder(str(tiny_bi_encoder), device="cpu").encode_passages(texts, progress=False)
+    np.testing.assert_allclose(vectors, reference, atol=1e-5)
+
+
+def _as_if_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider list a CUDA machine gets; ONNX Runtime without CUDA warns and runs it on the CPU, so every GPU-side
+    decision (fp16 chosen, checked at load, IOBinding) runs here on real sessions."""
+    from genq_search import export
+
+    monkeypatch.setattr(export, "pick_providers", lambda provider: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+
+
+def test_fp16_is_checked_on_the_device_and_replaced_by_fp32_when_it_fails(bundle: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    _as_if_on_a_gpu(monkeypatch)
+    encoder = OnnxEncoder(bundle)
+    assert encoder.variant == "fp16" and encoder.io_binding
+    assert encoder.device_parity["passed"] and encoder.device_parity["mean_cosine"] >= 0.99
+    assert encoder.device_parity["sample"] == 32 and encoder.truncated == 0
+    strict = tmp_path / "strict"
+    shutil.copytree(bundle, strict)
+    manifest = json.loads((strict / "manifest.json").read_text())
+    manifest["variants"]["fp16"]["parity"]["threshold"] = 1.01  # fp16 cannot meet it anywhere
+    (strict / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        fallback = OnnxEncoder(strict)
+    assert fallback.variant == "fp32" and fallback.device_parity["passed"]
+    assert "fp16 mean cosine" in caplog.text and "using fp32" in caplog.text
+    with pytest.raises(GenqError, match="variant fp16 fails its parity check on CUDAExecutionProvider"):
+        OnnxEncoder(strict, variant="fp16")  # asked for by name: refused, not swapped
+    (strict / "parity" / "vectors.npy").write_bytes(b"not the vectors")
+    with pytest.raises(GenqError, match="parity/vectors.npy is missing, modified or corrupt"):
+        OnnxEncoder(strict)
+    old = tmp_path / "old"  # a bundle exported before parity references: fp16 cannot be checked, fp32 runs
+    shutil.copytree(bundle, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["parity_reference"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert OnnxEncoder(old).variant == "fp32"
+    assert OnnxEncoder(old, variant="fp16").variant == "fp16"
+
+
+def test_io_binding_gives_the_same_vectors(bundle: Path) -> None:
+    plain = OnnxEncoder(bundle, variant="fp32", provider="cpu")
+    bound = OnnxEncoder(bundle, variant="fp32", provider="cpu", io_binding=True)
+    assert not plain.io_binding and bound.io_binding
+    np.testing.assert_allclose(bound.encode_passages(TEXTS, batch_size=7, progress=False),
+                               plain.encode_passages(TEXTS, batch_size=7, progress=False), atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_the_gpu_paths_on_a_gpu(bundle: Path, tiny_bi_encoder: Path) -> None:
+    """On a CUDA machine: the PyTorch GPU loop at each dtype gives the CPU's vectors; where onnxruntime has the CUDA
+    provider, the bundle's automatic choice there is fp16, checked on the GPU at load, with IOBinding."""
+    import onnxruntime as ort
+
+    reference = load_encoder(str(tiny_bi_encoder), device="cpu").encode_passages(TEXTS, progress=False)
+    for dtype, tolerance in (("float32", 0.9999), ("float16", 0.99), ("bfloat16", 0.99)):
+        vectors = load_encoder(str(tiny_bi_encoder), device="cuda", dtype=dtype).encode_passages(TEXTS, batch_size=7, progress=False)
+        assert (vectors * reference).sum(1).mean() >= tolerance
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime without the CUDA provider (pip install 'genq-search[gpu]')")
+    encoder = OnnxEncoder(bundle, provider="cuda")
+    assert encoder.variant == "fp16" and encoder.io_binding and encoder.device_parity["passed"]
+    assert encoder.session.get_providers()[0] == "CUDAExecutionProvider"
+    assert (encoder.encode_passages(TEXTS, progress=False) * reference).sum(1).mean() >= 0.99
