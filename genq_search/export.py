@@ -36,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genq_search.data import file_sha256, fingerprint, write_json
-from genq_search.encoders import prefetched, row_cosines, usable_cores
+from genq_search.encoders import length_batches, prefetched, row_cosines, usable_cores
 from genq_search.errors import GenqError, InputError
 from genq_search.models import resolve_model
 
@@ -559,6 +559,8 @@ class OnnxEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(model_file), options, providers=self.providers)
         self.input_names = {i.name for i in self.session.get_inputs()}
+        # where the session runs (ONNX Runtime without CUDA runs a CUDA provider list on the CPU) and its output's name
+        self._output = ("cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" else "cpu", self.session.get_outputs()[0].name)
         self._run = self._run_bound if self.io_binding else lambda feeds: self.session.run(None, feeds)[0]
 
     def _run_bound(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -567,8 +569,8 @@ class OnnxEncoder:
         binding = self.session.io_binding()
         for name, array in feeds.items():
             binding.bind_cpu_input(name, array)
-        device = "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" else "cpu"
-        binding.bind_output(self.session.get_outputs()[0].name, device)
+        device, name = self._output
+        binding.bind_output(name, device)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
@@ -662,8 +664,7 @@ class OnnxEncoder:
 
     def _encode(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable")  # longest first: similar lengths share a batch
-        rows = [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+        rows = length_batches(texts, batch_size)
         batches = ([texts[i] for i in r] for r in rows)
         # one batch (a query): no thread to start; more: the next batch is tokenised while this one runs
         features = map(self._features, batches) if len(rows) <= 1 else prefetched(batches, self._features)
