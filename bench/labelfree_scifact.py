@@ -2,6 +2,7 @@
 
     python bench/labelfree_scifact.py [--train-documents 200] [--dev-queries 1000] [--tuples-per-query 2]
     python bench/labelfree_scifact.py --ablations windows,likelihood,budget     # then: resumes, adds the ablation models
+    python bench/labelfree_scifact.py --train-documents 3516 --results labelfree_scifact_full   # every document outside the dev pool
 
 Runs (all-MiniLM-L6-v2 base, Gemma-3 270M GGUF generator on llama.cpp, everything offline):
 - BM25, zero-shot dense, GenQ (MultipleNegativesRankingLoss on round-trip-filtered queries),
@@ -17,7 +18,7 @@ Runs (all-MiniLM-L6-v2 base, Gemma-3 270M GGUF generator on llama.cpp, everythin
 Agreement: sign of Δ nDCG@10 on the dev set vs the qrels for every pair of runs and Kendall's τ of the run ordering;
 significance by paired t-test over the 300 test queries. The dev set is chosen from documents kept out of training;
 nothing is tuned on the test queries. Each stage resumes (rerun the same command).
-Writes bench/results/labelfree_scifact.json.
+Writes bench/results/labelfree_scifact.json (or ``--results``).
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ def main() -> None:
     parser.add_argument("--gpl-teachers", default="", help="train GPL only with these teachers (e.g. ensemble,bm25; default: all)")
     parser.add_argument("--ablations", default="", help="comma-separated: windows, likelihood, budget")
     parser.add_argument("--budget-tuples-per-query", type=int, default=8, help="budget ablation: GPL (BM25 teacher) tuples per query")
+    parser.add_argument("--results", default="labelfree_scifact", help="bench/results/<name>.json to write")
     args = parser.parse_args()
     args.teachers = [t for t in args.teachers.split(",") if t]
     args.gpl_teachers = [t for t in args.gpl_teachers.split(",") if t]
@@ -226,7 +228,7 @@ def main() -> None:
         print(model, {k: v for k, v in row.items() if k != "best_grid_on_labels"})
     print("agreement:", agreement)
     gen = stages["generate"]
-    path = write_results("labelfree_scifact", {
+    path = write_results(args.results, {
         "dataset": "scifact", "split": "test", "wall_s": time.perf_counter() - started,
         "runs": [{"name": name, "backend": "embedded", "model": next((path for label, path in models.items() if name.endswith(f"-{label}")), None),
                   "metrics": row["metrics"], "label_free": summary["label_free"].get(name)} for name, row in summary["runs"].items()],

@@ -193,7 +193,8 @@ def test_agreement_kendall_tau_and_sign_of_deltas() -> None:
 # --- the model gate ---------------------------------------------------------------------------------------------
 
 
-def test_gate_rejects_a_shuffled_run_and_accepts_a_clearly_better_one() -> None:
+def _good_and_shuffled(good_name: str = "good", shuffled_name: str = "shuffled") -> Comparison:
+    """150 queries: one run ranks each query's relevant document first, the other is the same lists shuffled."""
     rng = random.Random(1)
     corpus_ids = [f"d{i}" for i in range(50)]
     qrels = {f"q{i}": {f"d{i % 50}": 1} for i in range(150)}
@@ -204,8 +205,14 @@ def test_gate_rejects_a_shuffled_run_and_accepts_a_clearly_better_one() -> None:
         good[q] = {d: 1.0 - j / 100 for j, d in enumerate(ranked)}
     shuffled = {q: dict(zip(rng.sample(list(r), len(r)), sorted(r.values(), reverse=True), strict=True)) for q, r in good.items()}
     comparison = Comparison(qrels, {q: q for q in qrels}, ["ndcg@10"])
-    comparison.add("good", good)
-    comparison.add("shuffled", shuffled)
+    comparison.add(good_name, good)
+    comparison.add(shuffled_name, shuffled)
+    return comparison
+
+
+def test_gate_rejects_a_shuffled_run_and_accepts_a_clearly_better_one() -> None:
+    comparison = _good_and_shuffled()
+    qrels = comparison.qrels
     pq = {n: comparison.scores[n]["ndcg@10"] for n in ("good", "shuffled")}
     args = ("zs", "adapted", GateConfig(), 0.05, 100)
     worse = model_gate((pq["good"], pq["shuffled"]), None, *args)
@@ -267,6 +274,20 @@ def write_dev_set(generate_dir: Path, corpus: dict[str, dict[str, str]], documen
     write_jsonl(generate_dir / "dev-queries.jsonl", rows)
     write_qrels(generate_dir / "dev-qrels" / "dev.tsv", qrels)
     (generate_dir / "manifest.json").write_text(json.dumps({"settings_hash": "hand-made"}))
+
+
+def test_a_genq_model_passed_on_the_dev_set_alone_comes_with_a_caution() -> None:
+    from genq_search.pipeline import _gate
+
+    def gate(method: str, with_labels: bool = False) -> dict:
+        cfg = RunConfig.load(None, {"run": {"method": method}, "compare": {"models": {"zeroshot": "zs", method: "adapted"}}})
+        dev = _good_and_shuffled(f"dense-{method}", "dense-zeroshot")
+        return _gate(cfg, ("zeroshot", method), dev if with_labels else None, dev)
+
+    assert gate("genq")["passed"] and "overrates GenQ" in gate("genq")["reason"]
+    assert gate("gpl")["passed"] and "overrates" not in gate("gpl")["reason"]
+    # with labelled queries the labels decide too: no caution
+    assert gate("genq", with_labels=True)["passed"] and "overrates" not in gate("genq", with_labels=True)["reason"]
 
 
 def test_compare_without_labels_reports_label_free_figures_and_the_gate(
