@@ -2,7 +2,8 @@
 
     python bench/labelfree_scifact.py [--train-documents 200] [--dev-queries 1000] [--tuples-per-query 2]
     python bench/labelfree_scifact.py --ablations windows,likelihood,budget     # then: resumes, adds the ablation models
-    python bench/labelfree_scifact.py --train-documents 3516 --results labelfree_scifact_full   # every document outside the dev pool
+    python bench/labelfree_scifact.py --run-dir runs/bench-labelfree-full --train-documents 3516 --teachers "" \
+        --results labelfree_scifact_full     # GenQ on every document outside the dev pool
 
 Runs (all-MiniLM-L6-v2 base, Gemma-3 270M GGUF generator on llama.cpp, everything offline):
 - BM25, zero-shot dense, GenQ (MultipleNegativesRankingLoss on round-trip-filtered queries),
