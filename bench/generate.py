@@ -1,6 +1,7 @@
 """Query generation throughput and quality, one process per variant, side by side in one run.
 
     python bench/generate.py [--documents 200] [--slow-documents 40] [--batch-size 8] [--baseline-batch-size 4] [--variants ...]
+    python bench/generate.py --documents 64 --batch-sizes 4 8 16 32 64      # llama.cpp throughput by documents per call
 
 Variants (Gemma-3 270M Q4_K_M GGUF from the offline package, the few-shot prompt of `generate`, 3 queries per
 document, documents truncated to 256 tokens, sampling top-p 0.95 / top-k 25, --batch-size documents per call, the
@@ -82,6 +83,25 @@ def quality(rows: list[dict], corpus: dict, encoder, backend) -> dict[str, float
             "dropped": stats.dropped}
 
 
+def batch_sweep(args: argparse.Namespace, sample: list[str], started: float) -> None:
+    """llama.cpp documents/s at each ``--batch-sizes`` (documents per call), one process each, on the same documents."""
+    ids_file = args.work_dir / "ids-sweep.json"
+    ids_file.write_text(json.dumps(sample))
+    docs_per_s = {}
+    for batch in args.batch_sizes:
+        out = args.work_dir / f"llama.cpp-batch-{batch}.json"
+        subprocess.run([sys.executable, __file__, "--batch-size", str(batch), "--child", "llama.cpp", str(ids_file), str(out)], check=True)
+        docs_per_s[str(batch)] = len(sample) / json.loads(out.read_text())["seconds"]
+        print(f"batch {batch}: {docs_per_s[str(batch)]:.3f} docs/s", flush=True)
+    path = write_results("generate_batch_sizes", {
+        "dataset": "scifact", "wall_s": time.perf_counter() - started, "throughput": {"generate_docs_per_s_by_batch_size": docs_per_s},
+        "notes": (f"{len(sample)} random SciFact documents (seed 42), llama.cpp runtime, Gemma-3 270M Q4_K_M, 3 queries per "
+                  "document, 256-token documents; one process per batch size, one after the other. Up to 16 documents "
+                  "(LLAMA_IN_FLIGHT) decode together; larger batches refill finished documents' slots."),
+    })
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--documents", type=int, default=200)
@@ -89,6 +109,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--baseline-batch-size", type=int, help="batch of the baseline (default --batch-size): its best, if another")
     parser.add_argument("--variants", nargs="+", default=["transformers-prompt-copies", "transformers", "llama.cpp"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+",
+                        help="instead: llama.cpp throughput at each batch size on the --documents sample (generate_batch_sizes.json)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench-generate"))
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -104,6 +126,9 @@ def main() -> None:
     corpus = load_collection(SCIFACT, with_qrels=False).corpus
     sample = random.Random(42).sample(sorted(corpus), args.documents)
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.batch_sizes:
+        batch_sweep(args, sample, started)
+        return
     sets = {"all": sample, "slow": sample[: args.slow_documents]}
     for name, ids in sets.items():
         (args.work_dir / f"ids-{name}.json").write_text(json.dumps(ids))

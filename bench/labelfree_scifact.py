@@ -91,6 +91,21 @@ def run_config(args: argparse.Namespace, run_dir: Path, **generate: Any) -> RunC
     })
 
 
+def gpl_notes(args: argparse.Namespace) -> str:
+    """The GPL part of the results' notes: the teachers and ablations this invocation ran."""
+    if not args.teachers:
+        return "No GPL run. "
+    described = {"bm25": "bm25", "bi": "bi (zero-shot all-MiniLM-L6-v2)", "lm": "lm (Gemma-3 270M query likelihood)"}
+    teachers = " / ".join(described[t] for t in args.teachers if t in described)
+    if len(args.teachers) > 1:
+        teachers += (" and their RMS-normalised equal-weight ensemble (single-teacher labels are the ensemble's member "
+                     "columns: the same tuples and scores)")
+    trained = f"; GPL trained with {', '.join(args.gpl_teachers)} only" if args.gpl_teachers else ""
+    budget = (f" ({args.budget_tuples_per_query} in the budget ablation, BM25 teacher)" if "budget" in args.ablations else "")
+    return (f"GPL: negatives from all-MiniLM-L6-v2 and BM25 (top 50), {args.tuples_per_query} tuples per query{budget}, "
+            f"teachers {teachers}{trained}. ")
+
+
 def adapt_models(args: argparse.Namespace, cfg: RunConfig, collection: Any, stages: dict[str, Any]) -> dict[str, str]:
     """GenQ and GPL with every teacher on the run's generated queries; returns label -> model path."""
     gen_dir = cfg.run_dir / "generate"
@@ -242,14 +257,11 @@ def main() -> None:
         "notes": (f"SciFact, 5,183 documents, 300 test queries (reported; never used to choose). Generator Gemma-3 270M "
                   f"(GGUF, llama.cpp), 3 queries for {args.train_documents} random documents, round-trip filter top 10 under "
                   f"all-MiniLM-L6-v2; synthetic dev set of up to {args.dev_queries} queries from documents kept out of training "
-                  "(lexical-gap filter: at most 40% of a query's content words in its source). GPL: negatives from "
-                  f"all-MiniLM-L6-v2 and BM25 (top 50), {args.tuples_per_query} tuples per query ({args.budget_tuples_per_query} in the "
-                  "budget ablation, BM25 teacher), teachers bm25 / bi (zero-shot "
-                  "all-MiniLM-L6-v2) / lm (Gemma-3 270M query likelihood) and their RMS-normalised equal-weight ensemble "
-                  "(single-teacher labels are the ensemble's member columns: the same tuples and scores). All models "
+                  f"(lexical-gap filter: at most 40% of a query's content words in its source). {gpl_notes(args)}All models "
                   "all-MiniLM-L6-v2, 1 epoch, batch 32, lr 2e-5, 10% warm-up. Hybrid tuned on the dev set over min-max and "
                   f"z-score at lexical weight 0.0-1.0 by 0.1 and RRF k 10/30/60/100. Corpus encoded in {args.dtype}, split into "
-                  "256-token passages (stride 32), a document scored by its best passage. CPU only (2 cores)."),
+                  "256-token passages (stride 32), a document scored by its best passage. CPU only (2 cores). stages_s: "
+                  "seconds of this invocation (a stage finished by an earlier one is skipped and shows about 0)."),
     })
     print(f"wrote {path}")
 

@@ -183,6 +183,16 @@ TrainBatchOpt = Annotated[int | None, typer.Option("--train-batch-size", help="T
 LrOpt = Annotated[float | None, typer.Option(help="Learning rate.")]
 
 
+DEVICE_STAGES = ("generate", "pretrain", "mine", "label", "train", "encoder")  # every stage `--device` of adapt/upgrade moves
+
+
+def _on_device(overrides: dict[str, dict[str, Any]], device: str | None) -> dict[str, dict[str, Any]]:
+    """``overrides`` with ``device`` set for every stage that runs a model (one meaning of ``--device`` for adapt and upgrade)."""
+    for stage in DEVICE_STAGES:
+        overrides.setdefault(stage, {})["device"] = device
+    return overrides
+
+
 def _adapt_overrides(run_dir: Path | None, corpus: Path | None, generator: str | None, queries_per_passage: str | None,
                      max_passages: int | None, base_model: str | None, epochs: int | None, train_batch_size: int | None,
                      learning_rate: float | None, device: str | None) -> dict[str, dict[str, Any]]:
@@ -334,10 +344,9 @@ def adapt(
                                  epochs, train_batch_size, learning_rate, device)
     overrides["run"]["method"] = method
     overrides["generate"]["dev_queries"] = dev_queries
-    overrides.update({"label": {"teacher": teacher, "device": device}, "mine": {"device": device}, "pretrain": {"device": device},
-                      "gate": {"margin": margin},
+    overrides.update({"label": {"teacher": teacher}, "gate": {"margin": margin},
                       "backend": backend_overrides(None, url, None, username, password, ca_certs, verify_certs)})
-    cfg = RunConfig.load(config, overrides)
+    cfg = RunConfig.load(config, _on_device(overrides, device))
     comparison, _ = run_adapt(cfg, overwrite=bool(overwrite))
     typer.echo(comparison.markdown())
     typer.echo(f"report: {cfg.run_dir / 'compare' / 'report.md'}")
@@ -422,14 +431,13 @@ def upgrade(
     """Live index -> adapted model (gated) -> ONNX bundle -> <alias>-v<N> with vectors -> alias switch, all resumable."""
     from genq_search.upgrade import describe_plan, run_upgrade
 
-    cfg = RunConfig.load(config, {
+    cfg = RunConfig.load(config, _on_device({
         "run": {"run_dir": run_dir, "method": method},
         "corpus": {"path": corpus, "title_field": title_field, "text_fields": text_fields},
         "reindex": {"alias": alias, "freeze_writes": freeze_writes},
         "backend": {"url": url, "username": username, "password": password, "ca_certs": ca_certs, "verify_certs": verify_certs},
-        "generate": {"device": device, "dev_queries": dev_queries}, "train": {"device": device}, "encoder": {"device": device},
-        "gate": {"margin": margin},
-    })
+        "generate": {"dev_queries": dev_queries}, "gate": {"margin": margin},
+    }, device))
     report = run_upgrade(cfg, dry_run=dry_run, overwrite=bool(overwrite))
     typer.echo(describe_plan(report["plan"]))
     if dry_run:

@@ -1,7 +1,8 @@
 """Typed configuration: one model per stage, gathered in ``RunConfig`` (one TOML/YAML file per run).
 
 Precedence: CLI flag > config file > default. Relative paths in a config file are relative to that file. Field names are the CLI flag names with ``_`` for ``-``
-(``queries_per_passage`` ↔ ``--queries-per-passage``).
+(``queries_per_passage`` ↔ ``--queries-per-passage``); the README's Configuration section lists the few flags named
+otherwise (stage-prefixed, singular for lists, ``--generator``).
 """
 
 from __future__ import annotations
@@ -249,9 +250,9 @@ class ReindexConfig(StageConfig):
 
 
 class UpgradeConfig(StageConfig):
-    """``genq-search upgrade``: adapt on a live index, gate, export, reindex, search pipeline, alias switch."""
+    """``genq-search upgrade``: adapt on a live index, gate, export, search pipeline, reindex, alias switch."""
 
-    export_profile: str = Field("cpu", description="ONNX export profile for the deployed bundle (cpu, gpu, all)")
+    export_profile: str = Field("cpu", description="ONNX export profile for the deployed bundle (cpu, openvino, gpu, all)")
 
 
 class GateConfig(StageConfig):

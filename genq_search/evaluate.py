@@ -59,8 +59,9 @@ def evaluate(qrels: Qrels, results: Results, metrics: list[str] | None = None) -
 
 
 def paired_p_value(a: dict[str, float], b: dict[str, float], greater_by: float | None = None) -> float:
-    """Paired t-test over the queries both dicts score (1.0 when the runs are identical): two-sided, or with
-    ``greater_by = m`` one-sided for "``b`` beats ``a`` by more than ``m``" (per-query differences minus ``m``)."""
+    """Paired t-test over the queries both dicts score: two-sided (1.0 when the runs are identical), or with
+    ``greater_by = m`` one-sided for "``b`` beats ``a`` by more than ``m``" (per-query differences minus ``m``; a
+    constant difference gives 0.0 when it exceeds ``m``, else 1.0)."""
     from scipy.stats import ttest_rel
 
     qids = sorted(a.keys() & b.keys())

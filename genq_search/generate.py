@@ -4,8 +4,10 @@ Output in BEIR style inside the stage directory: ``gen-queries.jsonl`` and ``gen
 document) for training, and a synthetic dev set ``dev-queries.jsonl`` + ``dev-qrels/dev.tsv`` generated for documents
 set aside from training (chosen by seed) and kept only where the query has a lexical gap to its source (see
 ``dev_filter``). Work is done in chunks written atomically to ``chunks/`` (``dev/chunks/`` for the dev set); each
-chunk is generated with its own seed (``seed + chunk index``), so an interrupted run resumes where it stopped and
-gives exactly the output of an uninterrupted one.
+batch of a chunk is sampled from a seed derived from ``seed``, the chunk and the batch's position in it, so an
+interrupted run resumes where it stopped and, at the same ``batch_size``, gives exactly the output of an
+uninterrupted one. ``batch_size`` is kept out of the settings hash on purpose: a run stopped by lack of memory
+resumes at a smaller batch without regenerating its finished chunks (the remaining ones then sample differently).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ OPTIONAL_OFF: dict[str, Any] = {"samples_per_passage": None, "passage_windows": 
 # a runtime whose queries for the same settings changed keeps a new key in the settings hash, so chunks written
 # before are regenerated rather than mixed with new ones (llama.cpp: batched sequences and its own sampler)
 RUNTIME_KEYS = {"llama.cpp": "llama.cpp/batched"}
-LLAMA_IN_FLIGHT = 16  # documents decoded together by llama.cpp (3 queries each: ~48 tokens per step, the measured optimum)
+LLAMA_IN_FLIGHT = 16  # documents decoded together at most by llama.cpp (3 queries each: ~48 tokens per step; best of 8/16/32)
 POSITIVES = "gen-positives.jsonl"  # passage_windows: each query's window, the positive it trains on
 DEV_QUERIES_PER_DOCUMENT = 3  # at most: several near-duplicate queries of one document add little to a dev set
 DEV_EXPECTED_SURVIVAL = 0.2  # share of dev candidates assumed to pass the lexical-gap filter when sizing the pool
@@ -576,8 +578,8 @@ def dev_filter(query: str, document: str, max_overlap: float) -> tuple[str | Non
     """Lexical-gap filter of the dev set: ``(reason dropped or None, overlap)``.
 
     Generated queries are known-item queries that copy their source's words, so on them BM25 looks stronger than on
-    real queries, and a dev set of raw generations picks too much lexical weight (FINDINGS: fusions 1.5 and 6.5
-    nDCG@10 below the best on MS MARCO and DBpedia subsets). Keeping queries of which at most 35-50% of the words
+    real queries, and a dev set of raw generations picks too much lexical weight (fusions 1.5 and 6.5 nDCG@10 below
+    the best on MS MARCO and DBpedia subsets, collections measured outside this repository). Keeping queries of which at most 35-50% of the words
     occur in the source brought the pick within 0.8 of the best on three collections. The filter uses no model,
     neither the bi-encoders it will judge nor BM25's own ranking (which would select against BM25), and it keeps a
     query only if it shares at least one content word with its source, so BM25 always has something to match and
@@ -690,7 +692,7 @@ class Unit:
 def _ensure_chunk(generator: _LazyGenerator, chunk_dir: Path, n: int, units: list[Unit], per_document: int,
                   seed: int, batch_size: int, progress: Any, likelihood: bool = False) -> bool:
     """Generate chunk ``n`` unless its file exists (True when it was generated now); seeds depend on ``seed``, ``n`` and
-    the position in the chunk only."""
+    each batch's position in the chunk (so on ``batch_size`` too)."""
     if chunk_file(chunk_dir, n).is_file():
         progress.update(len(units))
         return False
@@ -870,6 +872,6 @@ def _generate_with_oom_retry(generator: Any, texts: list[str], per_document: int
 
         torch.cuda.empty_cache()
         half = len(texts) // 2
-        logger.warning("out of memory generating %d documents at once; retrying in batches of %d (lower --batch-size)", len(texts), half)
+        logger.warning("out of memory generating %d documents at once; retrying in batches of %d (lower generate.batch_size)", len(texts), half)
         return _generate_with_oom_retry(generator, texts[:half], per_document, seed, likelihood) + \
             _generate_with_oom_retry(generator, texts[half:], per_document, seed + 1, likelihood)

@@ -1,4 +1,5 @@
-"""Drivers that chain stages: ``compare`` (retrieval comparison) and ``adapt`` (generate → train → compare)."""
+"""Drivers that chain stages: ``compare`` (retrieval comparison) and ``adapt`` (generate → [pretrain →] [mine → label
+→] train → compare → model gate)."""
 
 from __future__ import annotations
 

@@ -37,3 +37,27 @@ def test_config_file_maps_to_the_same_run(tmp_path: Path, tiny_bi_encoder: Path)
     result = runner.invoke(app, ["compare", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "compare" / "report.md").is_file()
+
+
+def test_device_moves_every_model_stage_of_adapt_and_upgrade(tmp_path: Path, monkeypatch) -> None:
+    import typer
+
+    import genq_search.pipeline
+    import genq_search.upgrade
+
+    seen = {}
+
+    def capture(name):
+        def fake(cfg, **_):
+            seen[name] = cfg
+            raise typer.Exit(0)
+        return fake
+
+    monkeypatch.setattr(genq_search.pipeline, "run_adapt", capture("adapt"))
+    monkeypatch.setattr(genq_search.upgrade, "run_upgrade", capture("upgrade"))
+    for command in ("adapt", "upgrade"):
+        result = runner.invoke(app, [command, "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--device", "cuda:1"])
+        assert result.exit_code == 0, result.output
+        cfg = seen[command]
+        assert {stage: getattr(cfg, stage).device for stage in ("generate", "pretrain", "mine", "label", "train", "encoder")} \
+            == dict.fromkeys(("generate", "pretrain", "mine", "label", "train", "encoder"), "cuda:1")
