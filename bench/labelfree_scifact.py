@@ -96,13 +96,14 @@ def gpl_notes(args: argparse.Namespace) -> str:
     if not args.teachers:
         return "No GPL run. "
     described = {"bm25": "bm25", "bi": "bi (zero-shot all-MiniLM-L6-v2)", "lm": "lm (Gemma-3 270M query likelihood)"}
-    teachers = " / ".join(described[t] for t in args.teachers if t in described)
+    teachers = " / ".join(described[t] for t in args.teachers)
     if len(args.teachers) > 1:
         teachers += (" and their RMS-normalised equal-weight ensemble (single-teacher labels are the ensemble's member "
                      "columns: the same tuples and scores)")
     trained = f"; GPL trained with {', '.join(args.gpl_teachers)} only" if args.gpl_teachers else ""
     budget = (f" ({args.budget_tuples_per_query} in the budget ablation, BM25 teacher)" if "budget" in args.ablations else "")
-    return (f"GPL: negatives from all-MiniLM-L6-v2 and BM25 (top 50), {args.tuples_per_query} tuples per query{budget}, "
+    tuples = f"{args.tuples_per_query} tuple{'s' if args.tuples_per_query != 1 else ''}"
+    return (f"GPL: negatives from all-MiniLM-L6-v2 and BM25 (top 50), {tuples} per query{budget}, "
             f"teachers {teachers}{trained}. ")
 
 
@@ -120,15 +121,14 @@ def adapt_models(args: argparse.Namespace, cfg: RunConfig, collection: Any, stag
     run_mine(cfg.mine, collection.corpus, gen_dir, cfg.run_dir / "mine", lexical_backend(cfg, collection))
     stages["mine_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    members = [TEACHERS[t] for t in args.teachers if t in TEACHERS]
+    members = [TEACHERS[t] for t in args.teachers]
     label_dirs: dict[str, Path] = {}
     if len(members) > 1:  # one scoring pass for every member; single teachers are its columns
         ensemble = cfg.label.model_copy(update={"teacher": "ensemble:" + "+".join(members)})
         stages["label-ensemble"] = run_label(ensemble, collection.corpus, gen_dir, cfg.run_dir / "mine", cfg.run_dir / "label-ensemble")
         label_dirs["ensemble"] = cfg.run_dir / "label-ensemble"
         for name in args.teachers:
-            if name in TEACHERS:
-                label_dirs[name] = derive_member_labels(label_dirs["ensemble"], TEACHERS[name], cfg.run_dir / f"label-{name}")
+            label_dirs[name] = derive_member_labels(label_dirs["ensemble"], TEACHERS[name], cfg.run_dir / f"label-{name}")
     else:
         label = cfg.label.model_copy(update={"teacher": members[0]})
         stages[f"label-{args.teachers[0]}"] = run_label(label, collection.corpus, gen_dir, cfg.run_dir / "mine", cfg.run_dir / f"label-{args.teachers[0]}")
@@ -218,6 +218,10 @@ def main() -> None:
     args = parser.parse_args()
     args.teachers = [t for t in args.teachers.split(",") if t]
     args.gpl_teachers = [t for t in args.gpl_teachers.split(",") if t]
+    trainable = set(args.teachers) | ({"ensemble"} if len(args.teachers) > 1 else set())
+    if unknown := sorted(set(args.teachers) - set(TEACHERS)) + sorted(set(args.gpl_teachers) - trainable):
+        parser.error(f"unknown or untrained teacher(s) {unknown}: --teachers takes {sorted(TEACHERS)}, --gpl-teachers those "
+                     "given to --teachers (and ensemble with two or more)")
     started = time.perf_counter()
     cfg = run_config(args, args.run_dir)
     collection = load_run_collection(cfg)

@@ -4,7 +4,8 @@ from pathlib import Path
 from conftest import SAMPLE
 from typer.testing import CliRunner
 
-from genq_search.cli import app
+from genq_search.cli import DEVICE_STAGES, app
+from genq_search.config import RunConfig
 
 runner = CliRunner()
 
@@ -55,9 +56,13 @@ def test_device_moves_every_model_stage_of_adapt_and_upgrade(tmp_path: Path, mon
 
     monkeypatch.setattr(genq_search.pipeline, "run_adapt", capture("adapt"))
     monkeypatch.setattr(genq_search.upgrade, "run_upgrade", capture("upgrade"))
+    with_device = {name for name, field in RunConfig.model_fields.items()
+                   if isinstance(field.annotation, type) and "device" in getattr(field.annotation, "model_fields", {})}
+    assert with_device == set(DEVICE_STAGES)  # a new stage with a device is moved too
     for command in ("adapt", "upgrade"):
-        result = runner.invoke(app, [command, "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--device", "cuda:1"])
+        result = runner.invoke(app, [command, "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--device", "cuda:1",
+                                     "--dev-queries", "7", "--margin", "0.02"])
         assert result.exit_code == 0, result.output
         cfg = seen[command]
-        assert {stage: getattr(cfg, stage).device for stage in ("generate", "pretrain", "mine", "label", "train", "encoder")} \
-            == dict.fromkeys(("generate", "pretrain", "mine", "label", "train", "encoder"), "cuda:1")
+        assert {stage: getattr(cfg, stage).device for stage in DEVICE_STAGES} == dict.fromkeys(DEVICE_STAGES, "cuda:1")
+        assert (cfg.generate.dev_queries, cfg.gate.margin) == (7, 0.02)  # the stages' other flags are kept
