@@ -83,15 +83,20 @@ def quality(rows: list[dict], corpus: dict, encoder, backend) -> dict[str, float
             "dropped": stats.dropped}
 
 
+def run_child(variant: str, ids_file: Path, out: Path, batch_size: int) -> dict:
+    """``child`` in a process of its own (one model loaded per variant); its output."""
+    subprocess.run([sys.executable, __file__, "--batch-size", str(batch_size), "--child", variant, str(ids_file), str(out)], check=True)
+    return json.loads(out.read_text())
+
+
 def batch_sweep(args: argparse.Namespace, sample: list[str], started: float) -> None:
     """llama.cpp documents/s at each ``--batch-sizes`` (documents per call), one process each, on the same documents."""
     ids_file = args.work_dir / "ids-sweep.json"
     ids_file.write_text(json.dumps(sample))
     docs_per_s = {}
     for batch in args.batch_sizes:
-        out = args.work_dir / f"llama.cpp-batch-{batch}.json"
-        subprocess.run([sys.executable, __file__, "--batch-size", str(batch), "--child", "llama.cpp", str(ids_file), str(out)], check=True)
-        docs_per_s[str(batch)] = len(sample) / json.loads(out.read_text())["seconds"]
+        result = run_child("llama.cpp", ids_file, args.work_dir / f"llama.cpp-batch-{batch}.json", batch)
+        docs_per_s[str(batch)] = len(sample) / result["seconds"]
         print(f"batch {batch}: {docs_per_s[str(batch)]:.3f} docs/s", flush=True)
     path = write_results("generate_batch_sizes", {
         "dataset": "scifact", "wall_s": time.perf_counter() - started, "throughput": {"generate_docs_per_s_by_batch_size": docs_per_s},
@@ -138,8 +143,7 @@ def main() -> None:
             key = f"{variant}@{name}"
             out = args.work_dir / f"{variant}-{name}.json"
             batch = args.baseline_batch_size if variant == "transformers-prompt-copies" and args.baseline_batch_size else args.batch_size
-            subprocess.run([sys.executable, __file__, "--batch-size", str(batch), "--child", variant, str(args.work_dir / f"ids-{name}.json"), str(out)], check=True)
-            outputs[key] = json.loads(out.read_text())
+            outputs[key] = run_child(variant, args.work_dir / f"ids-{name}.json", out, batch)
     encoder = load_encoder("sentence-transformers/all-MiniLM-L6-v2", "cpu")
     passages = split_documents(corpus, encoder.tokenizer, encoder.max_seq_length, 32)
     backend = EmbeddedBackend()

@@ -579,8 +579,8 @@ def dev_filter(query: str, document: str, max_overlap: float) -> tuple[str | Non
 
     Generated queries are known-item queries that copy their source's words, so on them BM25 looks stronger than on
     real queries, and a dev set of raw generations picks too much lexical weight (fusions 1.5 and 6.5 nDCG@10 below
-    the best on MS MARCO and DBpedia subsets, collections measured outside this repository). Keeping queries of which at most 35-50% of the words
-    occur in the source brought the pick within 0.8 of the best on three collections. The filter uses no model,
+    the best on MS MARCO and DBpedia subsets, collections measured outside this repository). Keeping queries of which
+    at most 35-50% of the words occur in the source brought the pick within 0.8 of the best on three collections. The filter uses no model,
     neither the bi-encoders it will judge nor BM25's own ranking (which would select against BM25), and it keeps a
     query only if it shares at least one content word with its source, so BM25 always has something to match and
     off-topic generations go. Default cap 0.4: fewer than half of the content words are in the source.
