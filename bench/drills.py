@@ -48,7 +48,7 @@ CHILD_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PAR
              "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 PRELOAD = ["genq_search.cli", "genq_search.index", "genq_search.encoders", "genq_search.generate", "genq_search.mine",
            "genq_search.label", "genq_search.train", "genq_search.pipeline", "sentence_transformers", "transformers",
-           "datasets", "opensearchpy"]
+           "datasets", "opensearchpy", "elasticsearch"]
 TEMP_NAME = re.compile(r"(^\..*\.tmp$)|(\.tmp$)|(^tmp-checkpoint)")
 
 
@@ -335,14 +335,24 @@ def synthetic_document(i: int, seed: int, words: list[str]) -> dict[str, Any]:
     return doc
 
 
+def _helpers(client: Any) -> Any:
+    """The bulk/scan helpers of the client's own library (opensearch-py and elasticsearch-py share their signatures)."""
+    if type(client).__module__.startswith("elasticsearch"):
+        from elasticsearch import helpers
+    else:
+        from opensearchpy import helpers
+    return helpers
+
+
 def create_source(client: Any, name: str, n_docs: int, seed: int, shards: int = 2) -> None:
     """A plain user index (2 shards, a custom analyser, no vectors) holding ``n_docs`` synthetic documents."""
-    from opensearchpy import helpers
-
+    helpers = _helpers(client)
+    # asciifolding is analysis-common's, a module Elasticsearch's integ-test node lacks (OpenSearch's script installs it)
+    filters = ["lowercase"] if type(client).__module__.startswith("elasticsearch") else ["lowercase", "asciifolding"]
     client.indices.create(index=name, body={
         "settings": {"index": {"number_of_shards": shards, "number_of_replicas": 0, "refresh_interval": "-1",
                                "analysis": {"analyzer": {"folded": {"type": "custom", "tokenizer": "standard",
-                                                                    "filter": ["lowercase", "asciifolding"]}}}}},
+                                                                    "filter": filters}}}}},
         "mappings": {"properties": {"title": {"type": "text", "analyzer": "folded"}, "text": {"type": "text"},
                                     "year": {"type": "integer"}, "tags": {"type": "keyword"}}}})
     words = _words(seed)
@@ -358,10 +368,8 @@ def _canonical(source: dict[str, Any]) -> str:
 
 
 def _scan(client: Any, index: str, source: bool | list[str] = True) -> Iterator[dict[str, Any]]:
-    from opensearchpy import helpers
-
     client.indices.refresh(index=index)
-    yield from helpers.scan(client, index=index, query={"query": {"match_all": {}}, "_source": source}, size=2000,
+    yield from _helpers(client).scan(client, index=index, query={"query": {"match_all": {}}, "_source": source}, size=2000,
                             scroll="2m", preserve_order=False)
 
 
@@ -421,7 +429,8 @@ def delete_ours(client: Any, prefix: str) -> None:
     with contextlib.suppress(Exception):
         client.indices.put_settings(index=f"{prefix}*", body={"index": {"blocks.write": None}},
                                     ignore_unavailable=True, allow_no_indices=True)
-    client.indices.delete(index=f"{prefix}*", ignore_unavailable=True, allow_no_indices=True)
+    for index in list(client.indices.get(index=f"{prefix}*", ignore_unavailable=True, allow_no_indices=True)):
+        client.indices.delete(index=index, ignore_unavailable=True)  # by name: Elasticsearch refuses wildcard deletes
 
 
 class AliasWatcher(threading.Thread):
@@ -594,11 +603,11 @@ def reindex_drill(url: str, launch: ExecLauncher | ForkLauncher, model: Path, wo
                   keep_indices: bool = False) -> dict[str, Any]:
     """Reindex a synthetic source, SIGKILLed ``kills`` times at random points and resumed; ``writes`` > 0 adds a
     writer thread changing the source while the attempts run (the kills go on until its writes are done)."""
-    from genq_search.backends.opensearch import connect
     from genq_search.config import BackendConfig
+    from genq_search.engines import connect
 
     started = time.perf_counter()
-    client = connect(BackendConfig(kind="opensearch", url=url))
+    client = connect(BackendConfig(engine="auto", url=url)).client
     kind = "live" if writes else "kill"
     prefix = f"genq-drill-{kind}-{uuid.uuid4().hex[:8]}"
     source, alias = f"{prefix}-src", f"{prefix}-alias"
@@ -924,10 +933,10 @@ def adapt_drill(launch: ExecLauncher | ForkLauncher, models: dict[str, Path], wo
 def rss_drill(url: str, model: Path, work: Path, *, sizes: list[int], seed: int, read_batch: int = 1000) -> dict[str, Any]:
     """Peak RSS (``wait4`` of a fresh ``genq-search reindex`` process) of reindexing ``n`` synthetic documents, for
     each ``n`` in ``sizes``; the same command with ``--dry-run`` (imports, model, plan) as the baseline."""
-    from genq_search.backends.opensearch import connect
     from genq_search.config import BackendConfig
+    from genq_search.engines import connect
 
-    client = connect(BackendConfig(kind="opensearch", url=url))
+    client = connect(BackendConfig(engine="auto", url=url)).client
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"read_batch": read_batch, "runs": {}}
     launch = ExecLauncher()

@@ -67,9 +67,9 @@ def child(variant: str, bundle: Path, data: Path, threads: int | None, vectors_o
     import numpy as np
     import torch
 
-    from genq_search.backends.embedded import EmbeddedBackend
     from genq_search.data import load_collection, read_queries
     from genq_search.encoders import SentenceTransformerEncoder
+    from genq_search.engines.embedded import EmbeddedBackend
     from genq_search.evaluate import evaluate
     from genq_search.export import OnnxEncoder
     from genq_search.passages import Passage, document_text

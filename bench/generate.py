@@ -122,9 +122,9 @@ def main() -> None:
     if args.child:
         child(args.child[0], Path(args.child[1]), Path(args.child[2]), args.batch_size)
         return
-    from genq_search.backends.embedded import EmbeddedBackend
     from genq_search.data import load_collection
     from genq_search.encoders import encode_passages_cached, load_encoder
+    from genq_search.engines.embedded import EmbeddedBackend
     from genq_search.passages import split_documents
 
     started = time.perf_counter()

@@ -10,7 +10,7 @@ the text). Each implementation runs in its own process (clean peak RSS), one aft
 
 - `numpy-chunked`: the previous implementation (kept here as the reference; NumPy product, argpartition over the
   concatenated running top-k and a materialised row-index matrix);
-- `torch-exact`: `genq_search.backends.embedded.exact_top_k` (torch product and topk, queries and rows in blocks).
+- `torch-exact`: `genq_search.engines.embedded.exact_top_k` (torch product and topk, queries and rows in blocks).
 
 Both must return the same rows. A scaling case (--scale-rows passages: SciFact's vectors repeated with noise, from a
 memory map) shows that the torch path's memory does not grow with the query count x corpus size. Writes
@@ -95,7 +95,7 @@ def child(implementation: str, matrix_file: Path, queries_file: Path, k: int, ro
     import numpy as np
     import torch
 
-    from genq_search.backends.embedded import exact_top_k
+    from genq_search.engines.embedded import exact_top_k
 
     queries = np.load(queries_file)
     matrix = np.load(matrix_file, mmap_mode="r")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 from common import SCIFACT, print_table, write_results
 
-from genq_search.backends.opensearch import OpenSearchBackend, connect
 from genq_search.config import CorpusConfig, ReindexConfig, RunConfig
 from genq_search.data import read_queries
 from genq_search.encoders import load_encoder
+from genq_search.engines import cluster_backend, connect
 from genq_search.fusion import FusionMethod
 from genq_search.index import run_reindex
 from genq_search.pipeline import load_run_collection, run_compare
@@ -64,7 +64,7 @@ def main() -> None:
              "backend": "opensearch", "model": r.get("model"), "metrics": r["metrics"]} for r in comparison.table()]
     # 3. server-side hybrid (neural-search normalisation pipeline)
     server_cfg = cfg.model_copy(update={"backend": cfg.backend.model_copy(update={"server_side_hybrid": True})})
-    server = OpenSearchBackend(connect(server_cfg.backend), index, server_cfg.backend)
+    server = cluster_backend(server_cfg.backend, index)
     qids = list(collection.queries)
     qvecs = encoder.encode_queries([collection.queries[q] for q in qids])
     from genq_search.evaluate import evaluate
@@ -97,11 +97,11 @@ def main() -> None:
                     lat[name].append(time.perf_counter() - t0)
     latency = {k: percentiles(v) for k, v in lat.items()}
     # 5. encode + index pipelined: reindex the BM25-only copy with vectors
-    client = connect(cfg.backend)
+    client = connect(cfg.backend).client
     source = "genq-bench-scifact-source"
     client.indices.delete(index=f"{source}*", ignore_unavailable=True)
     client.indices.delete(index="genq-bench-scifact-live*", ignore_unavailable=True)
-    plain = OpenSearchBackend(client, source, cfg.backend.model_copy(update={"overwrite": True}))
+    plain = cluster_backend(cfg.backend.model_copy(update={"overwrite": True}), source)
     plain.index(collection.corpus, [], None)
     t0 = time.perf_counter()
     result = run_reindex(cfg.backend, CorpusConfig(), ReindexConfig(alias="genq-bench-scifact-live"), source, encoder, args.run_dir)

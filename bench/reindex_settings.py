@@ -20,10 +20,10 @@ from typing import Any
 from common import SCIFACT, write_results
 from upgrade_scifact import encoder_alone, load_live_index
 
-import genq_search.backends.opensearch as backend_module
-from genq_search.backends.opensearch import OpenSearchBackend, connect
+import genq_search.engines.opensearch as backend_module
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
 from genq_search.data import load_collection
+from genq_search.engines import cluster_backend, connect
 from genq_search.evaluate import evaluate
 from genq_search.export import OnnxEncoder
 from genq_search.index import run_reindex
@@ -46,8 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     collection = load_collection(args.data, split="test")
-    base = BackendConfig(kind="opensearch", url=args.url)
-    client = connect(base)
+    base = BackendConfig(engine="opensearch", url=args.url)
+    client = connect(base).client
     load_live_index(client, SOURCE, collection.corpus, 0.9, 0.4)
     corpus = CorpusConfig(index=SOURCE)
     encoder = OnnxEncoder(args.bundle, provider="cpu")
@@ -67,7 +67,7 @@ def main() -> None:
                                  Path(f"runs/bench-reindex-settings/{name}-{time.time_ns()}"))
         finally:
             backend_module._orjson_serializer = default_serializer
-        dense = OpenSearchBackend(client, result.state.target, cfg).vector_search(qids, qvecs, 100)
+        dense = cluster_backend(cfg, result.state.target).vector_search(qids, qvecs, 100)
         top = {q: set(sorted(dense[q], key=dense[q].get, reverse=True)[:10]) for q in qids}
         first_top = first_top or top
         docs_per_s = result.state.copied / result.stages_s["copy_s"]

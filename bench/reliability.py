@@ -13,12 +13,16 @@ rejected-write test modules.
 4. Peak RSS of a fresh `genq-search reindex` process for 10K and 100K synthetic documents (drills.rss_drill).
 5. pytest on tests/test_bad_input.py, tests/test_security.py, tests/test_rejections.py (whichever exist): cases
    passed / failed / skipped per module from the junit XML, and the `rejections_retried.*` properties they record.
-`--fast` runs small versions of 1-4 (CI size). Writes bench/results/reliability.json (shared/bench/SCHEMA.md + `drills`).
+6. Bad-value cases counted (`validation`): those generated from the config models and the CLI
+   (tests/test_validation_generated.py) and the hand-written catalogue (tests/test_bad_input.py).
+`--fast` runs small versions of 1-4 (CI size). Writes bench/results/reliability.json (shared/bench/SCHEMA.md + `drills`);
+`--validation-only` just updates its `validation` counts (the rest of the file is kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -30,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import drills
-from common import write_results
+from common import RESULTS, commit, write_results
 
 MODULES = {"bad_input": "tests/test_bad_input.py", "auth_tls": "tests/test_security.py", "rejections": "tests/test_rejections.py"}
 FULL = {"kill_docs": 5000, "kills": 24, "live_docs": 3000, "live_kills": 10, "writes": 300, "adapt_kills": 5,
@@ -113,6 +117,20 @@ def run_test_modules(url: str, work: Path) -> dict[str, Any]:
     return out
 
 
+def validation_counts() -> dict[str, Any]:
+    """How many bad values the generated test tries (and how many of those need a non-root user) and how many cases the
+    hand-written catalogue holds; both lists are built from the code at import."""
+    import datetime as dt
+
+    sys.path.insert(0, str(drills.ROOT / "tests"))
+    import test_bad_input
+    import test_validation_generated as generated
+
+    return {"generated_cases": len(generated.CASES), "generated_needing_non_root": sum(c.locked for c in generated.CASES.values()),
+            "catalogue_cases": len(test_bad_input.CASES), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "commit": commit()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("OPENSEARCH_URL", "http://127.0.0.1:9200"))
@@ -122,7 +140,15 @@ def main() -> None:
                              "fresh interpreter per attempt. The RSS drill always uses exec.")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--skip-tests", action="store_true", help="do not run the bad-input / security / rejection modules")
+    parser.add_argument("--validation-only", action="store_true", help="only count the bad-value cases into the results file")
     args = parser.parse_args()
+    if args.validation_only:
+        path = RESULTS / "reliability.json"
+        results = json.loads(path.read_text()) if path.is_file() else {"benchmark": "reliability"}
+        results["validation"] = validation_counts()
+        path.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"validation: {results['validation']} -> {path}")
+        return
     size = FAST if args.fast else FULL
     started = time.perf_counter()
     stages: dict[str, float] = {}
@@ -190,7 +216,7 @@ def main() -> None:
     path = write_results("reliability", {
         "dataset": "synthetic", "fast": args.fast, "cpu_flags": cpu_flags(), "wall_s": round(time.perf_counter() - started, 1),
         "stages_s": {k: round(v, 1) for k, v in stages.items()},
-        "drills": drill_summary,
+        "drills": drill_summary, "validation": validation_counts(),
         "details": {"crash": kill, "live_writes": live, "adapt": adapt, "rss": rss, "test_modules": tests},
         "notes": ("Synthetic documents (6-24 pseudo-words; every 97th ~400 words, every 53rd without text or title, every "
                   "7th title-less, every 11th title-only) in a 2-shard index; tiny random 2-layer BERT bi-encoder (32-d) "

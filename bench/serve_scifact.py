@@ -32,13 +32,17 @@ from typing import Any
 import numpy as np
 from common import RESULTS, SCIFACT, write_results
 
-from genq_search.backends.opensearch import connect, knn_index_settings, passage_query
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
 from genq_search.data import load_collection
 from genq_search.encoders import row_cosines
+from genq_search.engines.opensearch import connect, passage_query
+from genq_search.engines.opensearch.mlcommons import (
+    hybrid_query,
+    neural_query,
+    register_bundle,
+)
 from genq_search.evaluate import evaluate
 from genq_search.export import OnnxEncoder
-from genq_search.mlcommons import hybrid_query, neural_query, register_bundle
 
 ALIAS = "scifact-bench"
 FIELDS = ["title", "text"]
@@ -118,7 +122,7 @@ def ingest(client: Any, cfg: BackendConfig, encoder: OnnxEncoder, docs: dict[str
     reindex_s = time.perf_counter() - start
     mapping = client.indices.get_mapping(index="scifact-serve-live-v1")["scifact-serve-live-v1"]["mappings"]
     client.indices.create(index=through, body={"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0, "knn": True,
-                                                                      "default_pipeline": pipeline, **knn_index_settings(client)}},
+                                                                      "default_pipeline": pipeline, **connect(BackendConfig(engine="opensearch", url=client.transport.hosts[0]["host"])).vector_index_settings()}},
                                                "mappings": mapping})
     start = time.perf_counter()
     ok, errors = helpers.bulk(client, ({"_index": through, "_id": d, "_source": v} for d, v in docs.items()), chunk_size=50,
@@ -151,8 +155,8 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-serve"))
     args = parser.parse_args()
     began = time.perf_counter()
-    cfg = BackendConfig(kind="opensearch", url=args.url, replicas=0)
-    client = connect(cfg)
+    cfg = BackendConfig(engine="opensearch", url=args.url, replicas=0)
+    client = connect(cfg).client
     collection = load_collection(SCIFACT, split="test")
     everything = load_collection(SCIFACT, split="train")
     ordered = {**collection.queries, **{q: t for q, t in everything.queries.items() if q not in collection.queries}}

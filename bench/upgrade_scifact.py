@@ -25,9 +25,9 @@ from typing import Any
 
 from common import SCIFACT, write_results
 
-from genq_search.backends.opensearch import OpenSearchBackend, connect
 from genq_search.config import RunConfig
 from genq_search.data import load_collection
+from genq_search.engines import cluster_backend, connect
 from genq_search.evaluate import evaluate
 from genq_search.fusion import FusionMethod, fuse
 
@@ -122,7 +122,8 @@ def main() -> None:
         "gate": {"margin": args.gate_margin},
         "reindex": {"verify_sample": 200},
     })
-    client = connect(cfg.backend)
+    cluster = connect(cfg.backend)
+    client = cluster.client
     behind = set(client.indices.get_alias(name=ALIAS)) if client.indices.exists_alias(name=ALIAS) else set()
     if behind != {SOURCE}:  # no live index yet, or a finished upgrade moved the alias: start again from a fresh one
         client.indices.delete(index=f"{ALIAS}-v*", ignore_unavailable=True)  # the alias goes with them
@@ -148,9 +149,7 @@ def main() -> None:
     report = run_upgrade(cfg)
     thread.join(timeout=5)
     client.indices.refresh(index=f"{SOURCE},{ALIAS}")
-    from genq_search.index import all_ids
-
-    src_ids, dst_ids = all_ids(client, cfg.backend, [SOURCE]), all_ids(client, cfg.backend, [report["index_after"]])
+    src_ids, dst_ids = cluster.all_ids([SOURCE]), cluster.all_ids([report["index_after"]])
     lost = len(src_ids - dst_ids) + len(dst_ids - src_ids)
     sample = random.Random(3).sample(sorted(src_ids), 300)
     src = {d["_id"]: d["_source"] for d in client.mget(index=SOURCE, body={"ids": sample})["docs"]}
@@ -160,7 +159,7 @@ def main() -> None:
     from genq_search.export import OnnxEncoder
 
     encoder = OnnxEncoder(report["bundle"], provider="cpu")
-    backend = OpenSearchBackend(client, ALIAS, cfg.backend)
+    backend = cluster_backend(cfg.backend, ALIAS)
     qids = list(collection.queries)
     qvecs = encoder.encode_queries([collection.queries[q] for q in qids])
     dense = backend.vector_search(qids, qvecs, 100)

@@ -10,11 +10,37 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
-from genq_search.config import BackendKind, RunConfig
+from genq_search.config import (
+    Engine,
+    ExportOptions,
+    RegisterOptions,
+    RunConfig,
+    ServeOptions,
+    check_options,
+)
 from genq_search.errors import GenqError
 
+USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")  # click's, or typer's own copy
+
+
+class OneLineErrors(TyperGroup):
+    """A flag value the parser cannot convert (``--k abc``), a missing or unknown flag: one line and exit 1, like every
+    other input error (click's own form is a usage box and exit 2)."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USAGE_ERROR as exc:
+            if _verbose:
+                raise
+            typer.echo(f"error: {GenqError(exc.format_message())}", err=True)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="genq-search",
     help="Adapt a bi-encoder to your documents (GenQ/GPL), export it to ONNX, index vectors and compare BM25, dense and hybrid retrieval.",
     no_args_is_help=True,
@@ -25,9 +51,9 @@ logger = logging.getLogger("genq_search")
 F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config file (TOML or YAML).")]
-RunDirOpt = Annotated[Path | None, typer.Option(help="Run directory holding every artifact.")]
+RunDirOpt = Annotated[str | None, typer.Option(help="Run directory holding every artifact.")]
 CorpusOpt = Annotated[str | None, typer.Option(
-    "--corpus", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a live index: opensearch://HOST:9200/NAME.")]
+    "--corpus", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv) or a live index: opensearch://HOST:9200/NAME, elasticsearch://HOST:9200/NAME or http(s)://HOST:9200/NAME.")]
 TitleFieldOpt = Annotated[str | None, typer.Option(help="Dotted path of the documents' title field.")]
 TextFieldsOpt = Annotated[str | None, typer.Option(help="Comma-separated dotted paths of the text fields (joined).")]
 FreezeOpt = Annotated[bool | None, typer.Option("--freeze-writes/--no-freeze-writes",
@@ -42,11 +68,14 @@ ModeOpt = Annotated[list[str] | None, typer.Option(
     "--mode", help="bm25, dense, hybrid-rrf, hybrid-minmax, hybrid-zscore, hybrid-tuned (fusion tuned on the synthetic dev set); repeatable.")]
 DevQueriesOpt = Annotated[int | None, typer.Option(help="Size of the synthetic dev set (queries for documents kept out of training; 0 = none).")]
 MarginOpt = Annotated[float | None, typer.Option(help="Model gate: nDCG@10 gain the adapted model must exceed (0.01 = 1 point).")]
-BackendOpt = Annotated[BackendKind | None, typer.Option("--backend", help="embedded (in-process) or opensearch.")]
-UrlOpt = Annotated[str | None, typer.Option("--url", envvar="OPENSEARCH_URL", help="OpenSearch URL.")]
-IndexOpt = Annotated[str | None, typer.Option("--index", help="OpenSearch index (or alias) name.")]
-UserOpt = Annotated[str | None, typer.Option("--username", envvar="OPENSEARCH_USERNAME")]
-PasswordOpt = Annotated[str | None, typer.Option("--password", envvar="OPENSEARCH_PASSWORD")]
+BackendOpt = Annotated[Engine | None, typer.Option("--backend", help="Engine to index and search in: embedded (in-process), "
+                                                                  "opensearch, elasticsearch, auto (the cluster at --url).")]
+UrlOpt = Annotated[str | None, typer.Option("--url", envvar=["GENQ_SEARCH_URL", "OPENSEARCH_URL"],
+                                            help="Cluster URL: http(s)://HOST:PORT (OpenSearch or Elasticsearch, detected).")]
+IndexOpt = Annotated[str | None, typer.Option("--index", help="Index (or alias) name on the cluster.")]
+UserOpt = Annotated[str | None, typer.Option("--username", envvar=["GENQ_SEARCH_USERNAME", "OPENSEARCH_USERNAME"])]
+PasswordOpt = Annotated[str | None, typer.Option("--password", envvar=["GENQ_SEARCH_PASSWORD", "OPENSEARCH_PASSWORD"])]
+KnnLibraryOpt = Annotated[str | None, typer.Option(help="OpenSearch k-NN library: lucene | faiss | nmslib.")]
 CaOpt = Annotated[Path | None, typer.Option("--ca-certs", help="CA bundle for TLS.")]
 VerifyOpt = Annotated[bool | None, typer.Option("--verify-certs/--no-verify-certs")]
 OverwriteOpt = Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing index / artifacts.")]
@@ -65,7 +94,8 @@ def _setup_logging(verbose: bool) -> None:
     logger.setLevel(level)
     for noisy in ("sentence_transformers", "transformers", "httpx", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
-    logging.getLogger("opensearch").setLevel(logging.DEBUG if verbose else logging.ERROR)  # failed requests: the error line tells
+    for client in ("opensearch", "elastic_transport", "elasticsearch"):  # failed requests: the error line tells
+        logging.getLogger(client).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 _verbose = False
@@ -90,6 +120,12 @@ def user_errors(func: F) -> F:
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+        except OSError as exc:  # what the up-front checks cannot see coming (a full disk, permissions changed meanwhile)
+            if _verbose:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"error: {GenqError(where + (exc.strerror or str(exc)))}", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: finished artifacts are kept; rerun the same command to resume", err=True)
             raise typer.Exit(130) from None
@@ -97,22 +133,10 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def parse_models(models: list[str] | None) -> dict[str, str] | None:
-    if not models:
-        return None
-    parsed: dict[str, str] = {}
-    for item in models:
-        label, sep, spec = item.partition("=")
-        if not sep:
-            label, spec = Path(item.removeprefix("onnx:").rstrip("/")).name or "model", item
-        parsed[label] = spec
-    return parsed
-
-
-def backend_overrides(backend: BackendKind | None, url: str | None, index: str | None, username: str | None,
+def backend_overrides(backend: Engine | None, url: str | None, index: str | None, username: str | None,
                       password: str | None, ca_certs: Path | None, verify_certs: bool | None,
                       overwrite: bool | None = None) -> dict[str, Any]:
-    return {"kind": backend, "url": url, "index": index, "username": username, "password": password,
+    return {"engine": backend, "url": url, "index": index, "username": username, "password": password,
             "ca_certs": ca_certs, "verify_certs": verify_certs, "overwrite": overwrite}
 
 
@@ -141,9 +165,8 @@ def compare(
         "corpus": {"path": corpus, "split": split, "passage_tokens": passage_tokens, "passage_stride": passage_stride},
         "encoder": {"device": device, "batch_size": batch_size},
         "backend": {**backend_overrides(backend, url, index, username, password, ca_certs, verify_certs), "model_id": model_id},
-        "compare": {"models": parse_models(model), "modes": mode, "k": k, "fusion_depth": fusion_depth,
-                    "rrf_k": rrf_k, "lexical_weight": lexical_weight, "baseline": baseline,
-                    "contrast": contrast.split(",") if contrast else None},
+        "compare": {"models": model or None, "modes": mode or None, "k": k, "fusion_depth": fusion_depth,
+                    "rrf_k": rrf_k, "lexical_weight": lexical_weight, "baseline": baseline, "contrast": contrast},
     })
     comparison, summary = run_compare(cfg)
     typer.echo(comparison.markdown())
@@ -168,7 +191,7 @@ def evaluate(
         "corpus": {"path": corpus, "split": split},
         "encoder": {"device": device, "batch_size": batch_size},
         "backend": backend_overrides(backend, url, index, username, password, ca_certs, verify_certs),
-        "compare": {"models": parse_models(model), "modes": [mode], "k": k},
+        "compare": {"models": model or None, "modes": [mode], "k": k},
     })
     comparison, _ = run_compare(cfg, cfg.run_dir / "evaluate")
     typer.echo(comparison.markdown())
@@ -293,7 +316,7 @@ def label(
     cfg = RunConfig.load(config, {"run": {"run_dir": run_dir}, "corpus": {"path": corpus},
                                   "label": {"teacher": teacher, "tuples_per_query": tuples_per_query, "tuples": tuples,
                                             "max_query_tokens": max_query_tokens, "device": device,
-                                            "teacher_weights": teacher_weights.split(",") if teacher_weights else None},
+                                            "teacher_weights": teacher_weights},
                                   "backend": backend_overrides(None, url, None, username, password, ca_certs, verify_certs)})
     summary = run_label(cfg.label, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate",
                         cfg.run_dir / "mine", cfg.run_dir / "label", overwrite=bool(overwrite))
@@ -346,7 +369,7 @@ def adapt(
     overrides["generate"]["dev_queries"] = dev_queries
     overrides.update({"label": {"teacher": teacher}, "gate": {"margin": margin},
                       "backend": backend_overrides(None, url, None, username, password, ca_certs, verify_certs)})
-    cfg = RunConfig.load(config, _on_device(overrides, device))
+    cfg = RunConfig.load(config, _on_device(overrides, device), adapt=True)
     comparison, _ = run_adapt(cfg, overwrite=bool(overwrite))
     typer.echo(comparison.markdown())
     typer.echo(f"report: {cfg.run_dir / 'compare' / 'report.md'}")
@@ -359,17 +382,17 @@ def index_command(
     model: Annotated[str | None, typer.Option("--model", "-m", help="Bi-encoder (HF id, path or onnx:<dir>); omit for BM25 only.")] = None,
     backend: BackendOpt = None, url: UrlOpt = None, index: IndexOpt = None, username: UserOpt = None,
     password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None, overwrite: OverwriteOpt = None,
-    engine: Annotated[str | None, typer.Option(help="k-NN engine: lucene | faiss | nmslib.")] = None,
+    knn_library: KnnLibraryOpt = None,
     device: DeviceOpt = None, batch_size: BatchOpt = None,
 ) -> None:
-    """Index a collection (BM25 text + passage vectors) into the embedded backend or an OpenSearch index."""
+    """Index a collection (BM25 text + passage vectors) into the embedded backend or an OpenSearch/Elasticsearch index."""
     from genq_search.encoders import load_encoder
     from genq_search.pipeline import load_run_collection
     from genq_search.search import build_index
 
     cfg = RunConfig.load(config, {
         "run": {"run_dir": run_dir}, "corpus": {"path": corpus}, "encoder": {"model": model, "device": device, "batch_size": batch_size},
-        "backend": {**backend_overrides(backend, url, index, username, password, ca_certs, verify_certs, overwrite), "engine": engine},
+        "backend": {**backend_overrides(backend, url, index, username, password, ca_certs, verify_certs, overwrite), "knn_library": knn_library},
     })
     collection = load_run_collection(cfg, with_qrels=False)
     encoder = load_encoder(cfg.encoder.model, cfg.encoder.device, cfg.encoder.normalize, dtype=cfg.encoder.dtype) if model or config else None
@@ -387,7 +410,7 @@ def reindex(
     config: ConfigOpt = None, run_dir: RunDirOpt = None,
     url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None,
     verify_certs: VerifyOpt = None,
-    engine: Annotated[str | None, typer.Option(help="k-NN engine: lucene | faiss | nmslib.")] = None,
+    knn_library: KnnLibraryOpt = None,
     read_batch: Annotated[int | None, typer.Option(help="Documents read (and encoded) per batch.")] = None,
     freeze_writes: FreezeOpt = None,
     catchup_rounds: Annotated[int | None, typer.Option(help="Catch-up rounds of documents changed during the copy.")] = None,
@@ -402,7 +425,7 @@ def reindex(
         "run": {"run_dir": run_dir}, "encoder": {"model": model, "device": device, "batch_size": batch_size},
         "corpus": {"title_field": title_field, "text_fields": text_fields, "read_batch": read_batch},
         "reindex": {"alias": alias, "freeze_writes": freeze_writes, "catchup_rounds": catchup_rounds},
-        "backend": {**backend_overrides(BackendKind.OPENSEARCH, url, None, username, password, ca_certs, verify_certs), "engine": engine},
+        "backend": {**backend_overrides(None, url, None, username, password, ca_certs, verify_certs), "knn_library": knn_library},
     })
     encoder = load_encoder(cfg.encoder.model, cfg.encoder.device, cfg.encoder.normalize, dtype=cfg.encoder.dtype)
     result = run_reindex(cfg.backend, cfg.corpus, cfg.reindex, source, encoder, cfg.run_dir,
@@ -437,7 +460,7 @@ def upgrade(
         "reindex": {"alias": alias, "freeze_writes": freeze_writes},
         "backend": {"url": url, "username": username, "password": password, "ca_certs": ca_certs, "verify_certs": verify_certs},
         "generate": {"dev_queries": dev_queries}, "gate": {"margin": margin},
-    }, device))
+    }, device), adapt=True)
     report = run_upgrade(cfg, dry_run=dry_run, overwrite=bool(overwrite))
     typer.echo(describe_plan(report["plan"]))
     if dry_run:
@@ -452,10 +475,10 @@ def upgrade(
 @user_errors
 def export(
     model: Annotated[str, typer.Option("--model", "-m", help="sentence-transformers bi-encoder: HF id or path.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to create.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Bundle directory to create.")],
     profile: Annotated[str, typer.Option(help="Export profile from export/profiles.json: cpu (fp32+int8, and OpenVINO's when installed), "
                                               "openvino (OpenVINO's required), gpu (fp32+fp16), all.")] = "cpu",
-    corpus: Annotated[Path | None, typer.Option("--corpus", help="BEIR folder whose passages are the parity sample.")] = None,
+    corpus: Annotated[str | None, typer.Option("--corpus", help="BEIR folder whose passages are the parity sample.")] = None,
     sample: Annotated[int, typer.Option(help="Passages used for the parity check (and to calibrate openvino-int8).")] = 256,
     formats: Annotated[str, typer.Option(help="Also write these layouts of the transformer graph (comma-separated; '' = none): "
                                               "sentence-transformers (folder with onnx/model.onnx), ml-commons (model zip).")] = "sentence-transformers,ml-commons",
@@ -464,18 +487,20 @@ def export(
     """Export a bi-encoder to a verified ONNX bundle (fp32 / fp16 / int8, OpenVINO fp32 / bf16 / int8) usable as --model onnx:<dir>."""
     from genq_search.export import export_bundle
 
+    opts = check_options(ExportOptions, model=model, out=out, profile=profile, corpus=corpus, sample=sample, formats=formats,
+                         overwrite=overwrite)
     texts = None
     if corpus is not None:
         from genq_search.data import iter_documents
         from genq_search.passages import document_text
 
         texts = []
-        for doc in iter_documents(corpus / "corpus.jsonl" if corpus.is_dir() else corpus):
+        for doc in iter_documents(opts.corpus / "corpus.jsonl" if opts.corpus.is_dir() else opts.corpus):
             texts.append(document_text({"title": doc.title, "text": doc.text}))
             if len(texts) >= sample:
                 break
-    manifest = export_bundle(model, out, profile, texts, overwrite=bool(overwrite),
-                             formats=tuple(f.strip() for f in formats.split(",") if f.strip()))
+    out = opts.out
+    manifest = export_bundle(model, out, profile, texts, overwrite=bool(overwrite), formats=tuple(opts.formats))
     for variant, entry in manifest["variants"].items():
         parity = entry["parity"]
         typer.echo(f"{variant:>13}: mean cosine {parity['mean_cosine']:.5f} (min {parity['min_cosine']:.5f}) "
@@ -489,7 +514,7 @@ def export(
 @app.command()
 @user_errors
 def serve(
-    bundle: Annotated[Path, typer.Option("--bundle", help="ONNX bundle directory (genq-search export).")],
+    bundle: Annotated[str, typer.Option("--bundle", help="ONNX bundle directory (genq-search export).")],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8080,
     device: DeviceOpt = None, batch_size: BatchOpt = None,
@@ -501,6 +526,8 @@ def serve(
     """Serve the bundle as an HTTP embedding endpoint (/v1/embeddings, /v1/passages, /health) for the cluster to call."""
     from genq_search.serve import serve as run_server
 
+    bundle = check_options(ServeOptions, bundle=bundle, host=host, port=port, device=device, batch_size=batch_size,
+                  passage_tokens=passage_tokens, passage_stride=passage_stride, variant=variant).bundle
     provider = "cuda" if device and device.startswith("cuda") else device or "auto"
     run_server(bundle, host=host, port=port, provider=provider, batch_size=batch_size or 64,
                passage_tokens=passage_tokens, passage_stride=passage_stride, variant=variant)
@@ -509,7 +536,7 @@ def serve(
 @app.command()
 @user_errors
 def register(
-    bundle: Annotated[Path, typer.Option("--bundle", help="ONNX bundle directory (genq-search export).")],
+    bundle: Annotated[str, typer.Option("--bundle", help="ONNX bundle directory (genq-search export).")],
     endpoint: Annotated[str | None, typer.Option(help="URL of `genq-search serve` as the cluster reaches it: register "
                                                       "remote models over it instead of uploading the model zip.")] = None,
     index: Annotated[str | None, typer.Option("--index", help="With --endpoint: attach the ingest pipeline (passage vectors for "
@@ -523,11 +550,11 @@ def register(
     """Make the cluster embed with the bundle: upload it to ML Commons, or register remote models over `genq-search serve`."""
     import json
 
-    from genq_search.mlcommons import register_bundle
+    from genq_search.engines.opensearch.mlcommons import register_bundle
 
-    if index and not endpoint:
-        raise GenqError("--index needs --endpoint (the ingest pipeline calls the endpoint)")
-    cfg = RunConfig.load(config, {"backend": backend_overrides(BackendKind.OPENSEARCH, url, None, username, password, ca_certs, verify_certs)})
+    bundle = check_options(RegisterOptions, bundle=bundle, endpoint=endpoint, index=index, group=group, deploy=deploy,
+                  configure_cluster=configure_cluster).bundle
+    cfg = RunConfig.load(config, {"backend": backend_overrides(None, url, None, username, password, ca_certs, verify_certs)})
     typer.echo(json.dumps(register_bundle(cfg.backend, bundle, endpoint, index, group, deploy, configure_cluster), indent=2))
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Container, Iterable, Iterator
@@ -66,9 +67,15 @@ def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` of a UTF-8 text file; a byte-order mark is skipped (Windows tools write one),
     line ends are kept, and a byte that is not UTF-8 names the file, line and byte offset."""
     path = Path(path)
+    if path.is_dir():
+        raise GenqError(f"{path}: is a directory, expected a file")
     if not path.is_file():
         raise GenqError(f"{path}: file not found")
-    with path.open("rb") as handle:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise GenqError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with handle:
         offset = 0
         for line_no, raw in enumerate(handle, start=1):
             try:
@@ -96,16 +103,22 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield line_no, obj
 
 
-def _required_str(path: Path, line_no: int, obj: dict[str, Any], field: str, allow_empty: bool = False) -> str:
+def _required_str(path: Path, line_no: int, obj: dict[str, Any], field: str, allow_empty: bool = False,
+                  is_id: bool = False) -> str:
     if field not in obj or obj[field] is None:
         raise InputError(path, "missing", line_no, field)
     value = obj[field]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(path, f"expected a string, got the number {value} (JSON's {json.dumps(value)})", line_no, field)
     if isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         raise InputError(path, f"expected a string, got {type(value).__name__}", line_no, field)
     if not allow_empty and not value.strip():
         raise InputError(path, "is empty", line_no, field)
+    if is_id and any(c.isspace() for c in value):
+        raise InputError(path, f"id {value!r} holds whitespace, which breaks TREC run and qrels files (one "
+                               "whitespace-separated column per field): remove or replace it", line_no, field)
     return value
 
 
@@ -124,7 +137,7 @@ def joined_text(obj: dict[str, Any], fields: list[str]) -> str:
         value = field_value(obj, name)
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, int | float) and not isinstance(item, bool):
-                item = str(item)
+                item = str(item) if math.isfinite(item) else None  # NaN / Infinity: no text
             if isinstance(item, str) and item.strip():
                 parts.append(item.strip())
     return " ".join(parts)
@@ -138,7 +151,7 @@ def iter_documents(
     text_fields = text_fields or ["text"]
     seen: set[str] = set()
     for line_no, obj in iter_jsonl(path):
-        doc_id = _required_str(path, line_no, obj, id_field)
+        doc_id = _required_str(path, line_no, obj, id_field, is_id=True)
         if doc_id in seen:
             raise InputError(path, f"duplicate id '{doc_id}'", line_no, id_field)
         seen.add(doc_id)
@@ -165,7 +178,7 @@ def read_corpus(path: Path, id_field: str = "_id", title_field: str | None = "ti
 def read_queries(path: Path, id_field: str = "_id", text_field: str = "text") -> Queries:
     queries: Queries = {}
     for line_no, obj in iter_jsonl(path):
-        qid = _required_str(path, line_no, obj, id_field)
+        qid = _required_str(path, line_no, obj, id_field, is_id=True)
         if qid in queries:
             raise InputError(path, f"duplicate id '{qid}'", line_no, id_field)
         queries[qid] = _required_str(path, line_no, obj, text_field)
@@ -180,13 +193,17 @@ def read_qrels(path: Path, corpus_ids: Container[str] | None = None, queries: Co
     qrels: Qrels = {}
     lines = iter_lines(path)
     _, first = next(lines, (1, ""))
+    if not first.strip():
+        raise InputError(path, "no judgements (the first line is empty)")
     columns = first.rstrip("\r\n").split("\t")
     trec = len(columns) != 3 and len(first.split()) == 4  # a BEIR doc id may hold spaces
     if not trec and len(columns) != 3:
         raise InputError(path, "expected BEIR's tab-separated 'query-id corpus-id score' (header optional) or TREC's "
                                f"'qid 0 doc_id rel' lines, got {first.strip()[:80]!r}", 1)
-    if trec or _is_number(columns[2]):  # no header: the first line is a judgement
+    header = not trec and not _is_number(columns[2])
+    if not header:  # the first line is a judgement
         lines = itertools.chain([(1, first)], lines)
+    judged_on: dict[tuple[str, str], int] = {}
     for line_no, line in lines:
         if not line.strip():
             continue
@@ -200,9 +217,20 @@ def read_qrels(path: Path, corpus_ids: Container[str] | None = None, queries: Co
         if queries is not None and qid not in queries:
             raise InputError(path, f"query '{qid}' is not in the queries file", line_no, "query-id")
         try:
-            qrels.setdefault(qid, {})[doc_id] = int(score)
+            grade = int(score)
         except ValueError:
             raise InputError(path, f"relevance {score!r} is not an integer", line_no, "score") from None
+        before = qrels.setdefault(qid, {}).get(doc_id)
+        if before is not None and before != grade:
+            raise InputError(path, f"query '{qid}' and document '{doc_id}' are judged {before} on line "
+                                   f"{judged_on[qid, doc_id]} and {grade} here: keep one judgement", line_no, "score")
+        judged_on.setdefault((qid, doc_id), line_no)
+        qrels[qid][doc_id] = grade
+    if not qrels:
+        raise InputError(path, "no judgements" + (" (only a header line)" if header and first.strip() else " (empty file)"))
+    if not any(grade > 0 for judged in qrels.values() for grade in judged.values()):
+        raise InputError(path, f"no query has a relevant document: all {len(judged_on)} judgements have grade 0 or less "
+                               "(relevant documents need a grade of 1 or more), so every metric would be 0")
     return qrels
 
 
@@ -231,7 +259,7 @@ def load_collection(
     path = Path(path)
     if not path.is_dir():
         raise GenqError(f"{path}: not a directory (expected a BEIR folder with corpus.jsonl)")
-    if not (path / "corpus.jsonl").is_file():
+    if not (path / "corpus.jsonl").exists():  # a directory or an unreadable file: named by the reader
         raise GenqError(f"{path}: no corpus.jsonl (a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv)")
     corpus = read_corpus(path / "corpus.jsonl", id_field, title_field, text_fields)
     if not with_qrels:

@@ -605,8 +605,8 @@ def round_trip_filter(generated: list[tuple[str, str, str]], corpus: Corpus, cfg
                       stats: CleanStats) -> list[tuple[str, str, str]]:
     """Keep a query only if its source document ranks in the top ``filter_top_k`` for it under ``filter_model``
     (round-trip consistency, Alberti et al. 2019; Promptagator)."""
-    from genq_search.backends.embedded import EmbeddedBackend
     from genq_search.encoders import encode_passages_cached, load_encoder
+    from genq_search.engines.embedded import EmbeddedBackend
     from genq_search.passages import split_documents
 
     encoder = load_encoder(cfg.filter_model, cfg.device)

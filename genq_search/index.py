@@ -1,9 +1,9 @@
-"""Reindex a live OpenSearch index (or every index behind an alias) into ``<alias>-v<N>`` with passage vectors,
+"""Reindex a live index (or every index behind an alias) on OpenSearch or Elasticsearch into ``<alias>-v<N>`` with passage vectors,
 losing nothing.
 
 1. Plan: the state file ``<run_dir>/reindex-<alias>.json`` names the target and is written *before* the target is
    created, so a crash at any point resumes (the target is marked in its ``_meta`` as the tool's, for this run).
-2. Copy: shard by shard in ``_seq_no`` order up to the shards' checkpoints (see ``sources.scan``); batch i+1 is
+2. Copy: shard by shard in ``_seq_no`` order up to the shards' checkpoints (``engines.base.Cluster.scan``); batch i+1 is
    encoded while batch i is bulk-written. Per-shard cursors advance as batches land; documents that fail are
    recorded with their reasons and retried, exactly those, by the next run.
 3. Catch-up: rounds copying what moved past the cursors (documents created or updated since) until a round finds
@@ -24,36 +24,26 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from genq_search.backends.opensearch import (
-    VECTOR_FIELD,
-    OpenSearchBackend,
-    connect,
-    explain_error,
-    knn_index_settings,
-    tool_meta,
-    vector_field_mapping,
-    vector_json,
-)
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
 from genq_search.data import fingerprint, write_json
 from genq_search.encoders import Encoder
+from genq_search.engines.base import (
+    VECTOR_FIELD,
+    Cluster,
+    ClusterBackend,
+    Cursors,
+    vector_json,
+)
 from genq_search.errors import GenqError
 from genq_search.passages import split_documents
-from genq_search.sources import (
-    Cursors,
-    concrete_indices,
-    hit_document,
-    refreshed_checkpoints,
-    scan,
-    source_fields,
-)
+from genq_search.sources import hit_document, source_fields
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +79,7 @@ class ReindexState:
         moves = f"{self.alias}: {', '.join(self.alias_now) or '(new alias)'} -> {self.target}"
         lines = [
             f"source      {self.source} -> {', '.join(self.source_indices)} ({self.documents} documents)",
-            f"target      {self.target} (settings and mappings of the source + nested '{VECTOR_FIELD}' knn_vector, dim {self.dim})",
+            f"target      {self.target} (settings and mappings of the source + nested '{VECTOR_FIELD}' vectors, dim {self.dim})",
             f"encode      with {self.model}",
             f"alias       {moves}, only after catch-up and verification (every id, sampled sources, vectors)",
         ]
@@ -112,53 +102,61 @@ class ReindexResult:
     previous: list[str] = field(default_factory=list)
 
 
-def plan_reindex(client: Any, cfg: BackendConfig, source: str, alias: str | None, encoder: Encoder,
-                 corpus: CorpusConfig, state_dir: Path) -> ReindexState:
+def plan_reindex(cluster: Cluster, source: str, alias: str | None, encoder: Encoder, corpus: CorpusConfig,
+                 state_dir: Path) -> ReindexState:
     """Resolve the source, alias and target; pick up an unfinished run with the same settings."""
-    indices = concrete_indices(client, cfg, source)
+    indices = cluster.resolve(source)
     if alias is None:
-        if not client.indices.exists_alias(name=source):
+        if not cluster.is_alias(source):
             raise GenqError(f"'{source}' is an index, not an alias: pass --alias NAME for the alias to create "
                             "(the source index keeps its name and is never modified)")
         alias = source
-    if client.indices.exists(index=alias) and not client.indices.exists_alias(name=alias):
+    if cluster.exists(alias) and not cluster.is_alias(alias):
         raise GenqError(f"cannot create alias '{alias}': an index with that name exists; choose another --alias")
     checkpoint = Path(state_dir) / f"reindex-{alias}.json"
     settings_hash = fingerprint([source, alias, encoder.fingerprint(), corpus.title_field, corpus.text_fields,
-                                 corpus.passage_tokens, corpus.passage_stride, cfg.engine, cfg.space_type])
-    documents = int(client.count(index=source)["count"])
+                                 corpus.passage_tokens, corpus.passage_stride, *_index_settings(cluster)])
+    documents = cluster.count(source)
     if checkpoint.is_file():
         saved = json.loads(checkpoint.read_text())
         if saved.get("settings_hash") == settings_hash:
             state = ReindexState(**{**saved, "documents": documents, "source_indices": indices}, resumed=True,
                                  checkpoint=str(checkpoint))
-            meta = tool_meta(client, state.target)
-            if meta is None and client.indices.exists(index=state.target):
+            meta = cluster.tool_meta(state.target)
+            if meta is None and cluster.exists(state.target):
                 raise GenqError(f"target '{state.target}' exists but was not created by genq-search; refusing to write into it")
             return state
         logger.warning("ignoring the unfinished reindex in %s: its settings differ (its target %s is left as it is)",
                        checkpoint, saved.get("target"))
         for index, value in (saved.get("frozen") or {}).items():  # killed while it froze the source: never leave it blocked
             logger.warning("releasing the write block the unfinished run left on %s", index)
-            _set_write_block(client, cfg, [index], value)
-    existing = client.indices.get(index=f"{alias}-v*", ignore_unavailable=True, allow_no_indices=True)
+            cluster.set_write_block([index], value)
+    existing = cluster.matching(f"{alias}-v*")
     versions = [int(m.group(1)) for n in existing if (m := re.fullmatch(rf"{re.escape(alias)}-v(\d+)", n))]
     version = max(versions, default=0) + 1
-    while f"{alias}-v{version}" in indices or client.indices.exists(index=f"{alias}-v{version}"):
+    while f"{alias}-v{version}" in indices or cluster.exists(f"{alias}-v{version}"):
         version += 1
     return ReindexState(source, indices, alias, f"{alias}-v{version}", encoder.name, encoder.dim, settings_hash,
                         documents, checkpoint=str(checkpoint))
 
 
-def merged_source_body(client: Any, cfg: BackendConfig, indices: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _index_settings(cluster: Cluster) -> list[Any]:
+    """The vector-index settings a reindex's settings hash covers (the engine's own)."""
+    cfg = cluster.cfg
+    if cluster.engine == "opensearch":  # as before the engines were split: unfinished OpenSearch runs still resume
+        return [cfg.knn_library, cfg.space_type]
+    return [cluster.engine, cfg.index_options, cfg.space_type]
+
+
+def merged_source_body(cluster: Cluster, indices: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """Settings (shards, analysis, similarity, replicas, refresh) and mappings of every source index, merged;
     conflicting definitions are refused."""
-    settings = client.indices.get_settings(index=",".join(indices))
-    mappings = client.indices.get_mapping(index=",".join(indices))
+    settings = cluster.settings(indices)
+    mappings = cluster.mappings(indices)
     merged: dict[str, Any] = {}
     shared: dict[str, Any] = {}
     for index in indices:
-        own = settings[index]["settings"]["index"]
+        own = settings[index]
         for key in ("analysis", "similarity", "number_of_shards"):
             if key in own:
                 if key in shared and shared[key] != own[key]:
@@ -167,8 +165,8 @@ def merged_source_body(client: Any, cfg: BackendConfig, indices: list[str]) -> t
                 shared[key] = own[key]
         shared.setdefault("number_of_replicas", own.get("number_of_replicas", "1"))
         shared.setdefault("refresh_interval", own.get("refresh_interval", "1s"))
-        _merge_properties(merged, mappings[index]["mappings"].get("properties", {}), index)
-    body_mappings = dict(mappings[indices[0]]["mappings"])
+        _merge_properties(merged, mappings[index].get("properties", {}), index)
+    body_mappings = dict(mappings[indices[0]])
     body_mappings["properties"] = merged
     return shared, body_mappings
 
@@ -184,40 +182,61 @@ def _merge_properties(into: dict[str, Any], new: dict[str, Any], index: str, pre
                             f"{json.dumps(into[name])} elsewhere but {json.dumps(spec)} in '{index}'")
 
 
-def create_target(client: Any, cfg: BackendConfig, state: ReindexState, corpus: CorpusConfig) -> dict[str, Any]:
+def check_source_mappings(mappings: dict[str, Any], source: str, dim: int) -> None:
+    """Refuse a source the reindex cannot copy faithfully: ``_source`` disabled (nothing to copy), ``semantic_text``
+    fields (their embeddings come from an inference endpoint the copy would call again for every document), a field
+    named like the vector field that is not one of the tool's, or the tool's with another dimension."""
+    if (mappings.get("_source") or {}).get("enabled") is False:
+        raise GenqError(f"'{source}' has _source disabled: a reindex copies documents from their _source, so it cannot "
+                        "copy this index")
+
+    def walk(properties: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+        for name, spec in properties.items():
+            yield prefix + name, spec
+            yield from walk(spec.get("properties", {}), f"{prefix}{name}.")
+
+    semantic = [path for path, spec in walk(mappings.get("properties", {})) if spec.get("type") == "semantic_text"]
+    if semantic:
+        raise GenqError(f"'{source}' has semantic_text fields ({', '.join(semantic)}): copying them would run their "
+                        "inference endpoint again for every document; reindex an index without them")
+    existing = mappings.get("properties", {}).get(VECTOR_FIELD)
+    if existing is not None:
+        vector = existing.get("properties", {}).get("vector", {}) if existing.get("type") == "nested" else {}
+        if vector.get("type") not in ("knn_vector", "dense_vector"):
+            raise GenqError(f"mapping conflict: '{source}' already has a field '{VECTOR_FIELD}' that is not a genq-search "
+                            "vector field")
+        held = vector.get("dimension", vector.get("dims"))
+        if held not in (None, dim):
+            logger.info("'%s' holds %s-d vectors in '%s': the new index gets the model's %d-d vectors", source, held,
+                        VECTOR_FIELD, dim)
+
+
+def create_target(cluster: Cluster, state: ReindexState, corpus: CorpusConfig) -> dict[str, Any]:
     """Create the target (no replicas, no refresh during the load); returns the settings to restore afterwards."""
-    shared, mappings = merged_source_body(client, cfg, state.source_indices)
+    shared, mappings = merged_source_body(cluster, state.source_indices)
     restore = {"number_of_replicas": shared.pop("number_of_replicas"), "refresh_interval": shared.pop("refresh_interval")}
-    if client.indices.exists(index=state.target):
+    if cluster.exists(state.target):
         return restore
-    if VECTOR_FIELD in mappings["properties"]:
-        existing = mappings["properties"][VECTOR_FIELD]
-        if existing.get("type") != "nested" or "vector" not in existing.get("properties", {}):
-            raise GenqError(f"mapping conflict: the source already has a field '{VECTOR_FIELD}' that is not a genq-search vector field")
-    mappings["properties"][VECTOR_FIELD] = vector_field_mapping(cfg, state.dim)
+    check_source_mappings(mappings, state.source, state.dim)
+    mappings["properties"][VECTOR_FIELD] = cluster.vector_field_mapping(state.dim)
     mappings["_meta"] = {**mappings.get("_meta", {}), "genq_search": {
         "created_by": "genq-search", "source": state.source, "settings_hash": state.settings_hash, "model": state.model,
         "passage_tokens": corpus.passage_tokens, "passage_stride": corpus.passage_stride,
         "title_field": corpus.title_field, "text_fields": corpus.text_fields}}
     index_settings = {**{k: v for k, v in shared.items() if k in ("analysis", "similarity")},
-                      "knn": True, "knn.algo_param.ef_search": cfg.ef_search,
-                      "number_of_shards": int(shared.get("number_of_shards", 1)), "number_of_replicas": 0, "refresh_interval": "-1"}
-    try:
-        index_settings.update(knn_index_settings(client))
-        client.indices.create(index=state.target, body={"settings": {"index": index_settings}, "mappings": mappings})
-    except Exception as exc:  # noqa: BLE001
-        raise explain_error(exc, cfg, f"creating '{state.target}'") from None
+                      "number_of_shards": int(shared.get("number_of_shards", 1)), "number_of_replicas": 0,
+                      "refresh_interval": "-1", **cluster.vector_index_settings()}
+    cluster.create_index(state.target, {"index": index_settings}, mappings)
     return restore
 
 
 class Copier:
     """Encodes batches of source hits and bulk-writes them into the target on a second thread (pipelined)."""
 
-    def __init__(self, client: Any, cfg: BackendConfig, corpus: CorpusConfig, encoder: Encoder, state: ReindexState,
-                 encode_batch: int):
-        self.client, self.cfg, self.corpus, self.encoder, self.state = client, cfg, corpus, encoder, state
+    def __init__(self, cluster: Cluster, corpus: CorpusConfig, encoder: Encoder, state: ReindexState, encode_batch: int):
+        self.cluster, self.corpus, self.encoder, self.state = cluster, corpus, encoder, state
         self.encode_batch = encode_batch
-        self.target = OpenSearchBackend(client, state.target, cfg)
+        self.target = ClusterBackend(cluster, state.target)
         self.target.rejections_retried = state.rejections_retried  # a resumed run keeps counting
         self.max_tokens = corpus.passage_tokens if corpus.passage_tokens is not None else encoder.max_seq_length
 
@@ -279,7 +298,7 @@ class Copier:
         except GenqError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. the cluster went away mid-read
-            raise explain_error(exc, self.cfg, f"reading '{self.state.source}'") from None
+            raise self.cluster.explain(exc, f"reading '{self.state.source}'") from None
         finally:
             work.put(None)
             thread.join()
@@ -294,7 +313,7 @@ class Copier:
 
         def batches() -> Iterable[tuple[str, str, list[dict[str, Any]]]]:
             for start in range(0, len(ids), 256):
-                docs = self.client.mget(index=self.state.source, body={"ids": ids[start : start + 256]})["docs"]
+                docs = self.cluster.mget(self.state.source, ids[start : start + 256])
                 gone.extend(d["_id"] for d in docs if not d.get("found"))
                 hits = [{"_id": d["_id"], "_source": d["_source"], **({"_routing": d["_routing"]} if d.get("_routing") else {})}
                         for d in docs if d.get("found")]
@@ -307,22 +326,10 @@ class Copier:
         return written
 
 
-def all_ids(client: Any, cfg: BackendConfig, indices: list[str]) -> set[str]:
-    upto, _ = refreshed_checkpoints(client, cfg, indices)
-    return {h["_id"] for _, _, hits in scan(client, indices, None, upto, 5000, source=False) for h in hits}
-
-
-def _set_write_block(client: Any, cfg: BackendConfig, indices: list[str], blocked: bool | None) -> None:
-    try:
-        client.indices.put_settings(index=",".join(indices), body={"index": {"blocks.write": blocked}})
-    except Exception as exc:  # noqa: BLE001
-        raise explain_error(exc, cfg, f"{'setting' if blocked else 'releasing'} the write block on {', '.join(indices)}") from None
-
-
-def _release_write_block(client: Any, cfg: BackendConfig, state: ReindexState) -> None:
+def _release_write_block(cluster: Cluster, state: ReindexState) -> None:
     """Put back the write block settings the source had before the freeze (``state.frozen``), then forget them."""
     for index, value in (state.frozen or {}).items():
-        _set_write_block(client, cfg, [index], value)
+        cluster.set_write_block([index], value)
     state.frozen = None
     state.save()
 
@@ -330,9 +337,11 @@ def _release_write_block(client: Any, cfg: BackendConfig, state: ReindexState) -
 def run_reindex(cfg: BackendConfig, corpus: CorpusConfig, reindex: ReindexConfig, source: str, encoder: Encoder,
                 state_dir: Path, encode_batch: int = 64, dry_run: bool = False) -> ReindexState | ReindexResult:
     """Reindex ``source`` into a new versioned index with vectors and point ``reindex.alias`` at it."""
-    client = connect(cfg)
-    state = plan_reindex(client, cfg, source, reindex.alias, encoder, corpus, state_dir)
-    previous = sorted(client.indices.get_alias(name=state.alias)) if client.indices.exists_alias(name=state.alias) else []
+    from genq_search.engines import connect
+
+    cluster = connect(cfg)
+    state = plan_reindex(cluster, source, reindex.alias, encoder, corpus, state_dir)
+    previous = cluster.alias_indices(state.alias)
     state.alias_now = previous
     if dry_run:
         return state
@@ -341,9 +350,9 @@ def run_reindex(cfg: BackendConfig, corpus: CorpusConfig, reindex: ReindexConfig
     if state.frozen is not None:  # a run killed while it held the write block: release it before anything else
         logger.warning("releasing the write block a previous run left on %s (it was killed during its final phase)",
                        ", ".join(state.frozen))
-        _release_write_block(client, cfg, state)
-    restore = create_target(client, cfg, state, corpus)
-    copier = Copier(client, cfg, corpus, encoder, state, encode_batch)
+        _release_write_block(cluster, state)
+    restore = create_target(cluster, state, corpus)
+    copier = Copier(cluster, corpus, encoder, state, encode_batch)
     indices = state.source_indices
     written_before = state.copied + state.caught_up
     progress = tqdm(total=state.documents, initial=min(state.copied, state.documents), desc=f"reindex {state.target}", unit="doc")
@@ -351,33 +360,31 @@ def run_reindex(cfg: BackendConfig, corpus: CorpusConfig, reindex: ReindexConfig
         if state.failed:
             logger.info("retrying %d documents that failed in the previous run", len(state.failed))
             copier.copy_ids(sorted(state.failed), progress, "copied")
-        upto, _ = refreshed_checkpoints(client, cfg, indices)
-        copier.run(scan(client, indices, state.cursors, upto, corpus.read_batch), progress, "copied")
+        upto, _ = cluster.checkpoints(indices)
+        copier.run(cluster.scan(indices, state.cursors, upto, corpus.read_batch), progress, "copied")
         stages["copy_s"] = time.perf_counter() - started
         _raise_failures(state)
         start = time.perf_counter()
         for _ in range(reindex.catchup_rounds):
-            upto, _ = refreshed_checkpoints(client, cfg, indices)
-            if not copier.run(scan(client, indices, state.cursors, upto, corpus.read_batch), progress, "caught_up"):
+            upto, _ = cluster.checkpoints(indices)
+            if not copier.run(cluster.scan(indices, state.cursors, upto, corpus.read_batch), progress, "caught_up"):
                 break
         _raise_failures(state)
         stages["catchup_s"] = time.perf_counter() - start
     finally:
         progress.close()
-    OpenSearchBackend(client, state.target, cfg).finish_load(restore["number_of_replicas"], restore["refresh_interval"])
+    cluster.finish_load(state.target, restore["number_of_replicas"], restore["refresh_interval"])
     start = time.perf_counter()
     if reindex.freeze_writes:
-        settings = client.indices.get_settings(index=",".join(indices), name="index.blocks.write")
-        before = {i: settings.get(i, {}).get("settings", {}).get("index", {}).get("blocks", {}).get("write") for i in indices}
-        state.frozen = {i: None if v is None else v == "true" for i, v in before.items()}
+        state.frozen = cluster.write_blocks(indices)
         state.save()  # before the block: a run killed while it holds the block has the next run release it
-        _set_write_block(client, cfg, indices, True)
+        cluster.set_write_block(indices, True)
         try:
-            verified, seed, switch_s = _final(client, cfg, copier, reindex)
+            verified, seed, switch_s = _final(cluster, copier, reindex)
         finally:
-            _release_write_block(client, cfg, state)
+            _release_write_block(cluster, state)
     else:
-        verified, seed, switch_s = _final(client, cfg, copier, reindex)
+        verified, seed, switch_s = _final(cluster, copier, reindex)
     stages["verify_switch_s"] = time.perf_counter() - start
     state.rejections_retried = copier.target.rejections_retried
     if state.rejections_retried:
@@ -385,8 +392,8 @@ def run_reindex(cfg: BackendConfig, corpus: CorpusConfig, reindex: ReindexConfig
                     state.target, state.rejections_retried)
     changed_after = 0
     if not reindex.freeze_writes:
-        upto, _ = refreshed_checkpoints(client, cfg, indices)
-        changed_after = sum(len(h) for _, _, h in scan(client, indices, state.cursors, upto, 5000, source=False))
+        upto, _ = cluster.checkpoints(indices)
+        changed_after = sum(len(h) for _, _, h in cluster.scan(indices, state.cursors, upto, 5000, source=False))
         if changed_after:
             logger.warning("%d documents changed in '%s' between the last catch-up and the alias switch; rerun with "
                            "--freeze-writes for a switch that loses nothing under live writes", changed_after, source)
@@ -404,14 +411,14 @@ def _raise_failures(state: ReindexState) -> None:
                         f"rerun to retry exactly those): {shown}")
 
 
-def _final(client: Any, cfg: BackendConfig, copier: Copier, reindex: ReindexConfig) -> tuple[int, int, float]:
+def _final(cluster: Cluster, copier: Copier, reindex: ReindexConfig) -> tuple[int, int, float]:
     """Last catch-up, deletions, verification (retried while concurrent writes keep it from agreeing), switch."""
     state = copier.state
     for attempt in range(1, 4):
-        upto, _ = refreshed_checkpoints(client, cfg, state.source_indices)
-        copier.run(scan(client, state.source_indices, state.cursors, upto, 1000), tqdm(disable=True), "caught_up")
-        client.indices.refresh(index=state.target)
-        source_ids, target_ids = all_ids(client, cfg, state.source_indices), all_ids(client, cfg, [state.target])
+        upto, _ = cluster.checkpoints(state.source_indices)
+        copier.run(cluster.scan(state.source_indices, state.cursors, upto, 1000), tqdm(disable=True), "caught_up")
+        cluster.refresh([state.target])
+        source_ids, target_ids = cluster.all_ids(state.source_indices), cluster.all_ids([state.target])
         extra, missing = target_ids - source_ids, source_ids - target_ids
         if extra:
             _delete(copier.target, sorted(extra))
@@ -419,40 +426,40 @@ def _final(client: Any, cfg: BackendConfig, copier: Copier, reindex: ReindexConf
         if missing:
             copier.copy_ids(sorted(missing), tqdm(disable=True), "caught_up")
         state.save()
-        client.indices.refresh(index=state.target)
+        cluster.refresh([state.target])
         if not extra and not missing or attempt == 3:
             break
         logger.info("catch-up: %d deleted and %d missing documents found; verifying again", len(extra), len(missing))
     seed = random.SystemRandom().randrange(2**31)
-    verified = verify(client, cfg, state, copier.corpus, reindex.verify_sample, seed)
+    verified = verify(cluster, state, copier.corpus, reindex.verify_sample, seed)
     start = time.perf_counter()
-    switch_alias(client, cfg, state.alias, state.target)
+    cluster.switch_alias(state.alias, state.target)
     return verified, seed, time.perf_counter() - start
 
 
-def _delete(target: OpenSearchBackend, ids: list[str]) -> None:
+def _delete(target: ClusterBackend, ids: list[str]) -> None:
     _, failures = target.bulk(({"_op_type": "delete", "_index": target.index_name, "_id": i} for i in ids), progress=False)
     real = [(i, r) for i, r in failures if "not_found" not in r and "not found" not in r]
     if real:
         raise GenqError(f"could not delete {len(real)} documents removed from the source, e.g. {real[0][0]}: {real[0][1]}")
 
 
-def verify(client: Any, cfg: BackendConfig, state: ReindexState, corpus: CorpusConfig, sample: int, seed: int) -> int:
+def verify(cluster: Cluster, state: ReindexState, corpus: CorpusConfig, sample: int, seed: int) -> int:
     """Every id present on both sides, a random sample of sources identical, vectors wherever there is text."""
-    source_ids, target_ids = all_ids(client, cfg, state.source_indices), all_ids(client, cfg, [state.target])
+    source_ids, target_ids = cluster.all_ids(state.source_indices), cluster.all_ids([state.target])
     if source_ids != target_ids:
         missing, extra = sorted(source_ids - target_ids), sorted(target_ids - source_ids)
         raise GenqError(f"verification failed: {len(missing)} source documents missing from '{state.target}' "
                         f"(e.g. {missing[:3]}), {len(extra)} not in the source (e.g. {extra[:3]}); the source is still "
                         "changing: rerun with --freeze-writes; alias not switched")
-    dim = OpenSearchBackend(client, state.target, cfg).vector_dimension()
+    dim = cluster.vector_dimension(state.target)
     if dim != state.dim:
         raise GenqError(f"verification failed: target vector dimension {dim}, expected {state.dim}; alias not switched")
     chosen = random.Random(seed).sample(sorted(source_ids), min(sample, len(source_ids)))
     for start in range(0, len(chosen), 100):
         ids = chosen[start : start + 100]
-        src = {d["_id"]: d["_source"] for d in client.mget(index=state.source, body={"ids": ids})["docs"] if d.get("found")}
-        dst = {d["_id"]: d.get("_source") for d in client.mget(index=state.target, body={"ids": ids})["docs"]}
+        src = {d["_id"]: d["_source"] for d in cluster.mget(state.source, ids) if d.get("found")}
+        dst = {d["_id"]: d.get("_source") for d in cluster.mget(state.target, ids)}
         for doc_id in ids:
             if doc_id not in src:
                 continue  # deleted since the id scan: the next run's catch-up handles it
@@ -464,9 +471,9 @@ def verify(client: Any, cfg: BackendConfig, state: ReindexState, corpus: CorpusC
             if any(len(v.get("vector", [])) != state.dim for v in vectors):
                 raise GenqError(f"verification failed: document '{doc_id}' has a vector that is not {state.dim}-d; alias not switched")
     no_vectors = {"nested": {"path": VECTOR_FIELD, "query": {"exists": {"field": f"{VECTOR_FIELD}.vector"}}}}
-    upto, _ = refreshed_checkpoints(client, cfg, [state.target])
+    upto, _ = cluster.checkpoints([state.target])
     without, example = 0, ""
-    for _, _, hits in scan(client, [state.target], None, upto, 1000, source_fields(corpus), must_not=no_vectors):
+    for _, _, hits in cluster.scan([state.target], None, upto, 1000, source_fields(corpus), must_not=no_vectors):
         for h in hits:
             if any(hit_document(h, corpus)[1:]):
                 without, example = without + 1, example or h["_id"]
@@ -474,16 +481,3 @@ def verify(client: Any, cfg: BackendConfig, state: ReindexState, corpus: CorpusC
         raise GenqError(f"verification failed: {without} documents with text have no vectors (e.g. "
                         f"'{example}'); alias not switched")
     return len(target_ids)
-
-
-def switch_alias(client: Any, cfg: BackendConfig, alias: str, target: str) -> None:
-    """Point ``alias`` at ``target`` only, in one atomic call."""
-    actions: list[dict[str, Any]] = []
-    if client.indices.exists_alias(name=alias):
-        for index in client.indices.get_alias(name=alias):
-            actions.append({"remove": {"index": index, "alias": alias}})
-    actions.append({"add": {"index": target, "alias": alias}})
-    try:
-        client.indices.update_aliases(body={"actions": actions})
-    except Exception as exc:  # noqa: BLE001
-        raise explain_error(exc, cfg, f"switching alias '{alias}'") from None

@@ -212,7 +212,7 @@ class BM25Teacher:
     truncated = 0
 
     def __init__(self, corpus: Corpus, cfg: LabelConfig):
-        from genq_search.backends.embedded import EmbeddedBackend
+        from genq_search.engines.embedded import EmbeddedBackend
 
         backend = EmbeddedBackend()
         backend.index(corpus, [], None)

@@ -12,8 +12,6 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from genq_search.backends.base import SearchBackend
-from genq_search.backends.embedded import exact_top_k
 from genq_search.config import MineConfig
 from genq_search.data import (
     Corpus,
@@ -30,6 +28,8 @@ from genq_search.data import (
     write_jsonl,
 )
 from genq_search.encoders import Encoder, encode_passages_cached, load_encoder
+from genq_search.engines.base import SearchBackend
+from genq_search.engines.embedded import exact_top_k
 from genq_search.errors import GenqError
 from genq_search.generate import read_generated
 from genq_search.passages import document_text

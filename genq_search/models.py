@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -40,11 +41,45 @@ def is_gguf(name_or_path: str) -> bool:
     return package.endswith("-gguf") and importlib.util.find_spec(package.replace("-", "_")) is not None
 
 
+def looks_local(name: str) -> bool:
+    """A path, not a hub id (``org/name``): absolute, ``./`` ``../`` ``~``, more than one ``/``, or a weights file."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name.endswith((".gguf", ".safetensors", ".bin"))
+
+
+def check_weights(path: Path) -> None:
+    """Weights files that cannot load, named before a library fails on them with a traceback: a ``.gguf`` without the
+    GGUF magic, a ``.safetensors`` whose header or data is cut short (a partial download or copy)."""
+    files = [path] if path.is_file() else [*path.rglob("*.safetensors"), *path.rglob("*.gguf")]
+    for file in files:
+        try:
+            with file.open("rb") as handle:
+                head = handle.read(8)
+                if file.suffix == ".gguf" and head[:4] != b"GGUF":
+                    raise GenqError(f"{file}: not a GGUF model file (it does not start with the GGUF magic; a text file or an HTML page?)")
+                if file.suffix == ".safetensors":
+                    size = file.stat().st_size
+                    length = int.from_bytes(head, "little") if len(head) == 8 else -1
+                    if not 0 < length <= size - 8:
+                        raise GenqError(f"{file}: truncated or not a safetensors file (header of {length} bytes in a "
+                                        f"{size}-byte file)")
+                    header = json.loads(handle.read(length))
+                    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+                    if 8 + length + end > size:
+                        raise GenqError(f"{file}: truncated: its tensors need {8 + length + end} bytes, the file has {size}")
+        except OSError as exc:
+            raise GenqError(f"{file}: cannot read ({exc.strerror or exc})") from None
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise GenqError(f"{file}: not a safetensors file (its header is not the JSON table of tensors)") from None
+
+
 def resolve_model(name_or_path: str, role: str = "model") -> str:
     """Return a local path for ``name_or_path``: an existing path, the HF cache, a bundled package, or the hub."""
     local = Path(name_or_path).expanduser()
     if local.exists():
+        check_weights(local)
         return str(local)
+    if looks_local(name_or_path):
+        raise GenqError(f"cannot load {role} '{name_or_path}': no such file or directory")
     if name_or_path in BUNDLED:
         package, locate = BUNDLED[name_or_path]
         try:

@@ -48,11 +48,12 @@ def run_compare(cfg: RunConfig, out_dir: Path | None = None, gate: tuple[str, st
     label-free agrees with labels, and write the report into ``out_dir``. Without labelled queries the report is the
     label-free one. ``gate = (zero-shot label, adapted label)`` adds the model gate of ``adapt``."""
     from genq_search import labelfree
+    from genq_search.report import write_compare_html
 
     started = time.perf_counter()
     out_dir = out_dir or cfg.run_dir / "compare"
     c = cfg.compare
-    if cfg.backend.model_id and (cfg.backend.kind != "opensearch" or len(c.models) != 1):
+    if cfg.backend.model_id and (cfg.backend.engine not in ("opensearch", "auto") or len(c.models) != 1):
         raise GenqError("backend.model_id (--model-id): the cluster embeds the queries with one model, so compare exactly "
                         "one --model (the one the index was built with) on --backend opensearch")
     modes = parse_modes(c.modes)
@@ -131,6 +132,7 @@ def run_compare(cfg: RunConfig, out_dir: Path | None = None, gate: tuple[str, st
                      extra=extra)
     summary["wall_s"] = time.perf_counter() - started
     write_json(out_dir / "summary.json", summary)
+    write_compare_html(out_dir, labelled, label_free, collection.corpus, summary, title)  # report.html beside report.md
     return comparison, summary
 
 

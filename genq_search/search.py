@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from genq_search.backends.base import SearchBackend
 from genq_search.config import (
     BackendConfig,
-    BackendKind,
     CompareConfig,
     CorpusConfig,
     EncoderConfig,
+    Engine,
 )
 from genq_search.data import (
     Collection,
@@ -26,6 +25,7 @@ from genq_search.data import (
     stage_is_complete,
 )
 from genq_search.encoders import Encoder, encode_passages_cached, load_encoder
+from genq_search.engines.base import SearchBackend
 from genq_search.errors import GenqError
 from genq_search.fusion import FusionMethod
 from genq_search.passages import split_documents
@@ -91,8 +91,8 @@ def build_index(
         vectors = encode_passages_cached(encoder, [p.text for p in passages], run_dir / "embeddings", encoder_cfg.batch_size)
         timings.encode_s = time.perf_counter() - start
     start = time.perf_counter()
-    if backend_cfg.kind is BackendKind.OPENSEARCH:
-        from genq_search.backends.opensearch import OpenSearchBackend, connect
+    if backend_cfg.engine is not Engine.EMBEDDED:
+        from genq_search.engines import cluster_backend
 
         name = backend_cfg.index or f"genq-{corpus_fingerprint(collection.corpus)[:8]}-{label}"
         if backend_cfg.index and separate_index:
@@ -101,11 +101,11 @@ def build_index(
         if encoder is not None:
             meta.update({"model": encoder.name, "model_fingerprint": encoder.fingerprint(), "passage_tokens": max_tokens,
                          "passage_stride": corpus_cfg.passage_stride})
-        backend: SearchBackend = OpenSearchBackend(connect(backend_cfg), name, backend_cfg)
+        backend: SearchBackend = cluster_backend(backend_cfg, name)
         if not backend.reusable(len(collection.corpus), encoder.dim if encoder else None, meta):
             backend.index(collection.corpus, passages, vectors, meta)
     else:
-        from genq_search.backends.embedded import EmbeddedBackend
+        from genq_search.engines.embedded import EmbeddedBackend
 
         index_dir = run_dir / "index" / label
         settings = fingerprint(

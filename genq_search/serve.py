@@ -53,8 +53,8 @@ def create_app(bundle: Path, provider: str = "auto", batch_size: int = 64, passa
     _require_server()
     from fastapi import FastAPI, HTTPException
 
-    from genq_search.backends.opensearch import vector_json
     from genq_search.data import joined_text
+    from genq_search.engines.base import vector_json
     from genq_search.export import OnnxEncoder
     from genq_search.passages import split_documents
 

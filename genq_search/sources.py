@@ -1,17 +1,12 @@
-"""Document sources: a BEIR folder or a live OpenSearch index/alias. Every stage gets its corpus from here.
-
-A live index is read shard by shard in ``_seq_no`` order (``preference=_shards:N``, a range on ``_seq_no`` and
-``search_after`` on it): a stable order the cluster supports without fielddata on ``_id`` (OpenSearch 2.x has no
-``_shard_doc`` tiebreaker for point-in-time reads). Each read stops at the shard's global checkpoint, taken just
-before the source is refreshed, so every operation up to it is visible; an update moves a document past the cursor,
-so a later read picks it up. The same cursors let a reindex resume and catch up writes made while it ran.
-Fingerprint of a live source: index UUIDs, document counts and per-shard max ``_seq_no`` (changes on every write).
+"""Document sources: a BEIR folder or a live index/alias on OpenSearch or Elasticsearch. Every stage gets its corpus
+from here. A live index is read through the cluster interface (``engines.base.Cluster.scan``: shard by shard in
+``_seq_no`` order up to the shards' global checkpoints). Fingerprint of a live source: index UUIDs, document counts
+and per-shard max ``_seq_no`` (changes on every write).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +26,6 @@ from genq_search.errors import GenqError
 
 logger = logging.getLogger(__name__)
 
-Cursors = dict[str, dict[str, int]]  # index -> shard number (as a string, JSON-friendly) -> _seq_no
-
-
 def load_source_collection(corpus: CorpusConfig, backend: BackendConfig, split: str | None = None,
                            with_qrels: bool = True) -> Collection:
     """The corpus (and labelled queries, when configured) of a BEIR folder or a live index."""
@@ -52,71 +44,9 @@ def load_source_collection(corpus: CorpusConfig, backend: BackendConfig, split: 
     return Collection(docs, *read_labels(docs, corpus.queries, corpus.qrels, live=True))
 
 
-def concrete_indices(client: Any, cfg: BackendConfig, name: str) -> list[str]:
-    """The indices behind an index name or alias; a one-line error when there are none."""
-    from genq_search.backends.opensearch import explain_error
-
-    try:
-        return sorted(client.indices.get(index=name))
-    except Exception as exc:  # noqa: BLE001
-        if type(exc).__name__ == "NotFoundError":
-            raise GenqError(f"index or alias '{name}' does not exist at {cfg.url}") from None
-        raise explain_error(exc, cfg, f"reading '{name}'") from None
-
-
-def shard_checkpoints(client: Any, indices: list[str]) -> tuple[Cursors, dict[str, Any]]:
-    """Per primary shard the global checkpoint (every operation up to it is complete), and identity facts."""
-    stats = client.indices.stats(index=",".join(indices), level="shards")["indices"]
-    checkpoints: Cursors = {}
-    identity: dict[str, Any] = {}
-    for index in indices:
-        entry = stats[index]
-        checkpoints[index] = {}
-        max_seq: dict[str, int] = {}
-        for shard, copies in entry["shards"].items():
-            primary = next(c for c in copies if c["routing"]["primary"])
-            checkpoints[index][shard] = int(primary["seq_no"]["global_checkpoint"])
-            max_seq[shard] = int(primary["seq_no"]["max_seq_no"])
-        identity[index] = {"uuid": entry["uuid"], "docs": entry["primaries"]["docs"]["count"], "max_seq_no": max_seq}
-    return checkpoints, identity
-
-
-def scan(client: Any, indices: list[str], after: Cursors | None, upto: Cursors, batch: int = 1000,
-         source: bool | list[str] = True, must_not: dict[str, Any] | None = None) -> Iterator[tuple[str, str, list[dict[str, Any]]]]:
-    """Yield ``(index, shard, hits)`` for every document with ``after < _seq_no <= upto`` (per shard; not matching
-    ``must_not``), in ``_seq_no`` order. Callers advance their own cursors from the hits' ``_seq_no``."""
-    for index in indices:
-        for shard, last in sorted(upto[index].items(), key=lambda item: int(item[0])):
-            cursor = (after or {}).get(index, {}).get(shard, -1)
-            while cursor < last:
-                query: dict[str, Any] = {"range": {"_seq_no": {"gt": cursor, "lte": last}}}
-                if must_not:
-                    query = {"bool": {"filter": query, "must_not": must_not}}
-                body = {"size": batch, "_source": source, "seq_no_primary_term": True, "track_total_hits": False,
-                        "sort": [{"_seq_no": "asc"}], "query": query}
-                hits = client.search(index=index, body=body, params={"preference": f"_shards:{shard}"})["hits"]["hits"]
-                if not hits:
-                    break
-                cursor = int(hits[-1]["_seq_no"])
-                yield index, shard, hits
-
-
-def refreshed_checkpoints(client: Any, cfg: BackendConfig, indices: list[str]) -> tuple[Cursors, dict[str, Any]]:
-    """Checkpoints taken first, then a refresh, so every operation up to them is searchable (the refresh changes
-    no data)."""
-    from genq_search.backends.opensearch import explain_error
-
-    try:
-        checkpoints, identity = shard_checkpoints(client, indices)
-        client.indices.refresh(index=",".join(indices))
-    except Exception as exc:  # noqa: BLE001
-        raise explain_error(exc, cfg, f"reading shard statistics of {', '.join(indices)}") from None
-    return checkpoints, identity
-
-
 def index_fingerprint(identity: dict[str, Any], corpus: CorpusConfig) -> str:
     """Cheap identity of a live source: UUIDs, counts, per-shard max ``_seq_no``, and the fields read."""
-    return fingerprint(["opensearch", identity, corpus.id_field, corpus.title_field, corpus.text_fields])
+    return fingerprint(["opensearch", identity, corpus.id_field, corpus.title_field, corpus.text_fields])  # the name kept: same hashes as before
 
 
 def hit_document(hit: dict[str, Any], corpus: CorpusConfig) -> tuple[str | None, str, str]:
@@ -135,18 +65,18 @@ def source_fields(corpus: CorpusConfig) -> list[str]:
 
 def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCorpus:
     """Stream a live index into a corpus; documents with neither title nor text are counted and left out."""
-    from genq_search.backends.opensearch import connect, explain_error
+    from genq_search.engines import connect
 
     assert corpus.index is not None
-    client = connect(backend)
-    indices = concrete_indices(client, backend, corpus.index)
-    upto, identity = refreshed_checkpoints(client, backend, indices)
+    cluster = connect(backend)
+    indices = cluster.resolve(corpus.index)
+    upto, identity = cluster.checkpoints(indices)
     total = sum(v["docs"] for v in identity.values())
     docs: dict[str, dict[str, str]] = {}
     without_text, without_id, with_text = 0, 0, 0
     progress = tqdm(total=total, desc=f"read {corpus.index}", unit="doc", disable=total < 5000)
     try:
-        for _, _, hits in scan(client, indices, None, upto, corpus.read_batch, source_fields(corpus)):
+        for _, _, hits in cluster.scan(indices, None, upto, corpus.read_batch, source_fields(corpus)):
             for hit in hits:
                 doc_id, title, text = hit_document(hit, corpus)
                 if doc_id is None:
@@ -162,7 +92,7 @@ def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCor
     except GenqError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. the cluster went away mid-read
-        raise explain_error(exc, backend, f"reading '{corpus.index}'") from None
+        raise cluster.explain(exc, f"reading '{corpus.index}'") from None
     finally:
         progress.close()
     read = len(docs) + without_text + without_id

@@ -26,26 +26,26 @@ STAGES = {"genq": ["generate", "train"], "gpl": ["generate", "mine", "label", "t
 
 def plan_upgrade(cfg: RunConfig) -> dict[str, Any]:
     """What ``upgrade`` will do: source size, stages to run or reuse, target index and alias move."""
-    from genq_search.backends.opensearch import connect
-    from genq_search.sources import concrete_indices, shard_checkpoints
+    from genq_search.engines import connect
 
     if not cfg.corpus.index:
-        raise GenqError("upgrade works on a live index: --corpus opensearch://HOST:9200/NAME (or [corpus] index = NAME)")
-    client = connect(cfg.backend)
+        raise GenqError("upgrade works on a live index: --corpus opensearch://HOST:9200/NAME or elasticsearch://HOST:9200/NAME "
+                        "(or [corpus] index = NAME)")
+    cluster = connect(cfg.backend)
     source = cfg.corpus.index
-    indices = concrete_indices(client, cfg.backend, source)
-    alias = cfg.reindex.alias or (source if client.indices.exists_alias(name=source) else None)
+    indices = cluster.resolve(source)
+    alias = cfg.reindex.alias or (source if cluster.is_alias(source) else None)
     if alias is None:
         raise GenqError(f"'{source}' is an index, not an alias: pass --alias NAME for the alias your application "
                         "will search (the index keeps its name and is never modified)")
-    if client.indices.exists(index=alias) and not client.indices.exists_alias(name=alias):
+    if cluster.exists(alias) and not cluster.is_alias(alias):
         raise GenqError(f"cannot create alias '{alias}': an index with that name exists; choose another --alias")
-    _, identity = shard_checkpoints(client, indices)
+    _, identity = cluster.checkpoints(indices)
     stages = {name: ("done earlier: reused if its settings are unchanged" if (cfg.run_dir / name / "manifest.json").is_file()
                      else "to run") for name in STAGES[cfg.method]}
-    current = sorted(client.indices.get_alias(name=alias)) if client.indices.exists_alias(name=alias) else []
-    existing = client.indices.get(index=f"{alias}-v*", ignore_unavailable=True, allow_no_indices=True)
-    return {"source": source, "source_indices": indices, "documents": sum(v["docs"] for v in identity.values()),
+    current = cluster.alias_indices(alias)
+    existing = cluster.matching(f"{alias}-v*")
+    return {"engine": {"name": cluster.engine, "version": cluster.version}, "source": source, "source_indices": indices, "documents": sum(v["docs"] for v in identity.values()),
             "alias": alias, "alias_now": current, "existing_versions": sorted(existing), "method": cfg.method,
             "stages": stages, "freeze_writes": cfg.reindex.freeze_writes, "run_dir": str(cfg.run_dir)}
 
@@ -115,8 +115,9 @@ def export_for_upgrade(cfg: RunConfig, model: str, model_hash: str) -> Path:
 
 def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str, Any] | None,
             stages_s: dict[str, float]) -> dict[str, Any]:
-    """Search pipeline, reindex (catch-up, verification, alias switch) and the query body for the application."""
-    from genq_search.backends.opensearch import OpenSearchBackend, connect
+    """Reindex (catch-up, verification, alias switch) and the query body for the application (with the search
+    pipeline it names, where the cluster fuses on the server)."""
+    from genq_search.engines import connect
     from genq_search.export import OnnxEncoder
     from genq_search.index import ReindexResult, run_reindex
     from genq_search.labelfree import search_params
@@ -126,10 +127,9 @@ def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str,
         from genq_search.fusion import FusionMethod
 
         params = {**params, "method": FusionMethod.MINMAX, "weights": (0.5, 0.5)}
-    client = connect(cfg.backend)
-    pipeline_id = None
+    cluster = connect(cfg.backend)
     if params["mode"] == "hybrid":
-        pipeline_id, params = hybrid_pipeline(OpenSearchBackend(client, plan["alias"], cfg.backend), params, tuned, cfg.compare)
+        params = deployable_fusion(cluster, params, tuned, cfg.compare)
     start = time.perf_counter()
     encoder = OnnxEncoder(bundle, provider="cpu" if cfg.encoder.device == "cpu" else "auto")
     result = run_reindex(cfg.backend, cfg.corpus, cfg.reindex.model_copy(update={"alias": plan["alias"]}), plan["source"],
@@ -137,6 +137,8 @@ def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str,
     assert isinstance(result, ReindexResult)
     stages_s["reindex"] = time.perf_counter() - start
     state = result.state
+    body = query_body(cluster, cfg, state.alias, params)
+    pipeline_id = body["path"].partition("search_pipeline=")[2] or None
     return {
         "bundle": str(bundle), "index_after": state.target, "alias": state.alias,
         "alias_move": {"from": result.previous, "to": state.target, "switch_s": result.alias_switch_s},
@@ -146,58 +148,47 @@ def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str,
                     "changed_after_switch": result.changed_after_switch, "rejections_retried": state.rejections_retried,
                     "docs_per_s": result.docs_per_s,
                     "sample_seed": result.sample_seed, "stages_s": result.stages_s},
-        "query_body": query_body(cfg, state.alias, pipeline_id, params),
+        "query_body": body,
     }
 
 
-def hybrid_pipeline(backend: Any, params: dict[str, Any], tuned: dict[str, Any] | None,
-                    compare: CompareConfig) -> tuple[str | None, dict[str, Any]]:
-    """Create the search pipeline of ``params``. When the cluster cannot run its fusion method (z-score
-    normalisation needs neural-search 3.0), the best hybrid of the dev-set grid whose method it can run instead,
-    returned with its params; ``(None, params)`` when none can be created (the application fuses on the client)."""
+def deployable_fusion(cluster: Any, params: dict[str, Any], tuned: dict[str, Any] | None,
+                      compare: CompareConfig) -> dict[str, Any]:
+    """``params`` when the cluster fuses its method on the server (or fuses nothing on the server: the application then
+    fuses ``params`` on the client); otherwise the best hybrid of the dev-set grid whose method it runs (z-score
+    normalisation, say, needs neural-search 3.0), with a warning naming it."""
     from genq_search.labelfree import SINGLE, fusion_grid, search_params, setting_name
 
+    runs = cluster.server_fusions()
+    if not runs or params["method"] in runs:
+        return params
     scores = (tuned or {}).get("grid") or {}
     ranked = sorted((s for s in fusion_grid(compare) if s["method"] not in SINGLE and setting_name(s) in scores),
                     key=lambda s: -scores[setting_name(s)])
-    failed: set[str] = set()
-    for candidate in [params, *map(search_params, ranked)]:
-        method = candidate["method"]
-        if method in failed:
-            continue
-        try:
-            pipeline_id = backend.ensure_hybrid_pipeline(method, candidate["weights"] or (0.5, 0.5), candidate["rrf_k"] or 60)
-        except GenqError as exc:
-            failed.add(method)
-            logger.warning("the cluster cannot run the %s fusion (%s)", method.value, exc)
-            continue
-        if failed:
-            logger.warning("deploying %s (weights %s, rrf k %s) instead: the best fusion on the dev set that the cluster "
-                           "runs", method.value, candidate["weights"], candidate["rrf_k"])
-        return pipeline_id, candidate
-    logger.warning("no server-side hybrid pipeline: fuse on the client instead")
-    return None, params
+    for candidate in map(search_params, ranked):
+        if candidate["method"] in runs:
+            logger.warning("%s %s cannot run the %s fusion on the server: deploying %s (weights %s, rrf k %s) instead, the "
+                           "best fusion on the dev set that it runs", cluster.label, cluster.version, params["method"].value,
+                           candidate["method"].value, candidate["weights"], candidate["rrf_k"])
+            return candidate
+    logger.warning("no server-side fusion of the dev-set grid runs on %s %s: the application fuses on the client",
+                   cluster.label, cluster.version)
+    return params
 
 
-def query_body(cfg: RunConfig, alias: str, pipeline_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
-    """A ready-to-paste search request for the application (the query vector comes from the bundle)."""
-    from genq_search.backends.opensearch import passage_query
+def query_body(cluster: Any, cfg: RunConfig, alias: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A ready-to-paste search request for the application (the query vector comes from the bundle), with the tool's
+    one lexical query over the configured fields."""
+    from genq_search.engines.base import lexical_query
 
     fields = [*([cfg.corpus.title_field] if cfg.corpus.title_field else []), *cfg.corpus.text_fields]
-    lexical = {"multi_match": {"query": "<user query>", "fields": fields, "type": "best_fields", "tie_breaker": 0.5}}
-    knn = passage_query("knn", {"vector": ["<embedding of the user query by the bundle>"], "k": 100})
-    if params["mode"] == "bm25":
-        return {"method": "POST", "path": f"/{alias}/_search", "body": {"size": 10, "query": lexical}}
-    if params["mode"] == "dense" or pipeline_id is None:
-        body = {"size": 10, "query": knn}
-        note = None if params["mode"] == "dense" else "no neural-search plugin: run this and the BM25 query, then fuse"
-        return {"method": "POST", "path": f"/{alias}/_search", "body": body, **({"note": note} if note else {})}
-    return {"method": "POST", "path": f"/{alias}/_search?search_pipeline={pipeline_id}",
-            "body": {"size": 10, "query": {"hybrid": {"queries": [lexical, knn]}}}}
+    lexical = lexical_query("<user query>", fields, cfg.corpus.title_field, cfg.backend.title_boost)
+    return cluster.query_body(alias, lexical, params["mode"], params["method"], params["weights"], params["rrf_k"])
 
 
 def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
     from genq_search.data import atomic_write
+    from genq_search.report import write_upgrade_html
 
     write_json(out_dir / "report.json", report)
     plan = report["plan"]
@@ -217,15 +208,18 @@ def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
                   f"- search pipeline: {report['search_pipeline'] or '(none)'}", "", "## Query for your application", "",
                   f"`{report['query_body']['method']} {report['query_body']['path']}`", "", "```json",
                   json.dumps(report["query_body"]["body"], indent=2), "```", "",
-                  "## Let the cluster embed queries and new documents", "",
+                  *([f"Fusion: {report['query_body']['fusion']}", ""] if report["query_body"].get("fusion") else [])]
+        if plan.get("engine", {}).get("name", "opensearch") == "opensearch":
+            lines += ["## Let the cluster embed queries and new documents", "",
                   ("Serve the bundle and register it (remote models for `neural` queries, and an ingest pipeline that writes "
                    "the same passage vectors for documents indexed through the alias from now on):"), "", "```bash",
                   f"genq-search serve --bundle {report['bundle']} --host 0.0.0.0 --port 8080",
                   (f"genq-search register --bundle {report['bundle']} --endpoint http://<this-host>:8080 "
-                   f"--index {report['alias']} --configure-cluster"), "```", ""]
+                      f"--index {report['alias']} --configure-cluster"), "```", ""]
     else:
         lines += [f"**Not deployed**: the alias stays on {', '.join(report['index_before']) or '(nothing)'}.", ""]
     lines += ["## Comparison", "", report["comparison"], ""]
     with atomic_write(out_dir / "report.md") as handle:
         handle.write("\n".join(lines))
+    write_upgrade_html(out_dir, report, out_dir.parent / "compare")  # report.html beside report.md
 

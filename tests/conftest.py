@@ -103,15 +103,47 @@ def beir_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture(scope="session")
-def cfg():
-    """Connection settings of the test cluster (OPENSEARCH_URL; scripts/test.sh starts a local OpenSearch)."""
+ENGINES = {"opensearch": "OPENSEARCH_URL", "elasticsearch": "ELASTICSEARCH_URL"}  # engine -> its test node's URL
+
+
+def engine_cfg(engine: str):
     from genq_search.config import BackendConfig
 
-    url = os.environ.get("OPENSEARCH_URL")
+    url = os.environ.get(ENGINES[engine])
     if not url:
-        pytest.skip("OPENSEARCH_URL is not set (scripts/test.sh starts a local OpenSearch)")
-    return BackendConfig(kind="opensearch", url=url, replicas=0, ef_search=512)
+        pytest.skip(f"{ENGINES[engine]} is not set (scripts/test.sh starts a local {engine} node)")
+    return BackendConfig(engine=engine, url=url, replicas=0, ef_search=512)
+
+
+@pytest.fixture(scope="session", params=list(ENGINES))
+def cfg(request: pytest.FixtureRequest):
+    """Connection settings of a test cluster: the same test on every engine (OPENSEARCH_URL, ELASTICSEARCH_URL;
+    scripts/test.sh starts local nodes)."""
+    return engine_cfg(request.param)
+
+
+@pytest.fixture(scope="session")
+def opensearch_cfg():
+    """The OpenSearch test node alone (for OpenSearch features: ML Commons, neural-search pipelines)."""
+    return engine_cfg("opensearch")
+
+
+def bulk_load(cfg, actions) -> None:
+    """Write documents into a test cluster (its engine's bulk helper), then refresh."""
+    from genq_search.engines import connect
+
+    cluster = connect(cfg)
+    actions = list(actions)
+    _, failures, _ = cluster.bulk(actions, "loading test documents", progress=False)
+    assert not failures, failures[:3]
+    cluster.refresh(sorted({a["_index"] for a in actions}))
+
+
+def client_of(cfg):
+    """The engine client of a test cluster, for tests that set up or inspect indices directly."""
+    from genq_search.engines import connect
+
+    return connect(cfg).client
 
 
 @pytest.fixture(scope="session")
@@ -123,22 +155,22 @@ def secure_cfg():
     url = os.environ.get("OPENSEARCH_SECURE_URL")
     if not url:
         pytest.skip("OPENSEARCH_SECURE_URL is not set (scripts/opensearch-local.sh start --secure; scripts/test.sh starts it)")
-    return BackendConfig(kind="opensearch", url=url, ca_certs=os.environ.get("OPENSEARCH_SECURE_CA"), replicas=0,
+    return BackendConfig(engine="opensearch", url=url, ca_certs=os.environ.get("OPENSEARCH_SECURE_CA"), replicas=0,
                          username=os.environ.get("OPENSEARCH_SECURE_USERNAME", "admin"),
                          password=os.environ.get("OPENSEARCH_SECURE_PASSWORD"))
 
 
 def fresh_names(cfg):
     """Index names a test creates, deleted (with their aliases and versions) after it."""
-    from genq_search.backends.opensearch import connect
-
     created: list[str] = []
     yield created
-    client = connect(cfg)
+    client = client_of(cfg)
     for name in created:
         client.indices.put_settings(index=f"{name}*", body={"index": {"blocks.write": None}}, ignore_unavailable=True,
                                     allow_no_indices=True, expand_wildcards="all")
-        client.indices.delete(index=f"{name}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
+        found = client.indices.get(index=f"{name}*", ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all")
+        for index in list(getattr(found, "body", found)):  # by name: Elasticsearch refuses wildcard deletes by default
+            client.indices.delete(index=index, ignore_unavailable=True)
 
 
 @pytest.fixture

@@ -210,6 +210,26 @@ def _(tmp: Path, fixture: Any) -> Outcome:
     return bm25(folder), f"{folder}: no corpus.jsonl"
 
 
+@case("corpus-id-with-space")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    folder = beir(tmp, corpus=jsonl([*doc_rows()[:1], {"_id": "d 2", "title": "Dogs", "text": "dogs bark"}]))
+    return bm25(folder), f"{folder}/corpus.jsonl:2: field '_id': id 'd 2' holds whitespace, which breaks TREC run"
+
+
+@case("corpus-text-nan")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    folder = beir(tmp, corpus=jsonl(doc_rows()[:2]) + b'{"_id": "d3", "title": "Tea", "text": NaN}\n')
+    return bm25(folder), f"{folder}/corpus.jsonl:3: field 'text': expected a string, got the number nan (JSON's NaN)"
+
+
+@case("corpus-jsonl-is-a-directory")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    folder = beir(tmp)
+    (folder / "corpus.jsonl").unlink()
+    (folder / "corpus.jsonl").mkdir()
+    return bm25(folder), f"{folder}/corpus.jsonl: is a directory, expected a file"
+
+
 # --- queries.jsonl ------------------------------------------------------------------------------------------
 
 
@@ -309,6 +329,33 @@ def _(tmp: Path, fixture: Any) -> Outcome:
     return bm25(folder, "--split", "dev"), f"{folder}/qrels/dev.tsv: file not found"
 
 
+@case("qrels-conflicting-duplicate")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    folder = beir(tmp, qrels=(QRELS + "q1\td1\t2\n").encode())
+    return bm25(folder), (f"{folder}/qrels/test.tsv:4: field 'score': query 'q1' and document 'd1' are judged 1 on line 2 "
+                          "and 2 here")
+
+
+@case("qrels-all-grades-zero")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    folder = beir(tmp, qrels=(HEADER + "q1\td1\t0\nq2\td2\t0\n").encode())
+    return bm25(folder), f"{folder}/qrels/test.tsv: no query has a relevant document"
+
+
+@case("qrels-header-only")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    folder = beir(tmp, qrels=HEADER.encode())
+    return bm25(folder), f"{folder}/qrels/test.tsv: no judgements (only a header line)"
+
+
+@case("qrels-is-a-directory")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    folder = beir(tmp)
+    (folder / "qrels" / "test.tsv").unlink()
+    (folder / "qrels" / "test.tsv").mkdir()
+    return bm25(folder), f"{folder}/qrels/test.tsv: is a directory, expected a file"
+
+
 # --- run config (TOML / YAML / JSON) and flags --------------------------------------------------------------
 
 
@@ -388,6 +435,84 @@ def _(tmp: Path, fixture: Any) -> Outcome:
     return ["compare", "--corpus", str(beir(tmp)), "--mode", "sparse"], "unknown retrieval mode 'sparse' (choose from bm25, dense"
 
 
+@case("config-is-a-directory")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    (tmp / "conf").mkdir()
+    return bm25(beir(tmp), "--config", str(tmp / "conf")), f"{tmp / 'conf'}: is a directory, not a config file"
+
+
+@case("config-unknown-format")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    args, path = with_config(tmp, "run.cfg", "[compare]\nk = 10\n")
+    return args, f"{path}: unknown config format '.cfg', use .toml/.yaml/.json"
+
+
+@case("config-out-of-range")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    args, path = with_config(tmp, "run.toml", "[corpus]\npassage_tokens = 64\npassage_stride = 64\n")
+    return args, f"{path}: field 'corpus.passage_stride': must be smaller than passage_tokens (64), got 64"
+
+
+@case("cli-k-zero")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    return bm25(beir(tmp), "--k", "0"), "error: --k: Input should be greater than 0 (got 0)"
+
+
+@case("cli-k-not-a-number")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    return bm25(beir(tmp), "--k", "many"), "Invalid value for '--k':"
+
+
+@case("cli-lexical-weight-above-one")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    return bm25(beir(tmp), "--lexical-weight", "1.5"), "--lexical-weight: Input should be less than or equal to 1"
+
+
+@case("cli-contrast-one-run")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    return bm25(beir(tmp), "--contrast", "bm25"), "--contrast: Value should have at least 2 items after validation, not 1 (got 'bm25')"
+
+
+@case("cli-contrast-unknown-run")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    return bm25(beir(tmp), "--contrast", "bm25,no-such-run"), "--contrast: no run named 'no-such-run' in this comparison"
+
+
+@case("cli-baseline-unknown-run")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    return bm25(beir(tmp), "--baseline", "no-such-run"), "--baseline: no run named 'no-such-run' in this comparison; its runs: bm25"
+
+
+@case("cli-model-label-twice")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    return [*dense(beir(tmp), "x"), "--model", "m=y"], "--model: label 'm' given twice ('x' and 'y')"
+
+
+@case("cli-model-empty-label")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    return ["compare", "--corpus", str(beir(tmp)), "--mode", "dense", "--model", "=some/model"], "--model: label '' cannot name a run"
+
+
+@case("cli-device-unknown")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    return [*dense(beir(tmp), "x"), "--device", "tpu"], "--device: unknown device 'tpu' (use auto, cpu, cuda, cuda:N or mps)"
+
+
+@case("cli-device-cuda-without-gpu")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    return [*dense(beir(tmp), "x"), "--device", "cuda"], "--device: device 'cuda' needs a CUDA GPU and none is visible here"
+
+
+@case("run-dir-is-a-file")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    (tmp / "run").write_text("a file\n")
+    return bm25(beir(tmp)), f"--run-dir: {tmp / 'run'}: is a file, not a directory"
+
+
 # --- models -------------------------------------------------------------------------------------------------
 
 
@@ -409,6 +534,25 @@ def _(tmp: Path, fixture: Any) -> Outcome:
     return dense(beir(tmp), name), (f"cannot load bi-encoder '{name}': it is not a local path, not in the Hugging Face "
                                     "cache and could not be fetched (HF_HUB_OFFLINE is set). Download it where the hub is "
                                     f"reachable (`huggingface-cli download {name} --local-dir DIR`) and pass DIR instead.")
+
+
+@case("model-relative-path-missing")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    return dense(beir(tmp), "./models/no-model"), "cannot load bi-encoder './models/no-model': no such file or directory"
+
+
+@case("model-safetensors-truncated")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    model = shutil.copytree(fixture("tiny_bi_encoder"), tmp / "model")
+    weights = next(model.rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-100])
+    return dense(beir(tmp), str(model)), f"{weights}: truncated: its tensors need"
+
+
+@case("model-gguf-not-gguf")
+def _(tmp: Path, fixture: Any) -> Outcome:
+    (tmp / "model.gguf").write_text("<html>not found</html>\n")
+    return dense(beir(tmp), str(tmp / "model.gguf")), f"{tmp / 'model.gguf'}: not a GGUF model file"
 
 
 @case("onnx-bundle-missing")
@@ -439,16 +583,16 @@ def _(tmp: Path, fixture: Any) -> Outcome:
     name = fixture("badinput_index")
     folder = beir(tmp)
     config = tmp / "os.toml"
-    config.write_text(f"[backend]\nkind = 'opensearch'\nurl = '{fixture('cfg').url}'\nindex = '{name}'\nreplicas = 0\n")
+    config.write_text(f"[backend]\nengine = 'opensearch'\nurl = '{fixture('opensearch_cfg').url}'\nindex = '{name}'\nreplicas = 0\n")
     first = runner.invoke(app, ["index", "--config", str(config), "--corpus", str(folder), "--run-dir", str(tmp / "first"),
                                 "--model", str(fixture("tiny_bi_encoder"))])
     assert first.exit_code == 0, first.output
     wide = fixture("tiny_bi_encoder_16d")
 
     def unchanged() -> None:
-        from genq_search.backends.opensearch import OpenSearchBackend, connect
+        from genq_search.engines import cluster_backend
 
-        index = OpenSearchBackend(connect(fixture("cfg")), name, fixture("cfg"))
+        index = cluster_backend(fixture("opensearch_cfg"), name)
         assert (index.vector_dimension(), index.count()) == (32, len(DOCS))
 
     return (["index", "--config", str(config), "--corpus", str(folder), "--model", str(wide)],
@@ -472,13 +616,13 @@ def tiny_bi_encoder_16d(tiny_bi_encoder: Path, tmp_path_factory: pytest.TempPath
 
 
 @pytest.fixture
-def badinput_index(cfg: Any) -> Iterator[str]:
+def badinput_index(opensearch_cfg: Any) -> Iterator[str]:
     """A fresh index name (genq-badinput-*), deleted afterwards."""
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     name = f"genq-badinput-{uuid.uuid4().hex[:8]}"
     yield name
-    connect(cfg).indices.delete(index=name, ignore_unavailable=True)
+    connect(opensearch_cfg).indices.delete(index=name, ignore_unavailable=True)
 
 
 def assert_one_line_error(result: Result, expected: str) -> None:

@@ -60,9 +60,9 @@ def test_device_moves_every_model_stage_of_adapt_and_upgrade(tmp_path: Path, mon
                    if isinstance(field.annotation, type) and "device" in getattr(field.annotation, "model_fields", {})}
     assert with_device == set(DEVICE_STAGES)  # a new stage with a device is moved too
     for command in ("adapt", "upgrade"):
-        result = runner.invoke(app, [command, "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--device", "cuda:1",
+        result = runner.invoke(app, [command, "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--device", "cpu",  # validated: cuda needs a GPU
                                      "--dev-queries", "7", "--margin", "0.02"])
         assert result.exit_code == 0, result.output
         cfg = seen[command]
-        assert {stage: getattr(cfg, stage).device for stage in DEVICE_STAGES} == dict.fromkeys(DEVICE_STAGES, "cuda:1")
+        assert {stage: getattr(cfg, stage).device for stage in DEVICE_STAGES} == dict.fromkeys(DEVICE_STAGES, "cpu")
         assert (cfg.generate.dev_queries, cfg.gate.margin) == (7, 0.02)  # the stages' other flags are kept

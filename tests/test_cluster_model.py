@@ -82,6 +82,12 @@ def post(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         return json.loads(response.read())
 
 
+@pytest.fixture(scope="session")
+def cfg(opensearch_cfg: BackendConfig) -> BackendConfig:
+    """ML Commons is OpenSearch's: these tests run on the OpenSearch node only."""
+    return opensearch_cfg
+
+
 def test_ml_commons_zip_layout_and_model_config(bundle: Path, tiny_bi_encoder: Path) -> None:
     import onnx
     import onnxruntime as ort
@@ -203,7 +209,7 @@ def test_endpoint_embeds_exactly_like_the_bundle_and_splits_like_the_reindex(end
 
 
 def test_required_settings() -> None:
-    from genq_search.mlcommons import required_settings
+    from genq_search.engines.opensearch.mlcommons import required_settings
 
     local = required_settings(None)
     assert local["plugins.ml_commons.allow_registering_model_via_local_file"] == "true"
@@ -214,7 +220,7 @@ def test_required_settings() -> None:
 
 
 def test_a_failed_deploy_is_one_line_with_the_fix() -> None:
-    from genq_search.mlcommons import explain_task_error
+    from genq_search.engines.opensearch.mlcommons import explain_task_error
 
     line = explain_task_error({"state": "FAILED", "error": '{"node1":"publish.djl.ai"}'}, "deploying model m1")
     assert "DJL" in line and "pre-seed" in line and "\n" not in line
@@ -223,10 +229,10 @@ def test_a_failed_deploy_is_one_line_with_the_fix() -> None:
 
 @pytest.mark.integration
 def test_register_uploads_in_chunks_to_registered_on_the_real_node(cfg: BackendConfig, bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from genq_search import mlcommons
-    from genq_search.backends.opensearch import connect
+    from genq_search.engines import connect
+    from genq_search.engines.opensearch import mlcommons
 
-    cluster = mlcommons.Cluster(connect(cfg), cfg)
+    cluster = mlcommons.MLCommons(connect(cfg))
     mlcommons.ensure_settings(cluster, None, configure=True)
     manifest = json.loads((bundle / "manifest.json").read_text())
     monkeypatch.setattr(mlcommons, "CHUNK_BYTES", manifest["ml_commons"]["bytes"] // 3 + 1)  # force several chunks
@@ -247,7 +253,7 @@ def test_register_uploads_in_chunks_to_registered_on_the_real_node(cfg: BackendC
 def test_register_refuses_a_modified_zip(cfg: BackendConfig, bundle: Path, tmp_path: Path) -> None:
     import shutil
 
-    from genq_search.mlcommons import register_bundle
+    from genq_search.engines.opensearch.mlcommons import register_bundle
 
     copy = tmp_path / "copy"
     shutil.copytree(bundle, copy)
@@ -260,9 +266,14 @@ def test_register_refuses_a_modified_zip(cfg: BackendConfig, bundle: Path, tmp_p
 @pytest.mark.integration
 def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[str], bundle: Path, encoder: OnnxEncoder,
                                                endpoint: str, tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
+
+    from genq_search.engines.opensearch.mlcommons import (
+        hybrid_query,
+        neural_query,
+        register_bundle,
+    )
     from genq_search.index import run_reindex
-    from genq_search.mlcommons import hybrid_query, neural_query, register_bundle
 
     client = connect(cfg)
     source, alias = new_name(names, "src"), new_name(names, "live")
@@ -294,13 +305,14 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
                                       body={"size": 10, "query": hybrid_query(model, query, ["title", "text"])})["hits"]["hits"]
         assert [h["_id"] for h in hybrid_theirs] == [h["_id"] for h in hybrid_ours]
     # compare's --model-id: dense and hybrid modes with the cluster embedding the queries rank as the client-side ones
-    from genq_search.backends.opensearch import OpenSearchBackend
     from genq_search.config import CompareConfig
+    from genq_search.engines.base import ClusterBackend
+    from genq_search.engines.opensearch import connect as connect_cluster
     from genq_search.search import Mode, search
 
     queries = {"q1": "topic3 document", "q2": "naïve café", "q3": "long", "q4": "Title 12"}
-    server = OpenSearchBackend(client, alias, cfg.model_copy(update={"model_id": model}))
-    client_side = OpenSearchBackend(client, alias, cfg.model_copy(update={"server_side_hybrid": True}))
+    server = ClusterBackend(connect_cluster(cfg.model_copy(update={"model_id": model})), alias)
+    client_side = ClusterBackend(connect_cluster(cfg.model_copy(update={"server_side_hybrid": True})), alias)
     assert server.embeds_queries and not client_side.embeds_queries
     for mode in (Mode.DENSE, Mode.HYBRID_MINMAX):
         ours = search(client_side, mode, queries, encoder, CompareConfig(k=10))
@@ -327,12 +339,14 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
 
 @pytest.mark.integration
 def test_register_refuses_an_index_of_another_dimension(cfg: BackendConfig, names: list[str], bundle: Path, endpoint: str) -> None:
-    from genq_search.backends.opensearch import connect, vector_field_mapping
-    from genq_search.mlcommons import register_bundle
+    from conftest import client_of as connect
+
+    from genq_search.engines import connect as connect_cluster
+    from genq_search.engines.opensearch.mlcommons import register_bundle
 
     index = new_name(names, "dim")
     connect(cfg).indices.create(index=index, body={"settings": {"index": {"knn": True}}, "mappings": {"properties": {
-        "text": {"type": "text"}, "passages": vector_field_mapping(cfg, 8)}}})
+        "text": {"type": "text"}, "passages": connect_cluster(cfg).vector_field_mapping(8)}}})
     with pytest.raises(GenqError, match="dimension 32.*holds 8"):
         register_bundle(cfg, bundle, endpoint, index, "genq-test", configure=True)
     assert "default_pipeline" not in connect(cfg).indices.get_settings(index=index)[index]["settings"]["index"]
@@ -344,7 +358,7 @@ def test_cli_errors_are_one_line(bundle: Path, tmp_path: Path) -> None:
     from genq_search.cli import app
 
     result = CliRunner().invoke(app, ["register", "--bundle", str(bundle), "--index", "x"])
-    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("error: --index needs --endpoint")
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("error: --index: needs --endpoint")
     result = CliRunner().invoke(app, ["serve", "--bundle", str(bundle), "--passage-tokens", "16", "--passage-stride", "16"])
     assert result.exit_code == 1 and "must be smaller than --passage-tokens" in result.output.strip().splitlines()[-1]
     result = CliRunner().invoke(app, ["serve", "--bundle", str(tmp_path / "none")])

@@ -3,8 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genq_search.backends.embedded import EmbeddedBackend, exact_top_k
 from genq_search.data import load_collection
+from genq_search.engines.embedded import EmbeddedBackend, exact_top_k
 from genq_search.errors import GenqError
 from genq_search.passages import Passage
 
@@ -20,7 +20,7 @@ def random_index(n_docs: int = 50, dim: int = 8, seed: int = 0) -> tuple[Embedde
 
 
 def test_exact_top_k_matches_brute_force_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    from genq_search.backends import embedded
+    from genq_search.engines import embedded
 
     monkeypatch.setattr(embedded, "SCORE_CHUNK_ROWS", 7)  # force many chunks (one shorter than k)...
     monkeypatch.setattr(embedded, "SCORE_BLOCK_FLOATS", 14)  # ...and blocks of two queries

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import sample_texts
 
-from genq_search.backends.embedded import EmbeddedBackend
 from genq_search.encoders import load_encoder
+from genq_search.engines.embedded import EmbeddedBackend
 from genq_search.errors import GenqError
 from genq_search.export import (
     MIN_CALIBRATION,

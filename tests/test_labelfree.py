@@ -351,8 +351,8 @@ def test_cli_compare_hybrid_tuned_with_labels_measures_agreement(tiny_bi_encoder
                                     {"method": "rrf", "lexical_weight": None, "rrf_k": 10},
                                     {"method": "dense", "lexical_weight": None, "rrf_k": None}])
 def test_hybrid_tuned_search_ranks_as_the_in_memory_fusion(choice: dict, tiny_bi_encoder: Path, beir_dir: Path) -> None:
-    from genq_search.backends.embedded import EmbeddedBackend
     from genq_search.encoders import load_encoder
+    from genq_search.engines.embedded import EmbeddedBackend
     from genq_search.labelfree import results_for, retrieve_candidates
     from genq_search.passages import split_documents
     from genq_search.search import search

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import new_name
+from conftest import bulk_load, new_name
 
-from genq_search.backends.embedded import EmbeddedBackend
-from genq_search.backends.opensearch import VECTOR_FIELD
 from genq_search.config import BackendConfig
 from genq_search.data import load_collection
+from genq_search.engines.base import VECTOR_FIELD
+from genq_search.engines.embedded import EmbeddedBackend
 from genq_search.errors import GenqError
 from genq_search.fusion import FusionMethod, fuse
 from genq_search.passages import Passage
@@ -21,10 +21,9 @@ pytestmark = pytest.mark.integration
 
 
 def backend_for(cfg: BackendConfig, index: str, **changes: object):
-    from genq_search.backends.opensearch import OpenSearchBackend, connect
+    from genq_search.engines import cluster_backend
 
-    config = cfg.model_copy(update=changes)
-    return OpenSearchBackend(connect(config), index, config)
+    return cluster_backend(cfg.model_copy(update=changes), index)
 
 
 def random_collection(n_docs: int = 60, dim: int = 16, seed: int = 0):
@@ -44,7 +43,7 @@ def test_index_and_bm25_round_trip(cfg: BackendConfig, names: list[str], beir_di
     results = backend.lexical_search(collection.queries, k=3)
     assert next(iter(results["q2"])) == "d4"
     assert next(iter(results["q3"])) == "d6"
-    settings = backend.client.indices.get_settings(index=backend.index_name)[backend.index_name]["settings"]["index"]
+    settings = backend.cluster.client.indices.get_settings(index=backend.index_name)[backend.index_name]["settings"]["index"]
     assert settings["refresh_interval"] == "1s"  # restored after the load
 
 
@@ -70,7 +69,7 @@ def test_each_document_keeps_its_own_passage_vectors(cfg: BackendConfig, names: 
     backend = backend_for(cfg, new_name(names))
     backend.index(corpus, passages, vectors)
     for doc_id in ("d006", "d007", "d008"):  # k-NN 3.6's derived source put other documents' vectors into d007's _source
-        stored = backend.client.get(index=backend.index_name, id=doc_id)["_source"][VECTOR_FIELD]
+        stored = backend.cluster.client.get(index=backend.index_name, id=doc_id)["_source"][VECTOR_FIELD]
         rows = [row for row, passage in enumerate(passages) if passage.doc_id == doc_id]
         np.testing.assert_allclose([p["vector"] for p in stored], vectors[rows], atol=1e-6)
 
@@ -87,9 +86,11 @@ def test_hybrid_uses_the_shared_fusion_and_matches_server_side(cfg: BackendConfi
     lexical, dense = remote.lexical_search(queries, depth), remote.vector_search(list(queries), qvecs, depth)
     client_side = remote.hybrid_search(queries, qvecs, depth, FusionMethod.MINMAX, (0.3, 0.7), depth=depth)
     assert client_side == fuse([lexical, dense], FusionMethod.MINMAX, [0.3, 0.7], k=depth)
-    if "opensearch-neural-search" not in remote.plugins():
-        pytest.skip("neural-search plugin not installed: server-side hybrid not available")
     server = backend_for(cfg, index, server_side_hybrid=True)
+    if FusionMethod.MINMAX not in remote.cluster.server_fusions():  # Elasticsearch without rank-rrf; OpenSearch without neural-search
+        with pytest.raises(GenqError, match="cannot fuse minmax on the server"):
+            server.hybrid_search(queries, qvecs, depth, FusionMethod.MINMAX, (0.3, 0.7), depth=depth)
+        return
     server_side = server.hybrid_search(queries, qvecs, depth, FusionMethod.MINMAX, (0.3, 0.7), depth=depth)
     for qid in queries:
         top_server, top_client = list(server_side[qid])[:5], list(client_side[qid])[:5]
@@ -104,19 +105,20 @@ def test_bulk_bodies_with_and_without_gzip(cfg: BackendConfig, names: list[str])
     backend_for(cfg, index).index(corpus, passages, vectors)
     for compress in (False, True):
         backend = backend_for(cfg, index, http_compress=compress)
-        assert backend.client.transport.get_connection().http_compress is compress
+        if cfg.engine == "opensearch":  # elasticsearch-py keeps it in its node configs
+            assert backend.cluster.client.transport.get_connection().http_compress is compress
         doc_id = f"gz-{compress}"
         vector = np.linspace(-1, 1, 8, dtype=np.float32)
         ok, failures = backend.bulk([{"_index": index, "_id": doc_id, "_source": {
             "title": "Größe — 大小", "text": "naïve café", "count": np.int64(3), VECTOR_FIELD: [{"vector": vector}]}}], progress=False)
         assert (ok, failures) == (1, [])
-        source = backend.client.get(index=index, id=doc_id)["_source"]
+        source = backend.cluster.client.get(index=index, id=doc_id)["_source"]
         assert (source["title"], source["text"], source["count"]) == ("Größe — 大小", "naïve café", 3)
         assert np.allclose(source[VECTOR_FIELD][0]["vector"], vector, atol=1e-7)
 
 
 def test_safety_errors(cfg: BackendConfig, names: list[str], beir_dir: Path) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     collection = load_collection(beir_dir)
     index = new_name(names)
@@ -124,7 +126,7 @@ def test_safety_errors(cfg: BackendConfig, names: list[str], beir_dir: Path) -> 
     with pytest.raises(GenqError, match=f"index '{index}' already exists; pass --overwrite"):
         backend_for(cfg, index).index(collection.corpus, [], None)
     backend_for(cfg, index, overwrite=True).index(collection.corpus, [], None)  # explicit overwrite works
-    with pytest.raises(GenqError, match="cannot reach OpenSearch at http://127.0.0.1:1"):
+    with pytest.raises(GenqError, match="cannot reach .* at http://127.0.0.1:1"):
         connect(cfg.model_copy(update={"url": "http://127.0.0.1:1", "timeout_s": 2}))
     vec_index = new_name(names)
     corpus, passages, vectors = random_collection(n_docs=5, dim=8)
@@ -139,22 +141,20 @@ def test_safety_errors(cfg: BackendConfig, names: list[str], beir_dir: Path) -> 
     ], progress=False)
     assert ok == 1 and [i for i, _ in failures] == ["bad"]
     # a read-only index gives a clear message
-    from genq_search.backends.opensearch import explain_error
-
-    backend.client.indices.put_settings(index=vec_index, body={"index.blocks.write": True})
+    backend.cluster.client.indices.put_settings(index=vec_index, body={"index.blocks.write": True})
     try:
         with pytest.raises(GenqError, match="index is read-only or blocked while writing"):
             try:
-                backend.client.index(index=vec_index, id="z", body={"text": "z"})
+                backend.cluster.client.index(index=vec_index, id="z", body={"text": "z"})
             except Exception as exc:  # noqa: BLE001
-                raise explain_error(exc, cfg, "writing") from None
+                raise backend.cluster.explain(exc, "writing") from None
     finally:
-        backend.client.indices.put_settings(index=vec_index, body={"index.blocks.write": False})
+        backend.cluster.client.indices.put_settings(index=vec_index, body={"index.blocks.write": False})
 
 
 def make_source(cfg: BackendConfig, name: str, n_docs: int) -> dict[str, dict[str, object]]:
     """A plain 'existing' index with its own analyser: unicode, a large doc and docs with no title."""
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     client = connect(cfg)
     client.indices.create(index=name, body={
@@ -171,9 +171,8 @@ def make_source(cfg: BackendConfig, name: str, n_docs: int) -> dict[str, dict[st
         if i == 7:
             doc["text"] = "long " * 5000
         docs[f"id-{i:04d}"] = doc
-    from opensearchpy import helpers
 
-    helpers.bulk(client, ({"_index": name, "_id": k, "_source": v} for k, v in docs.items()), refresh=True)
+    bulk_load(cfg, ({"_index": name, "_id": k, "_source": v} for k, v in docs.items()))
     return docs
 
 
@@ -184,14 +183,14 @@ def test_compare_against_the_cluster(cfg: BackendConfig, names: list[str], tiny_
     from genq_search.cli import app
 
     index = new_name(names)
-    result = CliRunner().invoke(app, ["compare", "--backend", "opensearch", "--url", cfg.url, "--index", index,
+    result = CliRunner().invoke(app, ["compare", "--backend", cfg.engine.value, "--url", cfg.url, "--index", index,
                                       "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--model", f"tiny={tiny_bi_encoder}",
                                       "--mode", "bm25", "--mode", "dense", "--mode", "hybrid-rrf"])
     assert result.exit_code == 0, result.output
     metrics = {r["name"]: r for r in json.loads((tmp_path / "compare" / "metrics.json").read_text())["runs"]}
-    assert metrics["bm25"]["backend"] == "opensearch" and metrics["bm25"]["metrics"]["ndcg@10"] > 0.5
+    assert metrics["bm25"]["backend"] == cfg.engine.value and metrics["bm25"]["metrics"]["ndcg@10"] > 0.5
     # the same index is reused by a second run
-    again = CliRunner().invoke(app, ["compare", "--backend", "opensearch", "--url", cfg.url, "--index", index,
+    again = CliRunner().invoke(app, ["compare", "--backend", cfg.engine.value, "--url", cfg.url, "--index", index,
                                      "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--model", f"tiny={tiny_bi_encoder}",
                                      "--mode", "bm25"])
     assert again.exit_code == 0, again.output
@@ -200,9 +199,9 @@ def test_compare_against_the_cluster(cfg: BackendConfig, names: list[str], tiny_
 def test_gpl_mining_takes_bm25_negatives_from_the_cluster(cfg: BackendConfig, names: list[str], tiny_t5: Path,
                                                           tiny_bi_encoder: Path, tmp_path: Path) -> None:
     from conftest import SAMPLE
+    from conftest import client_of as connect
     from typer.testing import CliRunner
 
-    from genq_search.backends.opensearch import connect
     from genq_search.cli import app
 
     index = new_name(names)
@@ -223,7 +222,7 @@ top_k = 4
 """)
     runner = CliRunner()
     assert runner.invoke(app, ["generate", "--config", str(config), "--device", "cpu"]).exit_code == 0
-    result = runner.invoke(app, ["mine", "--config", str(config), "--bm25", "--backend", "opensearch", "--url", cfg.url,
+    result = runner.invoke(app, ["mine", "--config", str(config), "--bm25", "--backend", cfg.engine.value, "--url", cfg.url,
                                  "--index", index, "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert connect(cfg).count(index=index)["count"] == 787  # the whole sample corpus, BM25 only

@@ -44,7 +44,8 @@ def encoder(tiny_bi_encoder: Path):
 
 
 def test_reindex_copies_everything_and_switches_the_alias(cfg: BackendConfig, names: list[str], encoder: Any, tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
+
     from genq_search.index import ReindexState, run_reindex
 
     source, alias = new_name(names, "src"), new_name(names, "live")
@@ -77,7 +78,7 @@ def test_reindex_copies_everything_and_switches_the_alias(cfg: BackendConfig, na
 
 def test_alias_over_several_indices_is_merged_and_conflicts_refused(cfg: BackendConfig, names: list[str], encoder: Any,
                                                                    tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     client = connect(cfg)
     first, second, alias, live = (new_name(names, p) for p in ("a", "b", "all", "live"))
@@ -116,7 +117,7 @@ class FailingEncoder:
 
 
 def test_failed_documents_are_retried_exactly_by_the_next_run(cfg: BackendConfig, names: list[str], encoder: Any, tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     source, alias = new_name(names, "src"), new_name(names, "live")
     make_source(cfg, source, 60)
@@ -135,8 +136,9 @@ def test_failed_documents_are_retried_exactly_by_the_next_run(cfg: BackendConfig
 
 def test_a_crash_right_after_target_creation_resumes(cfg: BackendConfig, names: list[str], encoder: Any, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import client_of as connect
+
     from genq_search import index as reindex_module
-    from genq_search.backends.opensearch import connect
 
     source, alias = new_name(names, "src"), new_name(names, "live")
     make_source(cfg, source, 40)
@@ -158,7 +160,7 @@ def test_a_crash_right_after_target_creation_resumes(cfg: BackendConfig, names: 
 
 def test_reindex_killed_half_way_resumes_without_loss_or_duplicates(cfg: BackendConfig, names: list[str], tiny_bi_encoder: Path,
                                                                    tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     source, alias = new_name(names, "src"), new_name(names, "live")
     docs = make_source(cfg, source, 1500)
@@ -188,8 +190,9 @@ def test_reindex_killed_half_way_resumes_without_loss_or_duplicates(cfg: Backend
 def test_writes_during_the_reindex_are_caught_up(cfg: BackendConfig, names: list[str], encoder: Any, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A writer thread adds, updates and deletes source documents while the copy runs; the target ends equal."""
+    from conftest import client_of as connect
+
     from genq_search import index as reindex_module
-    from genq_search.backends.opensearch import connect
 
     source, alias = new_name(names, "src"), new_name(names, "live")
     make_source(cfg, source, 400)
@@ -246,8 +249,9 @@ def test_writes_during_the_reindex_are_caught_up(cfg: BackendConfig, names: list
 
 def test_freeze_writes_block_is_released_after_an_error(cfg: BackendConfig, names: list[str], encoder: Any, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import client_of as connect
+
     from genq_search import index as reindex_module
-    from genq_search.backends.opensearch import connect
 
     source, alias = new_name(names, "src"), new_name(names, "live")
     make_source(cfg, source, 30)
@@ -268,14 +272,16 @@ def test_freeze_writes_block_is_released_after_an_error(cfg: BackendConfig, name
 
 
 def test_overwrite_never_deletes_a_user_index(cfg: BackendConfig, names: list[str], beir_dir: Path) -> None:
-    from genq_search.backends.opensearch import OpenSearchBackend, connect
+    from conftest import client_of as connect
+
     from genq_search.data import load_collection
+    from genq_search.engines import cluster_backend
 
     index = new_name(names, "user")
     client = connect(cfg)
     client.indices.create(index=index, body={"settings": {"number_of_replicas": 0}})
     client.index(index=index, id="precious", body={"text": "keep me"}, refresh=True)
-    backend = OpenSearchBackend(client, index, cfg.model_copy(update={"overwrite": True}))
+    backend = cluster_backend(cfg.model_copy(update={"overwrite": True}), index)
     with pytest.raises(GenqError, match="was not created by genq-search: it is never deleted"):
         backend.index(load_collection(beir_dir).corpus, [], None)
     with pytest.raises(GenqError, match="was not created by genq-search"):
@@ -294,7 +300,7 @@ def test_compare_two_models_on_one_index_scores_each_with_its_own_vectors(cfg: B
     variant = tmp_path / "variant"
     _perturbed_copy(tiny_bi_encoder, variant)
     args = ["--model", f"a={tiny_bi_encoder}", "--model", f"b={variant}"]
-    remote = CliRunner().invoke(app, [*base, "--backend", "opensearch", "--run-dir", str(tmp_path / "os"), *args])
+    remote = CliRunner().invoke(app, [*base, "--backend", cfg.engine.value, "--run-dir", str(tmp_path / "os"), *args])
     assert remote.exit_code == 0, remote.output
     local = CliRunner().invoke(app, [*base, "--backend", "embedded", "--run-dir", str(tmp_path / "emb"), *args])
     assert local.exit_code == 0, local.output
@@ -304,7 +310,7 @@ def test_compare_two_models_on_one_index_scores_each_with_its_own_vectors(cfg: B
     assert runs["dense-a"] != runs["dense-b"]  # two near-random tiny models can tie on one metric, not on all
     assert got == pytest.approx(expected, abs=0.02)  # each model searched its own vectors (HNSW is approximate)
     again = CliRunner().invoke(app, ["compare", "--url", cfg.url, "--index", f"{index}-a", "--corpus", str(SAMPLE), "--mode", "dense",
-                                     "--backend", "opensearch", "--run-dir", str(tmp_path / "x"), "--model", f"c={variant}"])
+                                     "--backend", cfg.engine.value, "--run-dir", str(tmp_path / "x"), "--model", f"c={variant}"])
     assert again.exit_code == 1 and "was written with other" in again.output
 
 
@@ -322,7 +328,8 @@ def _perturbed_copy(model_dir: Path, out: Path) -> None:
 
 
 def test_stages_read_a_live_index_and_notice_when_it_changes(cfg: BackendConfig, names: list[str], tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
+
     from genq_search.config import RunConfig
     from genq_search.data import corpus_fingerprint, iter_documents
     from genq_search.pipeline import load_run_collection
@@ -356,23 +363,24 @@ def test_stages_read_a_live_index_and_notice_when_it_changes(cfg: BackendConfig,
 
 def test_a_run_killed_while_the_source_is_frozen_has_the_next_run_release_it(cfg: BackendConfig, names: list[str], encoder: Any,
                                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from genq_search import index as reindex_module
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
+
+    from genq_search.engines.base import Cluster
 
     source, alias = new_name(names, "src"), new_name(names, "live")
     make_source(cfg, source, 30)
     client = connect(cfg)
-    real = reindex_module._set_write_block
+    real = Cluster.set_write_block
 
-    def dies_holding_the_block(client_: Any, cfg_: BackendConfig, indices: list[str], blocked: bool | None) -> None:
+    def dies_holding_the_block(self: Cluster, indices: list[str], blocked: bool | None) -> None:
         if not blocked:
             raise KeyboardInterrupt  # killed before the release (SIGKILL runs no finally)
-        real(client_, cfg_, indices, blocked)
+        real(self, indices, blocked)
 
-    monkeypatch.setattr(reindex_module, "_set_write_block", dies_holding_the_block)
+    monkeypatch.setattr(Cluster, "set_write_block", dies_holding_the_block)
     with pytest.raises(KeyboardInterrupt):
         reindex(cfg, source, alias, encoder, tmp_path, freeze_writes=True)
-    monkeypatch.setattr(reindex_module, "_set_write_block", real)
+    monkeypatch.setattr(Cluster, "set_write_block", real)
     assert client.indices.get_settings(index=source)[source]["settings"]["index"]["blocks"]["write"] == "true"
     assert json.loads((tmp_path / f"reindex-{alias}.json").read_text())["frozen"] == {source: None}
     result = reindex(cfg, source, alias, encoder, tmp_path)  # the next run (here without --freeze-writes) releases it first
@@ -382,7 +390,8 @@ def test_a_run_killed_while_the_source_is_frozen_has_the_next_run_release_it(cfg
 
 
 def test_labels_of_documents_deleted_from_a_live_index_are_left_out(cfg: BackendConfig, names: list[str], tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
+
     from genq_search.config import RunConfig
     from genq_search.pipeline import load_run_collection
 

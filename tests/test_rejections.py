@@ -32,7 +32,7 @@ REPORTED = r"'{index}': (\d+) bulk writes rejected by the cluster \(429, write q
 @pytest.fixture(scope="module")
 def drill_cfg(secure_cfg: BackendConfig) -> BackendConfig:
     """The secured node, if its write queue is tiny enough to reject concurrent shard writes."""
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     pool = connect(secure_cfg).cat.thread_pool(thread_pool_patterns="write", h="size,queue_size", format="json")[0]
     if int(pool["queue_size"]) > 1:
@@ -50,7 +50,7 @@ def other_writers(cfg: BackendConfig, index: str, target: str, rejected: Callabl
     """From the moment the tool creates ``target`` until it got a write rejected (at most a minute), other clients
     bulk-write into another 4-shard index as fast as they can: the tool's first writes meet a full write queue, its
     retries (after backoff) a free one."""
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     client = connect(cfg)
     client.indices.create(index=index, body={"settings": {"index": {"number_of_shards": 4, "number_of_replicas": 0}},
@@ -113,7 +113,8 @@ def test_rejections_are_counted_per_write_and_retried_with_backoff(monkeypatch: 
     from opensearchpy import TransportError
     from opensearchpy.serializer import JSONSerializer
 
-    from genq_search.backends.opensearch import OpenSearchBackend
+    from genq_search.engines.base import ClusterBackend
+    from genq_search.engines.opensearch import OpenSearchCluster
 
     class Client:
         transport = SimpleNamespace(serializer=JSONSerializer())
@@ -126,7 +127,7 @@ def test_rejections_are_counted_per_write_and_retried_with_backoff(monkeypatch: 
                 raise TransportError(429, "es_rejected_execution_exception", {})
             return {"items": [{"index": {"_id": i, "status": 429 if self.calls == 2 and i == "b" else 201}} for i in ids]}
 
-    backend = OpenSearchBackend(Client(), "docs", BackendConfig(kind="opensearch"))
+    backend = ClusterBackend(OpenSearchCluster(Client(), BackendConfig(engine="opensearch"), "2.19.1"), "docs")
     with recorded_backoff(monkeypatch) as sleeps:
         ok, failures = backend.bulk(({"_index": "docs", "_id": i, "_source": {"text": i}} for i in "abc"), progress=False)
     assert (ok, failures) == (3, [])
@@ -135,7 +136,7 @@ def test_rejections_are_counted_per_write_and_retried_with_backoff(monkeypatch: 
 
 def test_index_retries_rejected_writes(drill_cfg: BackendConfig, secure_names: list[str], tiny_bi_encoder: Path,
                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_testsuite_property: Any) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     corpus = tmp_path / "beir"
     corpus.mkdir()
@@ -159,10 +160,10 @@ def test_index_retries_rejected_writes(drill_cfg: BackendConfig, secure_names: l
 
 def test_reindex_retries_rejected_writes(drill_cfg: BackendConfig, secure_names: list[str], tiny_bi_encoder: Path,
                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_testsuite_property: Any) -> None:
+    from conftest import client_of as connect
     from opensearchpy import helpers
 
     from genq_search import index as reindex_module
-    from genq_search.backends.opensearch import connect
 
     client = connect(drill_cfg)
     source, alias = new_name(secure_names, "src"), new_name(secure_names, "live")

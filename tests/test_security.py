@@ -41,7 +41,7 @@ def one_error(result: Result) -> str:
 
 
 def admin(cfg: BackendConfig) -> Any:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     return connect(cfg)
 

@@ -17,9 +17,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def live_index(cfg: BackendConfig, name: str, limit: int | None = None) -> list[str]:
     """The sample collection as a user's index (its own mapping, ``_id`` = the BEIR id); returns the ids."""
-    from opensearchpy import helpers
+    from conftest import bulk_load
+    from conftest import client_of as connect
 
-    from genq_search.backends.opensearch import connect
     from genq_search.data import iter_documents
 
     client = connect(cfg)
@@ -27,8 +27,8 @@ def live_index(cfg: BackendConfig, name: str, limit: int | None = None) -> list[
                                             "mappings": {"properties": {"title": {"type": "text"}, "text": {"type": "text"},
                                                                         "views": {"type": "integer"}}}})
     docs = list(iter_documents(SAMPLE / "corpus.jsonl"))[:limit]
-    helpers.bulk(client, ({"_index": name, "_id": d.id, "_source": {"title": d.title, "text": d.text, "views": i}}
-                          for i, d in enumerate(docs)), refresh=True)
+    bulk_load(cfg, ({"_index": name, "_id": d.id, "_source": {"title": d.title, "text": d.text, "views": i}}
+                    for i, d in enumerate(docs)))
     return [d.id for d in docs]
 
 
@@ -89,7 +89,7 @@ def _upgrade(config: Path, *extra: str) -> Any:
 
 def test_upgrade_end_to_end_switches_the_alias(cfg: BackendConfig, names: list[str], tiny_t5: Path, tiny_bi_encoder: Path,
                                               tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     source, alias = new_name(names, "src"), new_name(names, "live")
     ids = live_index(cfg, source, 120)
@@ -137,7 +137,7 @@ def _put_vector(node: Any, vector: list[float]) -> None:
 
 def test_upgrade_whose_gate_fails_leaves_the_alias_untouched(cfg: BackendConfig, names: list[str], tiny_t5: Path,
                                                             tiny_bi_encoder: Path, tmp_path: Path) -> None:
-    from genq_search.backends.opensearch import connect
+    from conftest import client_of as connect
 
     source, alias = new_name(names, "src"), new_name(names, "live")
     live_index(cfg, source, 80)
@@ -154,31 +154,33 @@ def test_upgrade_whose_gate_fails_leaves_the_alias_untouched(cfg: BackendConfig,
     assert report["deployed"] is False and report["gate"]["passed"] is False
 
 
-def test_a_tuned_fusion_the_cluster_cannot_run_deploys_the_best_one_it_can(cfg: BackendConfig) -> None:
+def test_a_tuned_fusion_the_cluster_cannot_run_deploys_the_best_one_it_can(opensearch_cfg: BackendConfig) -> None:
     """z-score normalisation exists in neural-search from 3.0 only: on an older node `upgrade` deploys the best
-    other hybrid of the dev-set grid (here rrf-30, not the lower-scoring min-max settings), and says which."""
-    from genq_search.backends.opensearch import OpenSearchBackend, connect
+    other hybrid of the dev-set grid (here rrf-30, not the lower-scoring min-max settings), and says which. The
+    cluster's detected fusions agree with what it really runs (a pipeline created, or refused)."""
     from genq_search.config import CompareConfig
+    from genq_search.engines.opensearch import connect
     from genq_search.errors import GenqError
     from genq_search.fusion import FusionMethod
     from genq_search.labelfree import search_params
-    from genq_search.upgrade import hybrid_pipeline
+    from genq_search.upgrade import deployable_fusion
 
-    backend = OpenSearchBackend(connect(cfg), "unused", cfg)
+    cluster = connect(opensearch_cfg)
     tuned = {"method": "zscore", "lexical_weight": 0.4, "rrf_k": None,
              "grid": {"zscore-0.4": 0.50, "zscore-0.3": 0.49, "rrf-30": 0.45, "minmax-0.4": 0.44, "dense": 0.40}}
     params = search_params(tuned)
     try:
-        backend.ensure_hybrid_pipeline(FusionMethod.ZSCORE, (0.4, 0.6), 60)
+        cluster.ensure_hybrid_pipeline(FusionMethod.ZSCORE, (0.4, 0.6), 60)
         runs_zscore = True
     except GenqError:
         runs_zscore = False
-    pipeline_id, deployed = hybrid_pipeline(backend, params, tuned, CompareConfig())
+    assert (FusionMethod.ZSCORE in cluster.server_fusions()) == runs_zscore
+    deployed = deployable_fusion(cluster, params, tuned, CompareConfig())
     if runs_zscore:
-        assert deployed == params and pipeline_id == "genq-hybrid-z_score-0.4-0.6"
+        assert deployed == params
     else:
         assert deployed == {"mode": "hybrid", "method": FusionMethod.RRF, "weights": None, "rrf_k": 30}
-        assert pipeline_id == "genq-hybrid-rrf-30"
-    assert hybrid_pipeline(backend, search_params({"method": "minmax", "lexical_weight": 0.5, "rrf_k": None}),
-                           None, CompareConfig()) == ("genq-hybrid-min_max-0.5-0.5", search_params(
-                               {"method": "minmax", "lexical_weight": 0.5, "rrf_k": None}))
+    minmax = search_params({"method": "minmax", "lexical_weight": 0.5, "rrf_k": None})
+    assert deployable_fusion(cluster, minmax, None, CompareConfig()) == minmax
+    body = cluster.query_body("live", {"match": {"text": "q"}}, "hybrid", FusionMethod.MINMAX, (0.5, 0.5), None)
+    assert body["path"] == "/live/_search?search_pipeline=genq-hybrid-min_max-0.5-0.5"

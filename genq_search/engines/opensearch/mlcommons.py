@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from genq_search.backends.opensearch import VECTOR_FIELD, explain_error, passage_query
 from genq_search.config import BackendConfig, CorpusConfig
 from genq_search.encoders import row_cosines
+from genq_search.engines.base import VECTOR_FIELD
+from genq_search.engines.opensearch import explain_error, passage_query
 from genq_search.errors import GenqError
 
 logger = logging.getLogger(__name__)
@@ -39,11 +40,11 @@ PARITY_TEXTS = ["what causes high blood pressure", "python json parse error",
 MIN_PARITY_COSINE = 0.999
 
 
-class Cluster:
-    """ML Commons REST calls with one-line errors."""
+class MLCommons:
+    """ML Commons REST calls with one-line errors, on an OpenSearch cluster."""
 
-    def __init__(self, client: Any, cfg: BackendConfig):
-        self.client, self.cfg = client, cfg
+    def __init__(self, cluster: Any):
+        self.client, self.cfg = cluster.client, cluster.cfg
 
     def call(self, method: str, path: str, body: Any = None, action: str = "", **params: Any) -> Any:
         try:
@@ -113,7 +114,7 @@ def required_settings(endpoint: str | None) -> dict[str, Any]:
     return settings
 
 
-def ensure_settings(cluster: Cluster, endpoint: str | None, configure: bool) -> list[str]:
+def ensure_settings(cluster: MLCommons, endpoint: str | None, configure: bool) -> list[str]:
     """Check (and with ``configure`` apply) :func:`required_settings`; returns the settings changed."""
     current = cluster.call("GET", "/_cluster/settings", action="reading cluster settings", include_defaults="true", flat_settings="true")
     merged = {**current.get("defaults", {}), **current.get("persistent", {}), **current.get("transient", {})}
@@ -148,7 +149,7 @@ def local_archive(bundle: Path, manifest: dict[str, Any]) -> Path:
     return archive
 
 
-def register_local(cluster: Cluster, bundle: Path, manifest: dict[str, Any], group: str, deploy: bool = True) -> dict[str, Any]:
+def register_local(cluster: MLCommons, bundle: Path, manifest: dict[str, Any], group: str, deploy: bool = True) -> dict[str, Any]:
     """Register the bundle's ML Commons zip in chunks and (optionally) deploy it; returns ids and states."""
     entry = manifest["ml_commons"]
     archive = local_archive(bundle, manifest)
@@ -173,7 +174,7 @@ def register_local(cluster: Cluster, bundle: Path, manifest: dict[str, Any], gro
     return out
 
 
-def _wait_state(cluster: Cluster, model_id: str, wanted: set[str], action: str, timeout_s: float = 120.0) -> str:
+def _wait_state(cluster: MLCommons, model_id: str, wanted: set[str], action: str, timeout_s: float = 120.0) -> str:
     deadline = time.monotonic() + timeout_s
     while True:
         state = cluster.call("GET", f"{ML}/models/{model_id}", action=action).get("model_state", "")
@@ -204,7 +205,7 @@ def connector_body(name: str, url: str, kind: str, text_fields: int = 1) -> dict
             "actions": [action]}
 
 
-def register_remote(cluster: Cluster, url: str, name: str, kind: str, group: str, text_fields: int = 1) -> str:
+def register_remote(cluster: MLCommons, url: str, name: str, kind: str, group: str, text_fields: int = 1) -> str:
     """A deployed remote model ``name`` over the endpoint: the existing one when its connector is this one (a rerun
     registers nothing new), else a new connector and model; returns the model id."""
     body = connector_body(name, url, kind, text_fields)
@@ -229,7 +230,7 @@ def register_remote(cluster: Cluster, url: str, name: str, kind: str, group: str
     return model["model_id"]
 
 
-def predict(cluster: Cluster, model_id: str, texts: list[str]) -> np.ndarray:
+def predict(cluster: MLCommons, model_id: str, texts: list[str]) -> np.ndarray:
     """The cluster's embeddings of ``texts`` under ``model_id``."""
     result = cluster.call("POST", f"{ML}/_predict/text_embedding/{model_id}", {"text_docs": texts},
                           action="embedding sample texts in the cluster")
@@ -237,7 +238,7 @@ def predict(cluster: Cluster, model_id: str, texts: list[str]) -> np.ndarray:
     return np.asarray([o["data"] for r in result["inference_results"] for o in r["output"]], dtype=np.float32)
 
 
-def parity(cluster: Cluster, model_id: str, encoder: Any, texts: list[str] = PARITY_TEXTS) -> float:
+def parity(cluster: MLCommons, model_id: str, encoder: Any, texts: list[str] = PARITY_TEXTS) -> float:
     """Mean cosine between the cluster's and the tool's embeddings; raises below :data:`MIN_PARITY_COSINE`."""
     theirs = predict(cluster, model_id, texts)
     ours = encoder.encode_queries(texts)
@@ -262,7 +263,7 @@ def ingest_pipeline_body(passages_model: str, title_field: str | None, text_fiel
                 "output_map": [{VECTOR_FIELD: "documents[0].passages"}], "ignore_missing": True, "override": True}}]}
 
 
-def check_index(cluster: Cluster, index: str, health: dict[str, Any]) -> dict[str, Any]:
+def check_index(cluster: MLCommons, index: str, health: dict[str, Any]) -> dict[str, Any]:
     """The index the endpoint will serve (an index, or an alias over one) and how its documents were split; refuses a
     vector dimension or passage windows other than the endpoint's, and a default pipeline that is not the tool's."""
     mapping = cluster.call("GET", f"/{index}/_mapping", action=f"reading the mapping of '{index}'")
@@ -295,7 +296,7 @@ def check_index(cluster: Cluster, index: str, health: dict[str, Any]) -> dict[st
     return {"index": concrete, "pipeline": pipeline, **fields}
 
 
-def passages_parity(cluster: Cluster, model_id: str, encoder: Any, windows: Any) -> float:
+def passages_parity(cluster: MLCommons, model_id: str, encoder: Any, windows: Any) -> float:
     """Mean cosine between the passage vectors the cluster gets from ``/v1/passages`` and the reindex's own."""
     from genq_search.passages import split_documents
 
@@ -315,7 +316,7 @@ def passages_parity(cluster: Cluster, model_id: str, encoder: Any, windows: Any)
     return float(cosine.mean())
 
 
-def attach(cluster: Cluster, target: dict[str, Any], url: str, encoder: Any, group: str, health: dict[str, Any]) -> dict[str, Any]:
+def attach(cluster: MLCommons, target: dict[str, Any], url: str, encoder: Any, group: str, health: dict[str, Any]) -> dict[str, Any]:
     """Remote models over the endpoint, both parity-checked, then the ingest pipeline as the index's default pipeline."""
     index, texts = target["index"], len(target["text_fields"])
     embeddings = register_remote(cluster, url, f"genq-{index}-embeddings", "embeddings", group)
@@ -357,12 +358,16 @@ def register_bundle(cfg: BackendConfig, bundle: Path, endpoint: str | None, inde
     """``genq-search register``: the local model zip (no endpoint), or remote models over the endpoint (and, with
     ``index``, the ingest pipeline attached to it). Everything that can be checked is checked before the cluster is
     changed; each model's embeddings are compared with the bundle's before it is attached or reported."""
-    from genq_search.backends.opensearch import connect
+    from genq_search.engines import connect
     from genq_search.export import OnnxEncoder
 
     health = endpoint_health(endpoint, bundle) if endpoint else None
     encoder = OnnxEncoder(bundle, variant=health["variant"] if health else None, provider="cpu")  # the endpoint's variant
-    cluster = Cluster(connect(cfg), cfg)
+    engine = connect(cfg)
+    if engine.engine != "opensearch":
+        raise GenqError(f"register puts the model into OpenSearch's ML Commons; {engine.label} {engine.version} at "
+                        f"{cfg.url} has no such plugin (an Elasticsearch inference endpoint is not supported)")
+    cluster = MLCommons(engine)
     target = check_index(cluster, index, health) if index and health else None
     if endpoint is None:
         local_archive(bundle, encoder.manifest)

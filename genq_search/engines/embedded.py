@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from genq_search.backends.base import SearchBackend
 from genq_search.data import Corpus, Queries, Results, atomic_write, write_json
 from genq_search.encoders import pick_device
+from genq_search.engines.base import SearchBackend
 from genq_search.errors import GenqError
 from genq_search.passages import Passage, document_text, max_passage
 
