@@ -226,7 +226,7 @@ def create_target(cluster: Cluster, state: ReindexState, corpus: CorpusConfig) -
     index_settings = {**{k: v for k, v in shared.items() if k in ("analysis", "similarity")},
                       "number_of_shards": int(shared.get("number_of_shards", 1)), "number_of_replicas": 0,
                       "refresh_interval": "-1", **cluster.vector_index_settings()}
-    cluster.create_index(state.target, {"index": index_settings}, mappings)
+    cluster.create_index(state.target, {"index": index_settings}, mappings, what="")
     return restore
 
 

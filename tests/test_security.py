@@ -147,7 +147,9 @@ def test_untrusted_certificate_with_verification_on_is_one_line(secure_cfg: Back
 
 def test_verification_off_warns_once_and_works(secure_cfg: BackendConfig, secure_names: list[str], beir_dir: Path,
                                                tiny_bi_encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from genq_search.backends import opensearch
+    from genq_search import (
+        engines as opensearch,  # where the once-per-URL warning is kept
+    )
 
     monkeypatch.setattr(opensearch, "_WARNED_UNVERIFIED", set())
     index = new_name(secure_names)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 
 from genq_search.config import BackendConfig, Engine
 from genq_search.engines.base import Cluster, ClusterBackend
@@ -27,7 +28,9 @@ def detect_engine(cfg: BackendConfig) -> Engine:
                                ca_certs=str(cfg.ca_certs) if cfg.ca_certs else None,
                                timeout=urllib3.Timeout(total=min(cfg.timeout_s, 30.0)), retries=False)
     try:
-        response = pool.request("GET", cfg.url.rstrip("/") + "/", headers=headers)
+        with warnings.catch_warnings():  # --no-verify-certs: connect() has warned once already
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            response = pool.request("GET", cfg.url.rstrip("/") + "/", headers=headers)
     except urllib3.exceptions.SSLError as exc:
         hint = "; does it serve plain HTTP? (use http://)" if "WRONG_VERSION_NUMBER" in str(exc) else \
             ": pass --ca-certs FILE with the CA that signed it (or --no-verify-certs to skip the check)"

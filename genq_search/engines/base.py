@@ -272,8 +272,8 @@ class Cluster(ABC):
             return vector.get("dimension", vector.get("dims"))
         return None
 
-    def create_index(self, name: str, settings: dict[str, Any], mappings: dict[str, Any]) -> None:
-        self.call(f"creating index '{name}'", self.indices.create, index=name, body={"settings": settings, "mappings": mappings})
+    def create_index(self, name: str, settings: dict[str, Any], mappings: dict[str, Any], what: str = "index ") -> None:
+        self.call(f"creating {what}'{name}'", self.indices.create, index=name, body={"settings": settings, "mappings": mappings})
 
     def delete_tool_index(self, name: str) -> None:
         """Delete an index the tool created (refused for any other)."""
