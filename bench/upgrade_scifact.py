@@ -2,7 +2,11 @@
 
     scripts/opensearch-local.sh start
     python bench/upgrade_scifact.py [--url http://127.0.0.1:9200] [--run-dir runs/bench-upgrade] [--max-passages 120]
+    scripts/elasticsearch-local.sh start
+    python bench/upgrade_scifact.py --engine elasticsearch [--url http://127.0.0.1:9210] [--run-dir runs/bench-upgrade-es]
 
+Same script for both engines (the `english` analyzer where the node has it: OpenSearch's local node assembles
+analysis-common, Elasticsearch's integ-test node has none, so `standard` there).
 1. Loads SciFact into `scifact-bench-src` (title and text with the `english` analyzer, BM25 k1=0.9 b=0.4) behind the
    alias `scifact-bench`, and a second copy with Lucene's default BM25 (k1=1.2, b=0.75); scores BM25 on both with
    BEIR's query (multi_match best_fields, tie_breaker 0.5) and the Anserini multifield query (most_fields).
@@ -11,7 +15,7 @@
    reindex; checks that the upgraded index equals the source afterwards (ids and sources) and that the alias moved.
 3. Scores the upgraded index itself (BM25, k-NN with the bundle, hybrid with the tuned fusion) and times the bundle's
    own encoding of the corpus, to compare with the reindex's documents/s.
-Writes bench/results/upgrade_scifact.json.
+Writes bench/results/upgrade_scifact.json (upgrade_scifact_elasticsearch.json for Elasticsearch).
 """
 
 from __future__ import annotations
@@ -35,14 +39,24 @@ SOURCE, ALIAS, DEFAULT_BM25 = "scifact-bench-src", "scifact-bench", "scifact-ben
 METRICS = ["ndcg@10", "recall@100", "mrr@10"]
 
 
-def load_live_index(client: Any, name: str, corpus: dict[str, dict[str, str]], k1: float, b: float) -> float:
-    from opensearchpy import helpers
+def _helpers(client: Any) -> Any:
+    if type(client).__module__.startswith("elasticsearch"):
+        from elasticsearch import helpers
+    else:
+        from opensearchpy import helpers
+    return helpers
 
+
+ANALYZER = "english"  # "standard" on a node without analysis-common (main() sets it)
+
+
+def load_live_index(client: Any, name: str, corpus: dict[str, dict[str, str]], k1: float, b: float) -> float:
+    helpers = _helpers(client)
     client.indices.delete(index=name, ignore_unavailable=True)
     client.indices.create(index=name, body={
         "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0,
                                "similarity": {"default": {"type": "BM25", "k1": k1, "b": b}}}},
-        "mappings": {"properties": {"title": {"type": "text", "analyzer": "english"}, "text": {"type": "text", "analyzer": "english"}}}})
+        "mappings": {"properties": {"title": {"type": "text", "analyzer": ANALYZER}, "text": {"type": "text", "analyzer": ANALYZER}}}})
     start = time.perf_counter()
     helpers.bulk(client, ({"_index": name, "_id": d, "_source": v} for d, v in corpus.items()), refresh=True, chunk_size=500)
     return time.perf_counter() - start
@@ -99,7 +113,8 @@ def writer(client: Any, target: str, ids: list[str], count: int, log: dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--url", default="http://127.0.0.1:9200")
+    parser.add_argument("--engine", choices=["opensearch", "elasticsearch"], default="opensearch")
+    parser.add_argument("--url", default=None, help="default: the local node of --engine (9200 / 9210)")
     parser.add_argument("--data", type=Path, default=SCIFACT)
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-upgrade"))
     parser.add_argument("--max-passages", type=int, default=120, help="documents the generator writes training queries for")
@@ -109,11 +124,15 @@ def main() -> None:
     parser.add_argument("--gate-margin", type=float, default=0.0,
                         help="model gate margin; a negative one lets a barely trained model through, to measure the deployment")
     args = parser.parse_args()
+    global ANALYZER
+    engine = args.engine
+    args.url = args.url or ("http://127.0.0.1:9210" if engine == "elasticsearch" else "http://127.0.0.1:9200")
+    ANALYZER = "standard" if engine == "elasticsearch" else "english"
     started = time.perf_counter()
     collection = load_collection(args.data, "test")
     cfg = RunConfig.model_validate({
         "run_dir": str(args.run_dir), "method": "genq",
-        "corpus": {"path": f"opensearch://{args.url.split('://')[1]}/{ALIAS}", "queries": str(args.data / "queries.jsonl"),
+        "corpus": {"path": f"{engine}://{args.url.split('://')[1]}/{ALIAS}", "queries": str(args.data / "queries.jsonl"),
                    "qrels": str(args.data / "qrels" / "test.tsv")},
         "generate": {"model": args.generator, "queries_per_passage": "3", "max_passages": args.max_passages, "batch_size": 4,
                      "max_input_tokens": 256, "filter_top_k": 10, "dev_queries": args.dev_queries},
@@ -126,18 +145,19 @@ def main() -> None:
     client = cluster.client
     behind = set(client.indices.get_alias(name=ALIAS)) if client.indices.exists_alias(name=ALIAS) else set()
     if behind != {SOURCE}:  # no live index yet, or a finished upgrade moved the alias: start again from a fresh one
-        client.indices.delete(index=f"{ALIAS}-v*", ignore_unavailable=True)  # the alias goes with them
+        for old in cluster.matching(f"{ALIAS}-v*"):  # by name (Elasticsearch refuses wildcard deletes); the alias goes with them
+            client.indices.delete(index=old, ignore_unavailable=True)
         load_s = load_live_index(client, SOURCE, collection.corpus, 0.9, 0.4)
         client.indices.update_aliases(body={"actions": [{"add": {"index": SOURCE, "alias": ALIAS}}]})
     else:  # a rerun resumes the upgrade of the same live index
         load_s = None
     load_live_index(client, DEFAULT_BM25, collection.corpus, 1.2, 0.75)
     runs = []
-    for index, kind, name in [(SOURCE, "most_fields", "bm25-opensearch-english-multifield"),
-                              (SOURCE, "best_fields", "bm25-opensearch-english-k1-0.9"),
-                              (DEFAULT_BM25, "best_fields", "bm25-opensearch-english-beir-query")]:
+    for index, kind, name in [(SOURCE, "most_fields", f"bm25-{engine}-{ANALYZER}-multifield"),
+                              (SOURCE, "best_fields", f"bm25-{engine}-{ANALYZER}-k1-0.9"),
+                              (DEFAULT_BM25, "best_fields", f"bm25-{engine}-{ANALYZER}-beir-query")]:
         metrics = evaluate(collection.qrels, bm25(client, index, collection.queries, kind), METRICS)
-        runs.append({"name": name, "backend": "opensearch", "model": None, "metrics": metrics})
+        runs.append({"name": name, "backend": engine, "model": None, "metrics": metrics})
         print(f"{name}: nDCG@10 {100 * metrics['ndcg@10']:.2f}")
     client.indices.delete(index=DEFAULT_BM25)
     source_ids = sorted(collection.corpus)
@@ -169,7 +189,7 @@ def main() -> None:
         [lexical, dense], FusionMethod(search["method"]), list(search["weights"] or (0.5, 0.5)), rrf_k=search["rrf_k"] or 60, k=100)
     for name, results in [("dense-genq-upgraded-index", dense), ("hybrid-tuned-genq-upgraded-index", tuned)]:
         metrics = evaluate(collection.qrels, results, METRICS)
-        runs.append({"name": name, "backend": "opensearch", "model": report["bundle"], "metrics": metrics})
+        runs.append({"name": name, "backend": engine, "model": report["bundle"], "metrics": metrics})
     for name, row in report["runs"].items():
         runs.append({"name": name, "backend": "embedded", "model": None, "metrics": row["metrics"],
                      **({"label_free": report["label_free"].get(name)} if report.get("label_free") else {})})
@@ -181,7 +201,8 @@ def main() -> None:
         print(f"{row['name']:>40}: " + "  ".join(f"{m} {100 * row['metrics'].get(m, float('nan')):.1f}" for m in METRICS))
     print(f"writes during the reindex: {log}; lost {lost}; sampled sources differing {differing}; "
           f"reindex {reindex_docs_per_s} docs/s vs encoder {encoder_docs_per_s:.1f} docs/s")
-    path = write_results("upgrade_scifact", {
+    path = write_results("upgrade_scifact" + ("_elasticsearch" if engine == "elasticsearch" else ""), {
+        "engine": {"name": engine, "version": cluster.version},
         "dataset": "scifact", "split": "test", "wall_s": time.perf_counter() - started, "runs": runs,
         "upgrade": {"source_documents": rx["source_documents"], "copied": rx["copied"], "caught_up": rx["caught_up"],
                     "deleted_caught_up": rx["deleted_caught_up"], "verified_ids": rx["verified_ids"], "lost": lost,
@@ -194,14 +215,14 @@ def main() -> None:
                     "changed_after_switch": rx["changed_after_switch"], "stages_s": {**report["stages_s"], **rx["stages_s"]}},
         "labelfree": {"agreement": report.get("agreement")},
         "stages_s": report["stages_s"], "load_live_index_s": load_s,
-        "notes": (f"Live index: SciFact (5,183 abstracts) in OpenSearch 2.19.1 (local node, analysis-common assembled from Maven), "
-                  "english analyzer on title and text, BM25 k1=0.9 b=0.4; a second copy with Lucene's default BM25 for BEIR's "
+        "notes": (f"Live index: SciFact (5,183 abstracts) in {cluster.label} {cluster.version} (local node), "
+                  f"{ANALYZER} analyzer on title and text, BM25 k1=0.9 b=0.4; a second copy with Lucene's default BM25 for BEIR's "
                   f"query. upgrade: GenQ, Gemma-3 270M (GGUF) writing 3 queries for {args.max_passages} random documents, round-trip "
                   f"filter top 10, a synthetic dev set of up to {args.dev_queries} queries from held-out documents, all-MiniLM-L6-v2 "
                   f"1 epoch batch 32 lr 2e-5, gate margin {args.gate_margin} on the dev set and SciFact test qrels, ONNX bundle "
                   "(cpu profile), reindex "
                   f"with {args.writes} writes (1/3 adds, updates, deletes) by a second thread during the reindex. Embedded runs "
-                  "are the upgrade's own comparison (rank_bm25); '*-upgraded-index' runs search the upgraded OpenSearch index."),
+                  f"are the upgrade's own comparison (rank_bm25); '*-upgraded-index' runs search the upgraded {cluster.label} index."),
     })
     print(f"wrote {path}")
 

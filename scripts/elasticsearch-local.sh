@@ -16,7 +16,8 @@
 # (1 thread, queue 1: concurrent bulk shard writes get 429 es_rejected_execution_exception). Transport TLS is off:
 # single-node discovery does not enforce the bootstrap check that asks for it. Its `env` exports
 # ELASTICSEARCH_SECURE_URL, ELASTICSEARCH_SECURE_CA (the CA's PEM), ELASTICSEARCH_SECURE_USERNAME and
-# ELASTICSEARCH_SECURE_PASSWORD.
+# ELASTICSEARCH_SECURE_PASSWORD, and ELASTICSEARCH_SECURE_READER / _READER_PASSWORD: a file-realm user whose role
+# reads every index and writes none (the native realm cannot work here: its .security index needs analysis-common).
 #
 #   scripts/elasticsearch-local.sh start --secure    # https://127.0.0.1:9211
 #
@@ -56,6 +57,7 @@ set -euo pipefail
 
 CMD=start
 SECURE=0
+READER=genq-reader READER_ROLE=genq_reader READER_PASSWORD=genq-reader-drill  # --secure: a read-only user (file realm)
 for arg in "$@"; do
   case $arg in
     --secure) SECURE=1 ;;
@@ -277,6 +279,14 @@ start() {
     local ks=(env -u JAVA_HOME ES_JAVA_HOME="$jdk" "$NODE_DIR/bin/elasticsearch-keystore")
     if [[ ! -f $NODE_DIR/config/elasticsearch.keystore ]]; then as_user "${ks[@]}" create >/dev/null; fi
     printf '%s' "$PASSWORD" | as_user "${ks[@]}" add -x -f bootstrap.password >/dev/null
+    # a read-only user in the file realm (the native realm's .security index needs analysis-common, which the
+    # integ-test zip lacks): for the tests' "user without write permission"
+    printf '%s\n' "$READER_ROLE:" "  cluster: [monitor]" "  indices:" "    - names: ['*']" \
+      "      privileges: [read, view_index_metadata, monitor]" | as_user tee "$NODE_DIR/config/roles.yml" >/dev/null
+    local users=(env -u JAVA_HOME ES_JAVA_HOME="$jdk" "$NODE_DIR/bin/elasticsearch-users")
+    if ! grep -q "^$READER:" "$NODE_DIR/config/users" 2>/dev/null; then
+      as_user "${users[@]}" useradd "$READER" -p "$READER_PASSWORD" -r "$READER_ROLE" >/dev/null
+    fi
   fi
   log "starting Elasticsearch $VER on $URL (heap $HEAP, Java $(java_major "$jdk") at $jdk)"
   as_user env -u JAVA_HOME ES_JAVA_HOME="$jdk" ES_JAVA_OPTS="-Xms$HEAP -Xmx$HEAP" \
@@ -321,6 +331,7 @@ env_lines() {  # the connection, as shell lines to eval
   if [[ $SECURE == 1 ]]; then
     printf 'export ELASTICSEARCH_SECURE_URL=%q ELASTICSEARCH_SECURE_CA=%q ELASTICSEARCH_SECURE_USERNAME=elastic ELASTICSEARCH_SECURE_PASSWORD=%q\n' \
       "$URL" "$CA" "$PASSWORD"
+    printf 'export ELASTICSEARCH_SECURE_READER=%q ELASTICSEARCH_SECURE_READER_PASSWORD=%q\n' "$READER" "$READER_PASSWORD"
   else
     printf 'export ELASTICSEARCH_URL=%q\n' "$URL"
   fi

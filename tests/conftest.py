@@ -146,18 +146,22 @@ def client_of(cfg):
     return connect(cfg).client
 
 
-@pytest.fixture(scope="session")
-def secure_cfg():
-    """Admin connection to the secured drill node (scripts/opensearch-local.sh start --secure; scripts/test.sh starts it
-    and exports OPENSEARCH_SECURE_URL, OPENSEARCH_SECURE_CA, OPENSEARCH_SECURE_USERNAME, OPENSEARCH_SECURE_PASSWORD)."""
+SECURE = {"opensearch": "OPENSEARCH_SECURE", "elasticsearch": "ELASTICSEARCH_SECURE"}  # engine -> its env prefix
+
+
+@pytest.fixture(scope="session", params=list(SECURE))
+def secure_cfg(request: pytest.FixtureRequest):
+    """Admin connection to a secured node (TLS, basic auth, a tiny write queue), on every engine:
+    scripts/opensearch-local.sh / elasticsearch-local.sh start --secure (scripts/test.sh starts them and exports
+    <ENGINE>_SECURE_URL, _CA, _USERNAME, _PASSWORD)."""
     from genq_search.config import BackendConfig
 
-    url = os.environ.get("OPENSEARCH_SECURE_URL")
+    prefix = SECURE[request.param]
+    url = os.environ.get(f"{prefix}_URL")
     if not url:
-        pytest.skip("OPENSEARCH_SECURE_URL is not set (scripts/opensearch-local.sh start --secure; scripts/test.sh starts it)")
-    return BackendConfig(engine="opensearch", url=url, ca_certs=os.environ.get("OPENSEARCH_SECURE_CA"), replicas=0,
-                         username=os.environ.get("OPENSEARCH_SECURE_USERNAME", "admin"),
-                         password=os.environ.get("OPENSEARCH_SECURE_PASSWORD"))
+        pytest.skip(f"{prefix}_URL is not set (scripts/{request.param}-local.sh start --secure; scripts/test.sh starts it)")
+    return BackendConfig(engine=request.param, url=url, ca_certs=os.environ.get(f"{prefix}_CA"), replicas=0,
+                         username=os.environ.get(f"{prefix}_USERNAME"), password=os.environ.get(f"{prefix}_PASSWORD"))
 
 
 def fresh_names(cfg):

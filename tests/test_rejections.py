@@ -1,4 +1,4 @@
-"""Rejected writes on the drill node (``scripts/opensearch-local.sh start --secure``: a write thread pool of 1 thread
+"""Rejected writes on the drill nodes (``scripts/opensearch-local.sh start --secure``, ``elasticsearch-local.sh start --secure``: a write thread pool of 1 thread
 and a queue of 1): ``index`` and ``reindex`` write a 4-shard index while other clients write too, so bulk shard
 requests get 429 es_rejected_execution_exception. The tool retries them with exponential backoff, ends with exactly
 the source's documents and reports how many writes were rejected and retried (log line, reindex state JSON); each test
@@ -81,9 +81,12 @@ def other_writers(cfg: BackendConfig, index: str, target: str, rejected: Callabl
 
 
 @contextmanager
-def recorded_backoff(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
-    """The sleeps of opensearch-py's bulk helper between retries of rejected writes."""
-    from opensearchpy.helpers import actions
+def recorded_backoff(monkeypatch: pytest.MonkeyPatch, engine: str = "opensearch") -> Iterator[list[float]]:
+    """The sleeps of the engine client's bulk helper between retries of rejected writes."""
+    if engine == "elasticsearch":
+        from elasticsearch.helpers import actions
+    else:
+        from opensearchpy.helpers import actions
 
     sleeps: list[float] = []
 
@@ -145,8 +148,8 @@ def test_index_retries_rejected_writes(drill_cfg: BackendConfig, secure_names: l
     config = tmp_path / "index.toml"
     config.write_text(f"[backend]\nshards = {SHARDS}\nbulk_docs = {BULK_DOCS}\n")
     index = new_name(secure_names)
-    with recorded_backoff(monkeypatch) as sleeps, other_writers(drill_cfg, new_name(secure_names, "other"), index, lambda: bool(sleeps)):
-        result = cli("index", "--config", config, "--backend", "opensearch", *connection(drill_cfg), "--index", index,
+    with recorded_backoff(monkeypatch, drill_cfg.engine.value) as sleeps, other_writers(drill_cfg, new_name(secure_names, "other"), index, lambda: bool(sleeps)):
+        result = cli("index", "--config", config, "--backend", drill_cfg.engine.value, *connection(drill_cfg), "--index", index,
                      "--corpus", corpus, "--model", tiny_bi_encoder, "--run-dir", tmp_path / "run")
     assert result.exit_code == 0, result.output
     rejected = reported(result.output, index)
@@ -160,8 +163,8 @@ def test_index_retries_rejected_writes(drill_cfg: BackendConfig, secure_names: l
 
 def test_reindex_retries_rejected_writes(drill_cfg: BackendConfig, secure_names: list[str], tiny_bi_encoder: Path,
                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record_testsuite_property: Any) -> None:
+    from conftest import bulk_load
     from conftest import client_of as connect
-    from opensearchpy import helpers
 
     from genq_search import index as reindex_module
 
@@ -169,9 +172,7 @@ def test_reindex_retries_rejected_writes(drill_cfg: BackendConfig, secure_names:
     source, alias = new_name(secure_names, "src"), new_name(secure_names, "live")
     client.indices.create(index=source, body={"settings": {"index": {"number_of_shards": SHARDS, "number_of_replicas": 0}}})
     docs = {f"id-{i:04d}": {"title": f"Title {i}", "text": f"document {i} about topic{i % 11} " * (1 + i % 7)} for i in range(DOCS)}
-    _, failed = helpers.bulk(client, ({"_index": source, "_id": k, "_source": v} for k, v in docs.items()), refresh=True,
-                             raise_on_error=False, max_retries=8, initial_backoff=0.5)
-    assert not failed
+    bulk_load(drill_cfg, ({"_index": source, "_id": k, "_source": v} for k, v in docs.items()))
     saved: list[int] = []  # the count in the state JSON, after every save
     save = reindex_module.ReindexState.save
 
@@ -180,7 +181,7 @@ def test_reindex_retries_rejected_writes(drill_cfg: BackendConfig, secure_names:
         saved.append(json.loads(Path(state.checkpoint).read_text())["rejections_retried"])
 
     monkeypatch.setattr(reindex_module.ReindexState, "save", recording_save)
-    with recorded_backoff(monkeypatch) as sleeps, other_writers(drill_cfg, new_name(secure_names, "other"), f"{alias}-v1",
+    with recorded_backoff(monkeypatch, drill_cfg.engine.value) as sleeps, other_writers(drill_cfg, new_name(secure_names, "other"), f"{alias}-v1",
                                                                 lambda: bool(sleeps)):
         result = cli("reindex", source, "--alias", alias, "--model", tiny_bi_encoder, "--read-batch", READ_BATCH,
                      *connection(drill_cfg), "--run-dir", tmp_path)

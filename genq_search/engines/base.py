@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -106,6 +107,40 @@ def lexical_query(text: str, fields: Sequence[str], title_field: str | None, tit
     (boosted) and text fields, best field plus half of the others."""
     boosted = [f"{f}^{title_boost:g}" if f == title_field and title_boost != 1.0 else f for f in fields]
     return {"multi_match": {"query": text, "fields": boosted, "type": "best_fields", "tie_breaker": 0.5}}
+
+
+def failure_line(cfg: BackendConfig, label: str, action: str, exc: BaseException, *, status: int | None, kind: str,
+                 reason: str, tls: bool, connection: bool) -> GenqError:
+    """The one line both engines give for the same failure (each engine reads status, error type and reason, TLS and
+    connection errors off its own client's exceptions, and handles its own special cases first)."""
+    if kind == "cluster_block_exception":
+        return GenqError(f"index is read-only or blocked while {action}: {reason}")
+    if status == 401:
+        if not cfg.username:
+            return GenqError(f"authentication required at {cfg.url} while {action}: pass --username/--password "
+                             "(or GENQ_SEARCH_USERNAME/GENQ_SEARCH_PASSWORD)")
+        return GenqError(f"authentication failed at {cfg.url} for user '{cfg.username}' while {action}: check "
+                         "--username/--password (or GENQ_SEARCH_USERNAME/GENQ_SEARCH_PASSWORD)")
+    if status == 403:
+        who = f"user '{cfg.username}'" if cfg.username else "the user"
+        return GenqError(f"not allowed at {cfg.url} while {action}: {who} lacks the needed permissions ({reason})")
+    if tls:
+        detail = re.search(r"certificate verify failed: ([^(]+?) \(", str(exc))
+        if detail:
+            return GenqError(f"TLS certificate of {cfg.url} not trusted while {action} ({detail.group(1)}): pass "
+                             "--ca-certs FILE with the CA that signed it (or --no-verify-certs to skip the check)")
+        hint = "; does it serve plain HTTP? (use http://)" if "WRONG_VERSION_NUMBER" in str(exc) else "; check --ca-certs"
+        return GenqError(f"TLS error at {cfg.url} while {action}{hint}")
+    if connection:
+        hint = (" the server closed the connection without a response: does it serve HTTPS? (use https://)"
+                if cfg.url.startswith("http://") and "RemoteDisconnected" in str(exc) else
+                f" is it running? (scripts/{label.lower()}-local.sh start)")
+        return GenqError(f"cannot reach {label} at {cfg.url} while {action} ({type(exc).__name__});{hint}")
+    if kind in {"mapper_parsing_exception", "mapper_exception"} or "mapper" in reason:
+        return GenqError(f"mapping conflict while {action}: {reason}")
+    if kind:
+        return GenqError(f"{label} error while {action}: {kind}: {reason}")
+    return GenqError(f"{label} error while {action}: {exc}")
 
 
 class RejectionCounter:

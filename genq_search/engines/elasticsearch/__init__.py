@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from genq_search.config import BackendConfig
-from genq_search.engines.base import VECTOR_FIELD, Cluster
+from genq_search.engines.base import VECTOR_FIELD, Cluster, failure_line
 from genq_search.errors import GenqError
 
 MIN_VERSION = (8, 11)  # kNN on a nested dense_vector field
@@ -49,35 +49,13 @@ def explain_error(exc: BaseException, cfg: BackendConfig, action: str) -> GenqEr
     if isinstance(exc, es.UnsupportedProductError):
         return GenqError(f"the node at {cfg.url} is not Elasticsearch (while {action}): set backend.engine (--backend) "
                          "to the engine it runs, or leave it to detection (auto)")
-    if kind == "cluster_block_exception":
-        return GenqError(f"index is read-only or blocked while {action}: {reason}")
-    if status == 401:
-        if not cfg.username:
-            return GenqError(f"authentication required at {cfg.url} while {action}: pass --username/--password "
-                             "(or GENQ_SEARCH_USERNAME/GENQ_SEARCH_PASSWORD)")
-        return GenqError(f"authentication failed at {cfg.url} for user '{cfg.username}' while {action}: check "
-                         "--username/--password (or GENQ_SEARCH_USERNAME/GENQ_SEARCH_PASSWORD)")
-    if status == 403:
-        who = f"user '{cfg.username}'" if cfg.username else "the user"
-        return GenqError(f"not allowed at {cfg.url} while {action}: {who} lacks the needed permissions ({reason})")
-    if isinstance(exc, elastic_transport.TlsError):
-        detail = re.search(r"certificate verify failed: ([^(]+?) \(", str(exc))
-        if detail:
-            return GenqError(f"TLS certificate of {cfg.url} not trusted while {action} ({detail.group(1)}): pass "
-                             "--ca-certs FILE with the CA that signed it (or --no-verify-certs to skip the check)")
-        hint = "; does it serve plain HTTP? (use http://)" if "WRONG_VERSION_NUMBER" in str(exc) else "; check --ca-certs"
-        return GenqError(f"TLS error at {cfg.url} while {action}{hint}")
-    if isinstance(exc, elastic_transport.ConnectionError):
-        return GenqError(f"cannot reach Elasticsearch at {cfg.url} while {action} ({type(exc).__name__}); is it running? "
-                         "(scripts/elasticsearch-local.sh start)")
     if status == 400 and "media-type" in (reason + kind + str(exc)).lower():
         return GenqError(f"elasticsearch client {es.__versionstr__} cannot talk to the node at {cfg.url} (while {action}): "
                          "the 9.x client needs Elasticsearch 9; pip install 'elasticsearch>=8.13,<9' for an 8.x node")
-    if kind in {"mapper_parsing_exception", "mapper_exception", "illegal_argument_exception"} and "mapp" in reason:
-        return GenqError(f"mapping conflict while {action}: {reason}")
-    if kind:
-        return GenqError(f"Elasticsearch error while {action}: {kind}: {reason}")
-    return GenqError(f"Elasticsearch error while {action}: {exc}")
+    if kind == "illegal_argument_exception" and "mapp" in reason:
+        kind = "mapper_exception"
+    return failure_line(cfg, "Elasticsearch", action, exc, status=status, kind=kind, reason=reason,
+                        tls=isinstance(exc, elastic_transport.TlsError), connection=isinstance(exc, elastic_transport.ConnectionError))
 
 
 def _version(version: str) -> tuple[int, ...]:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Callable, Iterator, Sequence
 from importlib.resources import files
 from typing import Any
 
 from genq_search.config import BackendConfig
-from genq_search.engines.base import VECTOR_FIELD, Cluster
+from genq_search.engines.base import VECTOR_FIELD, Cluster, failure_line
 from genq_search.errors import GenqError
 from genq_search.fusion import FusionMethod
 
@@ -39,37 +38,14 @@ def explain_error(exc: Exception, cfg: BackendConfig, action: str) -> GenqError:
         error = info.get("error", {}) if isinstance(info.get("error"), dict) else {}
         kind = str(error.get("type", exc.error))
         reason = (error.get("root_cause") or [{}])[0].get("reason") or error.get("reason") or str(exc.info)[:300]
-    if kind == "cluster_block_exception":
-        return GenqError(f"index is read-only or blocked while {action}: {reason}")
-    if isinstance(exc, os_.AuthenticationException):
-        if not cfg.username:
-            return GenqError(f"authentication required at {cfg.url} while {action}: pass --username/--password "
-                             "(or GENQ_SEARCH_USERNAME/GENQ_SEARCH_PASSWORD)")
-        return GenqError(f"authentication failed at {cfg.url} for user '{cfg.username}' while {action}: check "
-                         "--username/--password (or GENQ_SEARCH_USERNAME/GENQ_SEARCH_PASSWORD)")
-    if isinstance(exc, os_.AuthorizationException):
-        who = f"user '{cfg.username}'" if cfg.username else "the user"
-        return GenqError(f"not allowed at {cfg.url} while {action}: {who} lacks the needed permissions ({reason})")
-    if isinstance(exc, os_.SSLError):
-        detail = re.search(r"certificate verify failed: ([^(]+?) \(", str(exc))
-        if detail:
-            return GenqError(f"TLS certificate of {cfg.url} not trusted while {action} ({detail.group(1)}): pass "
-                             "--ca-certs FILE with the CA that signed it (or --no-verify-certs to skip the check)")
-        hint = "; does it serve plain HTTP? (use http://)" if "WRONG_VERSION_NUMBER" in str(exc) else "; check --ca-certs"
-        return GenqError(f"TLS error at {cfg.url} while {action}: {exc.info}{hint}")
-    if isinstance(exc, os_.ConnectionError):
-        hint = (" the server closed the connection without a response: does it serve HTTPS? (use https://)"
-                if cfg.url.startswith("http://") and "RemoteDisconnected" in str(exc) else
-                " is it running? (scripts/opensearch-local.sh start)")
-        return GenqError(f"cannot reach OpenSearch at {cfg.url} while {action} ({type(exc).__name__});{hint}")
     if "nmslib" in reason and "deprecated" in reason:
-        return GenqError(f"the nmslib engine cannot create new indices on OpenSearch 3.x (while {action}): use --engine "
-                         "lucene or faiss")
-    if kind in {"mapper_parsing_exception", "mapper_exception"} or "mapper" in reason:
-        return GenqError(f"mapping conflict while {action}: {reason}")
-    if kind:
-        return GenqError(f"OpenSearch error while {action}: {kind}: {reason}")
-    return GenqError(f"OpenSearch error while {action}: {exc}")
+        return GenqError(f"the nmslib engine cannot create new indices on OpenSearch 3.x (while {action}): use "
+                         "--knn-library lucene or faiss")
+    status = getattr(exc, "status_code", None)
+    status = 401 if isinstance(exc, os_.AuthenticationException) else 403 if isinstance(exc, os_.AuthorizationException) \
+        else status if isinstance(status, int) else None
+    return failure_line(cfg, "OpenSearch", action, exc, status=status, kind=kind, reason=reason,
+                        tls=isinstance(exc, os_.SSLError), connection=isinstance(exc, os_.ConnectionError))
 
 
 def _orjson_serializer(os_: Any) -> Any:
