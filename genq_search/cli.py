@@ -170,7 +170,7 @@ def compare(
     })
     comparison, summary = run_compare(cfg)
     typer.echo(comparison.markdown())
-    typer.echo(f"report: {cfg.run_dir / 'compare' / 'report.md'}  ({summary['wall_s']:.1f}s)")
+    typer.echo(f"report: {cfg.run_dir / 'compare' / 'report.md'} and report.html beside it  ({summary['wall_s']:.1f}s)")
 
 
 @app.command()
@@ -372,7 +372,7 @@ def adapt(
     cfg = RunConfig.load(config, _on_device(overrides, device), adapt=True)
     comparison, _ = run_adapt(cfg, overwrite=bool(overwrite))
     typer.echo(comparison.markdown())
-    typer.echo(f"report: {cfg.run_dir / 'compare' / 'report.md'}")
+    typer.echo(f"report: {cfg.run_dir / 'compare' / 'report.md'} and report.html beside it")
 
 
 @app.command("index")
@@ -414,6 +414,8 @@ def reindex(
     read_batch: Annotated[int | None, typer.Option(help="Documents read (and encoded) per batch.")] = None,
     freeze_writes: FreezeOpt = None,
     catchup_rounds: Annotated[int | None, typer.Option(help="Catch-up rounds of documents changed during the copy.")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Copy on a Ray cluster: auto (join the running one), local (start one here), HOST:PORT or ray://HOST:10001; needs genq-search[ray].")] = None,
+    ray_workers: Annotated[int | None, typer.Option(help="Encoding actors on the Ray cluster (default: one per GPU, else per CPU).")] = None,
     device: DeviceOpt = None, batch_size: BatchOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
 ) -> None:
@@ -424,7 +426,8 @@ def reindex(
     cfg = RunConfig.load(config, {
         "run": {"run_dir": run_dir}, "encoder": {"model": model, "device": device, "batch_size": batch_size},
         "corpus": {"title_field": title_field, "text_fields": text_fields, "read_batch": read_batch},
-        "reindex": {"alias": alias, "freeze_writes": freeze_writes, "catchup_rounds": catchup_rounds},
+        "reindex": {"alias": alias, "freeze_writes": freeze_writes, "catchup_rounds": catchup_rounds, "ray": ray,
+                    "ray_workers": ray_workers},
         "backend": {**backend_overrides(None, url, None, username, password, ca_certs, verify_certs), "knn_library": knn_library},
     })
     encoder = load_encoder(cfg.encoder.model, cfg.encoder.device, cfg.encoder.normalize, dtype=cfg.encoder.dtype)
@@ -448,6 +451,7 @@ def upgrade(
     title_field: TitleFieldOpt = None, text_fields: TextFieldsOpt = None, freeze_writes: FreezeOpt = None,
     url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None,
     verify_certs: VerifyOpt = None, dev_queries: DevQueriesOpt = None, margin: MarginOpt = None, device: DeviceOpt = None,
+    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Copy on a Ray cluster: auto (join the running one), local (start one here), HOST:PORT or ray://HOST:10001; needs genq-search[ray].")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     overwrite: OverwriteOpt = None,
 ) -> None:
@@ -457,7 +461,7 @@ def upgrade(
     cfg = RunConfig.load(config, _on_device({
         "run": {"run_dir": run_dir, "method": method},
         "corpus": {"path": corpus, "title_field": title_field, "text_fields": text_fields},
-        "reindex": {"alias": alias, "freeze_writes": freeze_writes},
+        "reindex": {"alias": alias, "freeze_writes": freeze_writes, "ray": ray},
         "backend": {"url": url, "username": username, "password": password, "ca_certs": ca_certs, "verify_certs": verify_certs},
         "generate": {"dev_queries": dev_queries}, "gate": {"margin": margin},
     }, device), adapt=True)
@@ -468,7 +472,7 @@ def upgrade(
     typer.echo(report["comparison"])
     move = report["alias_move"]
     typer.echo(f"alias '{report['alias']}': {', '.join(move['from']) or '(new)'} -> '{move['to']}'; "
-               f"search pipeline: {report['search_pipeline'] or '(none)'}; report: {cfg.run_dir / 'upgrade' / 'report.md'}")
+               f"search pipeline: {report['search_pipeline'] or '(none)'}; report: {cfg.run_dir / 'upgrade' / 'report.md'} (and .html)")
 
 
 @app.command()

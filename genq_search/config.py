@@ -122,6 +122,18 @@ OutputDir = Annotated[Path, BeforeValidator(lambda v: _raise_blank(v)), AfterVal
 InputDir = Annotated[Path, BeforeValidator(lambda v: _raise_blank(v)), AfterValidator(_check_input_dir)]
 InputPath = Annotated[Path, BeforeValidator(lambda v: _raise_blank(v)), AfterValidator(_check_input_path)]
 Name = Annotated[str, AfterValidator(_not_blank)]
+
+
+def _check_ray_address(value: str) -> str:
+    """``reindex.ray``: auto, local, HOST:PORT or ray://HOST:PORT."""
+    import re
+
+    if not re.fullmatch(r"auto|local|(ray://)?[A-Za-z0-9][A-Za-z0-9.\-]*:[0-9]{1,5}", value):
+        raise ValueError(f"expected auto, local, HOST:PORT or ray://HOST:PORT (got {value!r:.80})")
+    return value
+
+
+RayAddress = Annotated[str, AfterValidator(_check_ray_address)]
 Batch = Annotated[int, Field(gt=0, le=2**16)]
 Tokens = Annotated[int, Field(gt=0, le=2**20)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
@@ -221,8 +233,9 @@ class BackendConfig(StageConfig):
     engine: Engine = Field(Engine.EMBEDDED, description="embedded (in-process), opensearch, elasticsearch, or auto "
                                                         "(detected from the node at url)")
     token_pattern: str = r"\w+"
-    bm25_k1: float | None = Field(None, description="BM25 k1 (default: 1.5 embedded/rank_bm25, 1.2 OpenSearch and Elasticsearch)")
-    bm25_b: float = 0.75
+    bm25_k1: float | None = Field(None, ge=0.0, le=10.0,
+                                  description="BM25 k1 (default: 1.5 embedded/rank_bm25, 1.2 OpenSearch and Elasticsearch)")
+    bm25_b: float = Field(0.75, ge=0.0, le=1.0, description="BM25 length normalisation b")
     # a cluster (OpenSearch or Elasticsearch)
     url: str = Field("http://127.0.0.1:9200", description="cluster URL: http(s)://HOST:PORT (env GENQ_SEARCH_URL, or OPENSEARCH_URL)")
     index: str | None = None
@@ -230,20 +243,21 @@ class BackendConfig(StageConfig):
     password: str | None = None
     ca_certs: Path | None = None
     verify_certs: bool = True
-    timeout_s: float = 60.0
+    timeout_s: float = Field(60.0, gt=0.0, le=86_400.0, description="seconds a request to the cluster may take")
     http_compress: bool = Field(False, description="gzip request bodies: for a slow link to a remote cluster only (a "
                                                    "10 MB bulk of vectors costs ~1 s of client CPU at gzip's level 9)")
     knn_library: KnnLibrary = Field(KnnLibrary.LUCENE, description="OpenSearch k-NN library (faiss in the official images)")
     index_options: Literal["hnsw", "int8_hnsw", "bbq_hnsw"] = Field(
-        "hnsw", description="Elasticsearch dense_vector index_options type (bbq_hnsw needs 64+ dimensions)")
+        "hnsw", description="Elasticsearch dense_vector index_options type: hnsw (float, ranks as exact search on "
+                            "SciFact), int8_hnsw (4x smaller vectors, -0.06 nDCG@10), bbq_hnsw (32x, 64+ dimensions, -0.17)")
     space_type: Literal["innerproduct", "cosinesimil", "l2"] = "innerproduct"
-    shards: int = 1
-    replicas: int = 1
-    bulk_docs: int = 500
-    title_boost: float = 1.0
-    ef_search: int = 256
-    hnsw_m: int = 16
-    ef_construction: int = Field(100, description="HNSW build width (the k-NN plugin's default): 256 cost the reindex "
+    shards: int = Field(1, ge=1, le=1024, description="primary shards of an index the tool creates for compare/index")
+    replicas: int = Field(1, ge=0, le=32, description="replicas restored after a bulk load")
+    bulk_docs: int = Field(500, ge=1, le=100_000, description="documents per bulk request")
+    title_boost: float = Field(1.0, ge=0.0, le=1000.0, description="BM25 boost of the title field")
+    ef_search: int = Field(256, ge=1, le=100_000, description="HNSW search width (k-NN ef_search; Elasticsearch num_candidates)")
+    hnsw_m: int = Field(16, ge=2, le=512, description="HNSW graph degree")
+    ef_construction: int = Field(100, ge=2, le=100_000, description="HNSW build width (the k-NN plugin's default): 256 cost the reindex "
                                                   "6 points of throughput on 2 cores and gained nothing (SciFact "
                                                   "dense nDCG@10 66.63 vs 66.62, 99.7% of top-10 hits shared)")
     overwrite: bool = False
@@ -264,13 +278,16 @@ class BackendConfig(StageConfig):
         if "kind" in data:
             data.setdefault("engine", data.pop("kind"))
         if isinstance(data.get("url"), str):
-            data["url"], named = parse_cluster_url(data["url"])
+            try:
+                data["url"], named = parse_cluster_url(data["url"])
+            except ValueError as exc:
+                raise FieldError("url", str(exc)) from None
             given = data.get("engine")
             if named is not Engine.AUTO:
                 if given in (None, Engine.AUTO, "auto"):
                     data["engine"] = named
                 elif str(given) not in (named.value, Engine.EMBEDDED.value):
-                    raise ValueError(f"the URL names {named.value} but engine is {given}")
+                    raise FieldError("engine", f"the URL names {named.value} but engine is {given}")
         return data
 
 
@@ -486,6 +503,14 @@ class ReindexConfig(StageConfig):
     catchup_rounds: Annotated[int, Field(ge=0, le=1000)] = Field(5, description="catch-up rounds of changed documents before the final one")
     verify_sample: Annotated[int, Field(ge=0, le=10**6)] = Field(50, description="documents whose sources are compared field by field (random per run)")
     encode_batch: Batch | None = Field(None, description="encoding batch size (default: [encoder] batch_size)")
+    ray: RayAddress | None = Field(
+        None, description="copy on a Ray cluster: auto (join the running cluster), local (start one in this process), "
+                          "HOST:PORT (its GCS address) or ray://HOST:10001 (Ray Client); none: one process, Ray not imported")
+    ray_workers: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="encoding actors on the Ray cluster (default: one per GPU where it has GPUs, else per CPU)")
+    ray_unit_docs: Annotated[int, Field(ge=1, le=10**9)] = Field(
+        10_000, description="work unit of the Ray copy: _seq_no numbers of one shard (at most that many documents); "
+                            "a finished unit is recorded and never redone")
 
 
 class UpgradeConfig(StageConfig):
@@ -551,8 +576,11 @@ class RunConfig(StageConfig):
             if sep and scheme in URL_SCHEMES:
                 host, _, name = rest.partition("/")
                 if not host or not name or "/" in name.rstrip("/"):
-                    raise ValueError(f"corpus '{corpus['path']}': expected {scheme}://HOST:PORT/INDEX")
-                url, _ = parse_cluster_url(f"{scheme}://{host}")
+                    raise FieldError("corpus.path", f"'{corpus['path']}': expected {scheme}://HOST:PORT/INDEX")
+                try:
+                    url, _ = parse_cluster_url(f"{scheme}://{host}")
+                except ValueError as exc:
+                    raise FieldError("corpus.path", str(exc)) from None
                 data = {**data, "corpus": {**{k: v for k, v in corpus.items() if k != "path"}, "index": name.rstrip("/")},
                         "backend": {**data.get("backend", {}), "url": url}}
         return data

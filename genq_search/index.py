@@ -6,6 +6,8 @@ losing nothing.
 2. Copy: shard by shard in ``_seq_no`` order up to the shards' checkpoints (``engines.base.Cluster.scan``); batch i+1 is
    encoded while batch i is bulk-written. Per-shard cursors advance as batches land; documents that fail are
    recorded with their reasons and retried, exactly those, by the next run.
+   With ``reindex.ray`` the copy runs in work units (shard, ``_seq_no`` range) on a Ray cluster's actors, each unit
+   recorded as it finishes (``genq_search.distributed``); the cursors then stand at the checkpoints the units covered.
 3. Catch-up: rounds copying what moved past the cursors (documents created or updated since) until a round finds
    nothing (or ``catchup_rounds`` are spent); deletions are found by comparing every id of source and target.
 4. With ``freeze_writes`` the source gets a write block for the final round, the verification and the switch; it
@@ -68,6 +70,8 @@ class ReindexState:
     without_text: int = 0
     rejections_retried: int = 0  # bulk writes the cluster rejected with 429 (write queue full), retried with backoff
     frozen: dict[str, bool | None] | None = None  # while --freeze-writes blocks the source: each index's block before
+    ray_plan: dict[str, Any] | None = None  # a Ray copy under way: the cursors and checkpoints its units cover
+    units_done: list[int] = field(default_factory=list)  # the numbers of the plan's units finished (never run again)
     resumed: bool = False
     checkpoint: str = ""
     alias_now: list[str] = field(default_factory=list)
@@ -360,8 +364,13 @@ def run_reindex(cfg: BackendConfig, corpus: CorpusConfig, reindex: ReindexConfig
         if state.failed:
             logger.info("retrying %d documents that failed in the previous run", len(state.failed))
             copier.copy_ids(sorted(state.failed), progress, "copied")
-        upto, _ = cluster.checkpoints(indices)
-        copier.run(cluster.scan(indices, state.cursors, upto, corpus.read_batch), progress, "copied")
+        if reindex.ray:  # the copy in work units on a Ray cluster; what follows is the same either way
+            from genq_search.distributed import copy_on_ray
+
+            copy_on_ray(copier, cfg, reindex, progress)
+        else:
+            upto, _ = cluster.checkpoints(indices)
+            copier.run(cluster.scan(indices, state.cursors, upto, corpus.read_batch), progress, "copied")
         stages["copy_s"] = time.perf_counter() - started
         _raise_failures(state)
         start = time.perf_counter()

@@ -39,7 +39,7 @@ from genq_search.config import (
 
 runner = CliRunner()
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
-SKIPPED_SECTIONS = {"backend"}  # the connection (URL, engine, credentials): BackendConfig validates it
+SKIPPED_SECTIONS: set[str] = set()  # every section, the connection ([backend]) included
 OPTION_MODELS: dict[str, type[BaseModel]] = {"export": ExportOptions, "serve": ServeOptions, "register": RegisterOptions}
 CANDIDATES: list[Any] = [0, -1, 10**12, 1.5, "abc", "nan", " ", "no-such-value", "a b/c"]
 SECTIONS = {name: f.annotation for name, f in RunConfig.model_fields.items()

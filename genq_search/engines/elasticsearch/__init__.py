@@ -78,7 +78,7 @@ def connect(cfg: BackendConfig) -> ElasticsearchCluster:
         request_timeout=cfg.timeout_s, max_retries=3, retry_on_timeout=True, http_compress=cfg.http_compress,
     )
     try:  # GET / is not served by every distribution (the integ-test node answers 405): the local node's info instead
-        nodes = client.nodes.info(node_id="_local", metric="plugins").body["nodes"]
+        nodes = client.nodes.info(node_id="_local", filter_path="nodes.*.version").body["nodes"]
     except Exception as exc:  # noqa: BLE001 - mapped to one line
         raise explain_error(exc, cfg, "connecting") from None
     node = next(iter(nodes.values()))
@@ -86,14 +86,11 @@ def connect(cfg: BackendConfig) -> ElasticsearchCluster:
     if _version(version) < MIN_VERSION:
         raise GenqError(f"Elasticsearch {version} at {cfg.url} has no kNN search on nested dense_vector fields: "
                         f"{'.'.join(map(str, MIN_VERSION))} or newer is needed")
-    cluster = ElasticsearchCluster(client, cfg, version)
-    cluster.modules = frozenset(m["name"] for m in [*node.get("modules", []), *node.get("plugins", [])])
-    return cluster
+    return ElasticsearchCluster(client, cfg, version)
 
 
 class ElasticsearchCluster(Cluster):
     engine, label = "elasticsearch", "Elasticsearch"
-    modules: frozenset[str] = frozenset()  # the node's modules and plugins (connect fills them in)
 
     def explain(self, exc: BaseException, action: str) -> GenqError:
         return explain_error(exc, self.cfg, action)
