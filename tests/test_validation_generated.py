@@ -37,7 +37,10 @@ from genq_search.config import (
     flag_name,
 )
 
-runner = CliRunner()
+# the connection's environment variables would fill --url / --username / --password over the config file's values
+# (CLI > file): cleared, so a bad backend.url in the file is what the command sees
+CONNECTION_ENV = {f"{prefix}_{key}": None for prefix in ("GENQ_SEARCH", "OPENSEARCH") for key in ("URL", "USERNAME", "PASSWORD")}
+runner = CliRunner(env=CONNECTION_ENV)
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
 SKIPPED_SECTIONS: set[str] = set()  # every section, the connection ([backend]) included
 OPTION_MODELS: dict[str, type[BaseModel]] = {"export": ExportOptions, "serve": ServeOptions, "register": RegisterOptions}
