@@ -787,7 +787,7 @@ def adapt_config(path: Path, corpus: Path, models: dict[str, Path]) -> Path:
 [corpus]
 path = "{corpus}"
 [generate]
-model = "{models['t5']}"
+generator = "{models['t5']}"
 queries_per_passage = "2"
 batch_size = 2
 chunk_size = 2
@@ -798,7 +798,7 @@ dev_queries = 0
 device = "cpu"
 [mine]
 retrievers = ["{models['bi']}"]
-top_k = 5
+negatives = 5
 chunk_size = 4
 device = "cpu"
 [label]

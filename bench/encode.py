@@ -71,7 +71,7 @@ def child(variant: str, bundle: Path, data: Path, threads: int | None, vectors_o
     from genq_search.encoders import SentenceTransformerEncoder
     from genq_search.engines.embedded import EmbeddedBackend
     from genq_search.evaluate import evaluate
-    from genq_search.export import OnnxEncoder
+    from genq_search.onnx_encoder import OnnxEncoder
     from genq_search.passages import Passage, document_text
 
     if threads:

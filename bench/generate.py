@@ -29,7 +29,7 @@ from pathlib import Path
 
 from common import SCIFACT, write_results
 
-SETTINGS = {"model": "google/gemma-3-270m", "max_input_tokens": 256, "max_new_tokens": 64, "device": "cpu"}
+SETTINGS = {"generator": "google/gemma-3-270m", "max_input_tokens": 256, "max_new_tokens": 64, "device": "cpu"}
 
 
 def child(variant: str, ids_file: Path, out: Path, batch_size: int) -> None:

@@ -43,7 +43,7 @@ def main() -> None:
     settings = {
         "run": {"run_dir": args.run_dir},
         "corpus": {"path": args.data},
-        "generate": {"model": "google/gemma-3-270m", "queries_per_passage": args.queries_per_passage,
+        "generate": {"generator": "google/gemma-3-270m", "queries_per_passage": args.queries_per_passage,
                      "max_passages": args.max_passages, "batch_size": 4, "max_input_tokens": 256, "chunk_size": 32},
         "train": {"base_model": BASE, "epochs": args.epochs, "batch_size": 32, "learning_rate": args.learning_rate},
         "compare": {"metrics": METRICS, "modes": ["bm25", "dense", "hybrid-rrf", "hybrid-minmax"]},

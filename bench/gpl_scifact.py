@@ -46,15 +46,15 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     settings = {
-        "run": {"run_dir": args.run_dir},
+        "run": {"run_dir": args.run_dir, "method": "gpl"},
         "corpus": {"path": args.data},
-        "generate": {"model": "google/gemma-3-270m", "queries_per_passage": "3", "max_passages": args.max_passages,
+        "generate": {"generator": "google/gemma-3-270m", "queries_per_passage": "3", "max_passages": args.max_passages,
                      "batch_size": 4, "max_input_tokens": 256, "chunk_size": 32},
-        "mine": {"retrievers": [BASE], "bm25": True, "top_k": 50},
+        "mine": {"retrievers": [BASE], "bm25": True, "negatives": 50},
         "label": {"teacher": args.teacher, "tuples_per_query": args.tuples_per_query, "batch_size": args.label_batch_size,
                   "max_length": args.teacher_max_length, "chunk_size": 128},
         "pretrain": {"max_sentences": args.tsdae_sentences, "batch_size": 8},
-        "train": {"base_model": BASE, "method": "gpl", "epochs": args.epochs, "batch_size": 32, "learning_rate": args.learning_rate},
+        "train": {"base_model": BASE, "epochs": args.epochs, "batch_size": 32, "learning_rate": args.learning_rate},
         "compare": {"metrics": METRICS, "modes": ["bm25", "dense", "hybrid-rrf", "hybrid-minmax"]},
     }
     cfg = RunConfig.load(None, settings)

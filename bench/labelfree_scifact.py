@@ -82,9 +82,9 @@ def run_config(args: argparse.Namespace, run_dir: Path, **generate: Any) -> RunC
         "run": {"run_dir": run_dir},
         "corpus": {"path": args.data},
         "encoder": {"dtype": args.dtype},
-        "generate": {"model": GENERATOR, "queries_per_passage": "3", "max_passages": args.train_documents, "batch_size": 4,
+        "generate": {"generator": GENERATOR, "queries_per_passage": "3", "max_passages": args.train_documents, "batch_size": 4,
                      "max_input_tokens": 256, "filter_top_k": 10, "dev_queries": args.dev_queries, "chunk_size": 32, **generate},
-        "mine": {"retrievers": [BASE], "bm25": True, "top_k": 50},
+        "mine": {"retrievers": [BASE], "bm25": True, "negatives": 50},
         "label": {"tuples_per_query": args.tuples_per_query, "batch_size": 8, "max_length": 256, "chunk_size": 128},
         "train": {"base_model": BASE, "epochs": 1, "batch_size": 32, "learning_rate": 2e-5},
         "compare": {"metrics": METRICS, "modes": MODES},
@@ -112,7 +112,7 @@ def adapt_models(args: argparse.Namespace, cfg: RunConfig, collection: Any, stag
     gen_dir = cfg.run_dir / "generate"
     start = time.perf_counter()
     models = {"zeroshot": BASE}
-    models["genq"] = run_train(cfg.train.model_copy(update={"method": "genq"}), collection.corpus, gen_dir,
+    models["genq"] = run_train(cfg.train, collection.corpus, gen_dir,
                                cfg.run_dir / "train")["model"]
     stages["train-genq_s"] = time.perf_counter() - start
     if not args.teachers:
@@ -138,14 +138,14 @@ def adapt_models(args: argparse.Namespace, cfg: RunConfig, collection: Any, stag
         if args.gpl_teachers and name not in args.gpl_teachers:
             continue
         start = time.perf_counter()
-        train = cfg.train.model_copy(update={"method": "gpl"})
+        train = cfg.train
         models[f"gpl-{name}"] = run_train(train, collection.corpus, gen_dir, cfg.run_dir / f"train-gpl-{name}", label_dir=label_dir)["model"]
         stages[f"train-gpl-{name}_s"] = time.perf_counter() - start
     if "budget" in args.ablations:  # the paper's lever: more tuples (steps x batch), each with a freshly sampled negative
         start = time.perf_counter()
         label = cfg.label.model_copy(update={"teacher": TEACHERS["bm25"], "tuples_per_query": args.budget_tuples_per_query})
         stages["label-bm25-budget"] = run_label(label, collection.corpus, gen_dir, cfg.run_dir / "mine", cfg.run_dir / "label-bm25-budget")
-        train = cfg.train.model_copy(update={"method": "gpl"})
+        train = cfg.train
         models["gpl-bm25-budget"] = run_train(train, collection.corpus, gen_dir, cfg.run_dir / "train-gpl-bm25-budget",
                                               label_dir=cfg.run_dir / "label-bm25-budget")["model"]
         stages["gpl-bm25-budget_s"] = time.perf_counter() - start
@@ -197,7 +197,7 @@ def ablation(args: argparse.Namespace, base: RunConfig, name: str, collection: A
                                               windows=generation_windows(cfg))
     stages[f"generate-{name}_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    model = run_train(cfg.train.model_copy(update={"method": "genq"}), collection.corpus, cfg.run_dir / "generate", cfg.run_dir / "train")["model"]
+    model = run_train(cfg.train, collection.corpus, cfg.run_dir / "generate", cfg.run_dir / "train")["model"]
     stages[f"train-{name}_s"] = time.perf_counter() - start
     return model
 

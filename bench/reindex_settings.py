@@ -25,8 +25,8 @@ from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
 from genq_search.data import load_collection
 from genq_search.engines import cluster_backend, connect
 from genq_search.evaluate import evaluate
-from genq_search.export import OnnxEncoder
 from genq_search.index import run_reindex
+from genq_search.onnx_encoder import OnnxEncoder
 
 SOURCE = "reindex-bench-src"
 SETTINGS = {  # name -> (ef_construction, http_compress, serializer)

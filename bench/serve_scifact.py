@@ -35,14 +35,10 @@ from common import RESULTS, SCIFACT, write_results
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
 from genq_search.data import load_collection
 from genq_search.encoders import row_cosines
-from genq_search.engines.opensearch import connect, passage_query
-from genq_search.engines.opensearch.mlcommons import (
-    hybrid_query,
-    neural_query,
-    register_bundle,
-)
+from genq_search.engines.opensearch import connect, neural_query, passage_query
+from genq_search.engines.opensearch.mlcommons import register_bundle
 from genq_search.evaluate import evaluate
-from genq_search.export import OnnxEncoder
+from genq_search.onnx_encoder import OnnxEncoder
 
 ALIAS = "scifact-bench"
 FIELDS = ["title", "text"]
@@ -85,8 +81,9 @@ def query_latency(client: Any, encoder: OnnxEncoder, model_id: str, pipeline: st
     lexical = lambda text: {"multi_match": {"query": text, "fields": FIELDS, "type": "best_fields", "tie_breaker": 0.5}}
     modes = {
         "knn-client-encode": lambda t: ({"size": 100, "query": knn(encoder.encode_queries([t])[0].tolist())}, {}),
-        "neural-server": lambda t: ({"size": 100, "query": neural_query(model_id, t)}, {}),
-        "hybrid-server": lambda t: ({"size": 100, "query": hybrid_query(model_id, t, FIELDS)}, {"search_pipeline": pipeline}),
+        "neural-server": lambda t: ({"size": 100, "query": neural_query(model_id, t, 100)}, {}),
+        "hybrid-server": lambda t: ({"size": 100, "query": {"hybrid": {"queries": [lexical(t), neural_query(model_id, t, 100)]}}},
+                                    {"search_pipeline": pipeline}),
         "hybrid-client-encode": lambda t: ({"size": 100, "query": {"hybrid": {"queries": [
             lexical(t), knn(encoder.encode_queries([t])[0].tolist())]}}}, {"search_pipeline": pipeline}),
     }

@@ -33,7 +33,7 @@ from genq_search.config import RunConfig
 from genq_search.data import load_collection
 from genq_search.engines import cluster_backend, connect
 from genq_search.evaluate import evaluate
-from genq_search.fusion import FusionMethod, fuse
+from genq_search.fusion import Retrieval, fuse
 
 SOURCE, ALIAS, DEFAULT_BM25 = "scifact-bench-src", "scifact-bench", "scifact-bench-bm25-default"
 METRICS = ["ndcg@10", "recall@100", "mrr@10"]
@@ -170,7 +170,7 @@ def main() -> None:
     dst = {d["_id"]: {k: v for k, v in d["_source"].items() if k != "passages"} for d in client.mget(index=ALIAS, body={"ids": sample})["docs"]}
     differing = sum(src[i] != dst[i] for i in sample)
     # the upgraded index itself: BM25, k-NN with the bundle's query vectors, hybrid with the tuned fusion
-    from genq_search.export import OnnxEncoder
+    from genq_search.onnx_encoder import OnnxEncoder
 
     encoder = OnnxEncoder(report["bundle"], provider="cpu")
     backend = cluster_backend(cfg.backend, ALIAS)
@@ -178,9 +178,9 @@ def main() -> None:
     qvecs = encoder.encode_queries([collection.queries[q] for q in qids])
     dense = backend.vector_search(qids, qvecs, 100)
     lexical = bm25(client, ALIAS, collection.queries, "most_fields")
-    search = report["search"]
-    tuned = dense if search["mode"] == "dense" else lexical if search["mode"] == "bm25" else fuse(
-        [lexical, dense], FusionMethod(search["method"]), list(search["weights"] or (0.5, 0.5)), rrf_k=search["rrf_k"] or 60, k=100)
+    search = Retrieval.from_dict(report["search"])
+    tuned = {"dense": dense, "bm25": lexical}.get(search.method) or fuse(
+        [lexical, dense], search.fusion, list(search.weights), rrf_k=search.rrf_k or 60, k=100)
     for name, results in [("dense-genq-upgraded-index", dense), ("hybrid-tuned-genq-upgraded-index", tuned)]:
         metrics = evaluate(collection.qrels, results, METRICS)
         runs.append({"name": name, "backend": engine, "model": report["bundle"], "metrics": metrics})

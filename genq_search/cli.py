@@ -49,6 +49,7 @@ app = typer.Typer(
 )
 logger = logging.getLogger("genq_search")
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Run config file (TOML or YAML).")]
 RunDirOpt = Annotated[str | None, typer.Option(help="Run directory holding every artifact.")]
@@ -62,7 +63,7 @@ AliasOpt = Annotated[str | None, typer.Option(help="Alias to point at the new in
 SplitOpt = Annotated[str | None, typer.Option(help="Qrels split to evaluate on.")]
 ModelOpt = Annotated[
     list[str] | None,
-    typer.Option("--model", "-m", help="Bi-encoder as LABEL=ID_OR_PATH (or just ID_OR_PATH); repeatable. 'onnx:<dir>' uses an ONNX bundle."),
+    typer.Option("--model", "-m", help="Bi-encoder to compare, as LABEL=ID_OR_PATH (or just ID_OR_PATH); repeatable. 'onnx:<dir>' uses an ONNX bundle."),
 ]
 ModeOpt = Annotated[list[str] | None, typer.Option(
     "--mode", help="bm25, dense, hybrid-rrf, hybrid-minmax, hybrid-zscore, hybrid-tuned (fusion tuned on the synthetic dev set); repeatable.")]
@@ -72,7 +73,8 @@ BackendOpt = Annotated[Engine | None, typer.Option("--backend", help="Engine to 
                                                                   "opensearch, elasticsearch, auto (the cluster at --url).")]
 UrlOpt = Annotated[str | None, typer.Option("--url", envvar=["GENQ_SEARCH_URL", "OPENSEARCH_URL"],
                                             help="Cluster URL: http(s)://HOST:PORT (OpenSearch or Elasticsearch, detected).")]
-IndexOpt = Annotated[str | None, typer.Option("--index", help="Index (or alias) name on the cluster.")]
+IndexOpt = Annotated[str | None, typer.Option("--index", help="The tool's own index (or alias) on the cluster, created and "
+                                                                "searched here (never the source index: that is --corpus).")]
 UserOpt = Annotated[str | None, typer.Option("--username", envvar=["GENQ_SEARCH_USERNAME", "OPENSEARCH_USERNAME"])]
 PasswordOpt = Annotated[str | None, typer.Option("--password", envvar=["GENQ_SEARCH_PASSWORD", "OPENSEARCH_PASSWORD"])]
 KnnLibraryOpt = Annotated[str | None, typer.Option(help="OpenSearch k-NN library: lucene | faiss | nmslib.")]
@@ -131,6 +133,13 @@ def user_errors(func: F) -> F:
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def renamed_flag(value: T | None, earlier: T | None, old: str, new: str) -> T | None:
+    """``new``'s value, else that of its earlier name ``old`` (a hidden flag that still works; logged)."""
+    if earlier is not None:
+        logger.warning("%s is now %s (the old flag still works; rename it)", old, new)
+    return earlier if value is None else value
 
 
 def backend_overrides(backend: Engine | None, url: str | None, index: str | None, username: str | None,
@@ -200,7 +209,7 @@ def evaluate(
 GenOpt = Annotated[str | None, typer.Option("--generator", help="Query generator: seq2seq (T5/BART) or causal LM id, path or .gguf file.")]
 QppOpt = Annotated[str | None, typer.Option(help="Queries per passage: an integer or 'auto' (GPL rule).")]
 MaxPassagesOpt = Annotated[int | None, typer.Option(help="Generate for a random subset of at most this many documents.")]
-BaseOpt = Annotated[str | None, typer.Option("--base-model", help="Bi-encoder to adapt.")]
+BaseOpt = Annotated[str | None, typer.Option("--base-model", help="Bi-encoder to adapt (the zero-shot model training starts from).")]
 EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs.")]
 TrainBatchOpt = Annotated[int | None, typer.Option("--train-batch-size", help="Training batch size (in-batch negatives).")]
 LrOpt = Annotated[float | None, typer.Option(help="Learning rate.")]
@@ -221,7 +230,7 @@ def _adapt_overrides(run_dir: Path | None, corpus: Path | None, generator: str |
                      learning_rate: float | None, device: str | None) -> dict[str, dict[str, Any]]:
     return {
         "run": {"run_dir": run_dir}, "corpus": {"path": corpus},
-        "generate": {"model": generator, "queries_per_passage": queries_per_passage, "max_passages": max_passages, "device": device},
+        "generate": {"generator": generator, "queries_per_passage": queries_per_passage, "max_passages": max_passages, "device": device},
         "train": {"base_model": base_model, "epochs": epochs, "batch_size": train_batch_size, "learning_rate": learning_rate, "device": device},
     }
 
@@ -277,7 +286,8 @@ def mine(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None,
     retriever: Annotated[list[str] | None, typer.Option(help="Dense retriever (id or path) to mine with; repeatable.")] = None,
     bm25: Annotated[bool | None, typer.Option("--bm25/--no-bm25", help="Also mine BM25 negatives (configured backend).")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Negatives per query and retriever.")] = None,
+    negatives: Annotated[int | None, typer.Option(help="Negatives kept per query and retriever.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", hidden=True)] = None,
     backend: BackendOpt = None, url: UrlOpt = None, index: IndexOpt = None, username: UserOpt = None,
     password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None, device: DeviceOpt = None,
     overwrite: OverwriteOpt = None,
@@ -288,7 +298,8 @@ def mine(
 
     cfg = RunConfig.load(config, {"run": {"run_dir": run_dir}, "corpus": {"path": corpus},
                                   "backend": backend_overrides(backend, url, index, username, password, ca_certs, verify_certs),
-                                  "mine": {"retrievers": retriever, "bm25": bm25, "top_k": top_k, "device": device}})
+                                  "mine": {"retrievers": retriever, "bm25": bm25, "device": device,
+                                           "negatives": renamed_flag(negatives, top_k, "--top-k", "--negatives")}})
     collection = load_run_collection(cfg, with_qrels=False)
     summary = run_mine(cfg.mine, collection.corpus, cfg.run_dir / "generate", cfg.run_dir / "mine",
                        lexical_backend(cfg, collection) if cfg.mine.bm25 else None, overwrite=bool(overwrite))
@@ -329,7 +340,8 @@ def label(
 def train(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, base_model: BaseOpt = None,
     epochs: EpochsOpt = None, train_batch_size: TrainBatchOpt = None, learning_rate: LrOpt = None,
-    method: Annotated[str | None, typer.Option(help="genq (MultipleNegativesRankingLoss) or gpl (MarginMSE on the label stage).")] = None,
+    method: Annotated[str | None, typer.Option(help="genq (MultipleNegativesRankingLoss), gpl (MarginMSE on the label stage's "
+                                                     "output) or tsdae+gpl (gpl from the pretrain stage's model).")] = None,
     device: DeviceOpt = None, overwrite: OverwriteOpt = None, url: UrlOpt = None, username: UserOpt = None,
     password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None,
 ) -> None:
@@ -338,12 +350,19 @@ def train(
     from genq_search.train import run_train, train_stage_dir
 
     overrides = _adapt_overrides(run_dir, corpus, None, None, None, base_model, epochs, train_batch_size, learning_rate, device)
-    overrides["train"]["method"] = method
+    overrides["run"]["method"] = method
     overrides["backend"] = backend_overrides(None, url, None, username, password, ca_certs, verify_certs)
     cfg = RunConfig.load(config, overrides)
-    gpl = cfg.train.method == "gpl"
-    summary = run_train(cfg.train, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate",
-                        train_stage_dir(cfg.run_dir, cfg.train.method), label_dir=cfg.run_dir / "label" if gpl else None,
+    gpl = cfg.method != "genq"
+    train_cfg = cfg.train
+    if cfg.method.startswith("tsdae+"):  # as adapt does: GPL starts from the TSDAE model
+        tsdae = cfg.run_dir / "pretrain-tsdae" / "model"
+        if not tsdae.is_dir():
+            raise GenqError(f"method {cfg.method} trains the pretrain stage's model, and {tsdae} does not exist: "
+                            "run `genq-search pretrain` first")
+        train_cfg = train_cfg.model_copy(update={"base_model": str(tsdae)})
+    summary = run_train(train_cfg, load_run_collection(cfg, with_qrels=False).corpus, cfg.run_dir / "generate",
+                        train_stage_dir(cfg.run_dir, "gpl" if gpl else "genq"), label_dir=cfg.run_dir / "label" if gpl else None,
                         eval_collection=eval_collection(cfg), overwrite=bool(overwrite))
     typer.echo(f"trained {summary['steps']} steps on {summary['pairs']} examples (loss {summary['train_loss']:.4f}) -> {summary['model']}")
 
@@ -379,7 +398,7 @@ def adapt(
 @user_errors
 def index_command(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None,
-    model: Annotated[str | None, typer.Option("--model", "-m", help="Bi-encoder (HF id, path or onnx:<dir>); omit for BM25 only.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Bi-encoder that embeds the passages (HF id, path or onnx:<dir>); omit for BM25 only.")] = None,
     backend: BackendOpt = None, url: UrlOpt = None, index: IndexOpt = None, username: UserOpt = None,
     password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None, overwrite: OverwriteOpt = None,
     knn_library: KnnLibraryOpt = None,
@@ -405,7 +424,7 @@ def index_command(
 @user_errors
 def reindex(
     source: Annotated[str, typer.Argument(help="Source index or alias (only read).")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Bi-encoder: HF id, path or onnx:<dir>.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Bi-encoder that embeds the passages: HF id, path or onnx:<dir>.")],
     alias: AliasOpt = None, title_field: TitleFieldOpt = None, text_fields: TextFieldsOpt = None,
     config: ConfigOpt = None, run_dir: RunDirOpt = None,
     url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None,
@@ -478,7 +497,7 @@ def upgrade(
 @app.command()
 @user_errors
 def export(
-    model: Annotated[str, typer.Option("--model", "-m", help="sentence-transformers bi-encoder: HF id or path.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Bi-encoder to export (sentence-transformers): HF id or path.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Bundle directory to create.")],
     profile: Annotated[str, typer.Option(help="Export profile from export/profiles.json: cpu (fp32+int8, and OpenVINO's when installed), "
                                               "openvino (OpenVINO's required), gpu (fp32+fp16), all.")] = "cpu",
@@ -543,8 +562,10 @@ def register(
     bundle: Annotated[str, typer.Option("--bundle", help="ONNX bundle directory (genq-search export).")],
     endpoint: Annotated[str | None, typer.Option(help="URL of `genq-search serve` as the cluster reaches it: register "
                                                       "remote models over it instead of uploading the model zip.")] = None,
-    index: Annotated[str | None, typer.Option("--index", help="With --endpoint: attach the ingest pipeline (passage vectors for "
-                                                              "new documents) to this index or alias as its default pipeline.")] = None,
+    attach_to: Annotated[str | None, typer.Option(metavar="INDEX", help="With --endpoint: attach the ingest pipeline (passage "
+                                                                         "vectors for new documents) to this index or alias as "
+                                                                         "its default pipeline.")] = None,
+    index: Annotated[str | None, typer.Option("--index", hidden=True)] = None,
     group: Annotated[str, typer.Option(help="ML Commons model group.")] = "genq-search",
     deploy: Annotated[bool, typer.Option("--deploy/--no-deploy", help="Deploy the uploaded model on the cluster's ONNX runtime.")] = True,
     configure_cluster: Annotated[bool, typer.Option("--configure-cluster", help="Set the cluster settings ML Commons needs (persistent).")] = False,
@@ -556,10 +577,11 @@ def register(
 
     from genq_search.engines.opensearch.mlcommons import register_bundle
 
-    bundle = check_options(RegisterOptions, bundle=bundle, endpoint=endpoint, index=index, group=group, deploy=deploy,
+    attach_to = renamed_flag(attach_to, index, "--index", "--attach-to")
+    bundle = check_options(RegisterOptions, bundle=bundle, endpoint=endpoint, attach_to=attach_to, group=group, deploy=deploy,
                   configure_cluster=configure_cluster).bundle
     cfg = RunConfig.load(config, {"backend": backend_overrides(None, url, None, username, password, ca_certs, verify_certs)})
-    typer.echo(json.dumps(register_bundle(cfg.backend, bundle, endpoint, index, group, deploy, configure_cluster), indent=2))
+    typer.echo(json.dumps(register_bundle(cfg.backend, bundle, endpoint, attach_to, group, deploy, configure_cluster), indent=2))
 
 if __name__ == "__main__":
     app()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import tomllib
 from enum import StrEnum
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -32,11 +33,17 @@ from pydantic import (
 from genq_search.errors import GenqError, InputError
 
 DEFAULT_BI_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+logger = logging.getLogger(__name__)
 URL_SCHEMES: dict[str, tuple[str, Any]] = {}  # scheme -> (http or https, Engine); filled below Engine
 
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), use_enum_values=False, allow_inf_nan=False)
+    HASHED_AS: ClassVar[dict[str, str]] = {}  # setting -> its earlier name, which finished runs' settings hashes hold
+
+    def hashed(self, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+        """The settings a stage's fingerprint covers, under their earlier names (a rename redoes no finished stage)."""
+        return {self.HASHED_AS.get(k, k): v for k, v in self.model_dump(mode="json", exclude=set(exclude)).items()}
 
 
 # --- value types shared by the sections (and the options of export / serve / register): each says what it accepts ---
@@ -143,6 +150,19 @@ Hits = Annotated[int, Field(gt=0, le=10_000)]  # results per query: OpenSearch's
 Commas = BeforeValidator(_split_commas)
 
 
+def _renamed(data: Any, section: str, renames: dict[str, str]) -> Any:
+    """``data`` with each earlier setting name moved to its current one (the current one wins when both are given),
+    logged so that the file gets updated."""
+    if not isinstance(data, dict) or not renames.keys() & data.keys():
+        return data
+    data = dict(data)
+    for old, new in renames.items():
+        if old in data:
+            data.setdefault(new, data.pop(old))
+            logger.warning("config: %s%s is now %s%s (the old name still reads; rename it)", section, old, section, new)
+    return data
+
+
 def _raise_blank(value: Any) -> Any:
     """An empty string would become '.' (the current directory): refuse it instead."""
     if isinstance(value, str) and not value.strip():
@@ -154,8 +174,9 @@ class CorpusConfig(StageConfig):
     """Where the documents (and labelled queries) come from: a BEIR folder or a live OpenSearch index/alias."""
 
     path: Path = Field(Path("data/pydocs"), description="BEIR folder (corpus.jsonl, queries.jsonl, qrels/) ")
-    index: str | None = Field(None, description="read documents from this OpenSearch index or alias instead "
-                                                "(connection from [backend]); on the CLI: --corpus opensearch://host:9200/NAME")
+    source_index: Name | None = Field(None, description="read documents from this index or alias of the cluster instead (only "
+                                                        "read; connection from [backend]); on the CLI: --corpus "
+                                                        "opensearch://HOST:9200/NAME (or elasticsearch://, http(s)://)")
     queries: Path | None = Field(None, description="labelled queries (BEIR queries.jsonl; default: <path>/queries.jsonl)")
     qrels: Path | None = Field(None, description="relevance judgements (BEIR TSV; default: <path>/qrels/<split>.tsv)")
     split: Annotated[str, Field(pattern=r"^[^/\\\s]+$")] = Field("test", description="qrels split: qrels/<split>.tsv")
@@ -167,6 +188,11 @@ class CorpusConfig(StageConfig):
     passage_tokens: Annotated[int, Field(ge=0, le=2**20)] | None = Field(
         None, description="passage length in tokens (default: encoder max; 0 = no split)")
     passage_stride: Annotated[int, Field(ge=0, le=2**20)] = Field(32, description="tokens shared by consecutive passages")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_names(cls, data: Any) -> Any:
+        return _renamed(data, "corpus.", {"index": "source_index"})
 
     @model_validator(mode="after")
     def _stride_below_length(self) -> CorpusConfig:
@@ -238,7 +264,9 @@ class BackendConfig(StageConfig):
     bm25_b: float = Field(0.75, ge=0.0, le=1.0, description="BM25 length normalisation b")
     # a cluster (OpenSearch or Elasticsearch)
     url: str = Field("http://127.0.0.1:9200", description="cluster URL: http(s)://HOST:PORT (env GENQ_SEARCH_URL, or OPENSEARCH_URL)")
-    index: str | None = None
+    index: Name | None = Field(None, description="the tool's own index (or alias) on the cluster, which compare, index and "
+                                                 "mine create and search (default: genq-<corpus hash>-<model label>); "
+                                                 "never the source index (corpus.source_index)")
     username: str | None = None
     password: str | None = None
     ca_certs: Path | None = None
@@ -272,11 +300,9 @@ class BackendConfig(StageConfig):
         name the engine (opensearch://, elasticsearch://), which must then agree with ``engine``."""
         if not isinstance(data, dict):
             return data
-        data = dict(data)
         if str(data.get("engine")) in {k.value for k in KnnLibrary}:
-            data.setdefault("knn_library", data.pop("engine"))
-        if "kind" in data:
-            data.setdefault("engine", data.pop("kind"))
+            data = _renamed(data, "backend.", {"engine": "knn_library"})
+        data = dict(_renamed(data, "backend.", {"kind": "engine"}))
         if isinstance(data.get("url"), str):
             try:
                 data["url"], named = parse_cluster_url(data["url"])
@@ -373,7 +399,12 @@ class CompareConfig(StageConfig):
 
 
 class GenerateConfig(StageConfig):
-    model: Name = "BeIR/query-gen-msmarco-t5-base-v1"
+    """Synthetic queries for the corpus' documents (and the synthetic dev set), written by the query generator."""
+
+    HASHED_AS: ClassVar[dict[str, str]] = {"generator": "model"}
+
+    generator: Name = Field("BeIR/query-gen-msmarco-t5-base-v1",
+                            description="query generator: seq2seq (T5/BART) or causal LM id, path or .gguf file")
     kind: Literal["auto", "seq2seq", "causal"] = Field("auto", description="seq2seq | causal | auto (from the model config)")
     runtime: Literal["auto", "transformers", "llama.cpp"] = Field("auto", description="transformers | llama.cpp | auto (llama.cpp for a GGUF model on CPU when "
                                              "llama-cpp-python is installed, else transformers)")
@@ -385,7 +416,7 @@ class GenerateConfig(StageConfig):
     max_input_tokens: Tokens = 350
     max_new_tokens: Annotated[int, Field(gt=0, le=4096)] = 64
     top_p: Rate = 0.95
-    top_k: Annotated[int, Field(ge=0, le=10**6)] = Field(25, description="0 = no top-k cut")
+    top_k: Annotated[int, Field(ge=0, le=10**6)] = Field(25, description="sampling: the k most likely next tokens (0 = no top-k cut)")
     temperature: Annotated[float, Field(ge=0.0, le=100.0, description="sampling temperature (0 = greedy)")] = 1.0
     min_query_words: Annotated[int, Field(ge=1, le=1000)] = 2
     max_query_words: Annotated[int, Field(ge=1, le=1000)] = 32
@@ -402,11 +433,16 @@ class GenerateConfig(StageConfig):
     seed: Seed = 42
     chunk_size: Batch = 64
     device: Device = "auto"
-    dev_queries: int = Field(1000, ge=0, le=10**7, description="target size of the synthetic dev set, generated for documents kept "
-                                                     "out of training (0 = no dev set)")
-    dev_max_overlap: float = Field(0.4, gt=0.0, le=1.0, description="dev set lexical-gap filter: keep a query only if at "
+    dev_queries: int = Field(500, ge=0, le=10**7, description="target size of the synthetic dev set, generated for documents kept "
+                                                    "out of training (0 = no dev set)")
+    dev_max_overlap: float = Field(0.5, gt=0.0, le=1.0, description="dev set lexical-gap filter: keep a query only if at "
                                                                     "most this share of its content words (stop words left "
                                                                     "out) occur in its source")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_names(cls, data: Any) -> Any:
+        return _renamed(data, "generate.", {"model": "generator"})
 
     @model_validator(mode="after")
     def _consistent(self) -> GenerateConfig:
@@ -421,15 +457,23 @@ class GenerateConfig(StageConfig):
 
 
 class MineConfig(StageConfig):
-    """GPL hard-negative mining: top-k passages per generated query from dense retrievers (and optionally BM25)."""
+    """GPL hard-negative mining: the best-ranked other documents of each generated query, from dense retrievers (and
+    optionally BM25)."""
+
+    HASHED_AS: ClassVar[dict[str, str]] = {"negatives": "top_k"}
 
     retrievers: Annotated[list[Name], Field(min_length=1)] = Field(
         default_factory=lambda: ["sentence-transformers/msmarco-distilbert-base-v3", "sentence-transformers/msmarco-MiniLM-L-6-v3"])
     bm25: bool = Field(False, description="also mine BM25 negatives through the configured backend")
-    top_k: Hits = Field(50, description="negatives kept per query and retriever")
+    negatives: Hits = Field(50, description="negatives kept per query and retriever")
     batch_size: Batch = 64
     chunk_size: Annotated[int, Field(gt=0, le=10**7)] = Field(1000, description="queries per resumable chunk")
     device: Device = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_names(cls, data: Any) -> Any:
+        return _renamed(data, "mine.", {"top_k": "negatives"})
 
 
 class LabelConfig(StageConfig):
@@ -477,7 +521,9 @@ class PretrainConfig(StageConfig):
 
 
 class TrainConfig(StageConfig):
-    method: Literal["genq", "gpl"] = Field("genq", description="genq (MultipleNegativesRankingLoss) or gpl (MarginMSE on pseudo-labels)")
+    """Fine-tuning of the base bi-encoder; the loss follows the top-level method (genq: MultipleNegativesRankingLoss on
+    the generated pairs; gpl and tsdae+gpl: MarginMSE on the label stage's pseudo-labels)."""
+
     base_model: Name = DEFAULT_BI_ENCODER
     epochs: Annotated[int, Field(gt=0, le=10**4)] = 1
     batch_size: Batch = 32
@@ -525,13 +571,18 @@ class GateConfig(StageConfig):
     margin: float = Field(0.0, ge=-1.0, le=1.0, description="nDCG@10 gain (absolute, 0.01 = 1 point) the adapted dense run must exceed on "
                                            "the dev set, and on labels when given (negative: keep it unless it is worse "
                                            "by more than that)")
+    overrating: float = Field(0.04, ge=0.0, le=1.0, description="GenQ without labelled queries: the extra nDCG@10 gain the dev "
+                              "set must show, because it is written by the generator GenQ trained on and overrates GenQ "
+                              "models (measured up to 4 points: bench/results/labelfree_robust.json); with labelled "
+                              "queries they decide with gate.margin alone")
 
 
 class RunConfig(StageConfig):
     """Everything one ``genq-search adapt`` run needs; each section maps to one stage's CLI flags."""
 
     run_dir: OutputDir = Field(Path("runs/default"), description="run directory (created; must be writable)")
-    method: Literal["genq", "gpl", "tsdae+gpl"] = Field("genq", description="adapt method: genq, gpl or tsdae+gpl")
+    method: Literal["genq", "gpl", "tsdae+gpl"] = Field("genq", description="adapt method: genq, gpl or tsdae+gpl (adapt and "
+                                                                         "upgrade run its stages; train trains with its loss)")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -567,6 +618,16 @@ class RunConfig(StageConfig):
 
     @model_validator(mode="before")
     @classmethod
+    def _train_method(cls, data: Any) -> Any:
+        """``[train] method`` (earlier name) is the top-level ``method``."""
+        train = data.get("train") if isinstance(data, dict) else None
+        if isinstance(train, dict) and "method" in train:
+            logger.warning("config: train.method is now the top-level method (the old name still reads; move it)")
+            data = {"method": train["method"], **data, "train": {k: v for k, v in train.items() if k != "method"}}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _corpus_url(cls, data: Any) -> Any:
         """``corpus.path = "opensearch://host:9200/NAME"`` (elasticsearch://, http://; with an s for HTTPS) reads that
         index; the connection goes to ``backend.url`` (the engine is detected from the node unless backend.engine names it)."""
@@ -581,7 +642,8 @@ class RunConfig(StageConfig):
                     url, _ = parse_cluster_url(f"{scheme}://{host}")
                 except ValueError as exc:
                     raise FieldError("corpus.path", str(exc)) from None
-                data = {**data, "corpus": {**{k: v for k, v in corpus.items() if k != "path"}, "index": name.rstrip("/")},
+                data = {**data, "corpus": {**{k: v for k, v in corpus.items() if k not in ("path", "index")},
+                                           "source_index": name.rstrip("/")},
                         "backend": {**data.get("backend", {}), "url": url}}
         return data
 
@@ -669,8 +731,8 @@ def _no_constant(name: str) -> Any:
 
 # CLI flags not named after their setting (``--`` + the field name with ``-`` for ``_`` otherwise)
 FLAGS = {("compare", "models"): "--model", ("compare", "modes"): "--mode", ("encoder", "model"): "--model",
-         ("generate", "model"): "--generator", ("train", "batch_size"): "--train-batch-size", ("corpus", "path"): "--corpus",
-         ("mine", "retrievers"): "--retriever", ("backend", "engine"): "--backend"}
+         ("train", "batch_size"): "--train-batch-size", ("corpus", "path"): "--corpus", ("mine", "retrievers"): "--retriever",
+         ("backend", "engine"): "--backend"}
 
 
 def flag_name(loc: tuple[str, ...]) -> str:
@@ -716,7 +778,7 @@ def _known_profile(name: str) -> str:
 
 
 def _known_variant(name: str) -> str:
-    from genq_search.export import VARIANTS
+    from genq_search.onnx_encoder import VARIANTS
 
     if name not in VARIANTS:
         raise ValueError(f"unknown bundle variant '{name}' (choose from {', '.join(VARIANTS)})")
@@ -759,15 +821,15 @@ class RegisterOptions(StageConfig):
 
     bundle: InputDir
     endpoint: Name | None = None
-    index: Name | None = None
+    attach_to: Name | None = None
     group: Name = "genq-search"
     deploy: bool = True
     configure_cluster: bool = False
 
     @model_validator(mode="after")
-    def _index_needs_endpoint(self) -> RegisterOptions:
-        if self.index and not self.endpoint:
-            raise FieldError("index", "needs --endpoint (the ingest pipeline calls the endpoint)")
+    def _attach_needs_endpoint(self) -> RegisterOptions:
+        if self.attach_to and not self.endpoint:
+            raise FieldError("attach_to", "needs --endpoint (the ingest pipeline calls the endpoint)")
         return self
 
 

@@ -81,7 +81,7 @@ class EncoderRecipe:
     @classmethod
     def of(cls, encoder: Encoder) -> EncoderRecipe:
         from genq_search.encoders import SentenceTransformerEncoder
-        from genq_search.export import OnnxEncoder
+        from genq_search.onnx_encoder import OnnxEncoder
 
         if isinstance(encoder, OnnxEncoder):
             return cls("onnx", str(encoder.bundle.resolve()), {"variant": encoder.variant})
@@ -96,7 +96,7 @@ class EncoderRecipe:
     def load(self, gpu: bool, threads: int) -> Encoder:
         """On a GPU worker the bundle's GPU choice (its device parity checked at load), else the driver's variant."""
         if self.kind == "onnx":
-            from genq_search.export import OnnxEncoder
+            from genq_search.onnx_encoder import OnnxEncoder
 
             if gpu:
                 return OnnxEncoder(self.spec, provider="cuda")

@@ -184,7 +184,7 @@ def load_encoder(spec: str, device: str = "auto", normalize: bool = True, max_se
     """``spec`` is a HF id / local sentence-transformers folder, or ``onnx:<bundle dir>`` (``onnx:<dir>@fp32`` picks a
     variant; default: CUDA's fp16 on a GPU, else the fastest CPU variant that passed parity); ``dtype``: PyTorch only."""
     if spec.startswith("onnx:"):
-        from genq_search.export import VARIANTS, OnnxEncoder
+        from genq_search.onnx_encoder import VARIANTS, OnnxEncoder
 
         bundle, _, variant = spec.removeprefix("onnx:").rpartition("@")
         if variant not in VARIANTS:

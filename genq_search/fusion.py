@@ -1,21 +1,74 @@
-"""Hybrid fusion of ranked lists: reciprocal rank fusion and normalised linear combination (min-max, z-score).
+"""Hybrid fusion of ranked lists: reciprocal rank fusion and normalised linear combination (min-max, z-score), and
+``Retrieval``, the one typed setting for how to rank (BM25, dense or a fusion of both).
 
-Used by every backend, so embedded and OpenSearch hybrids give the same ranking for the same inputs.
+Used by every backend, so embedded and cluster hybrids give the same ranking for the same inputs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
 from genq_search.data import Results
+from genq_search.errors import GenqError
+
+SINGLE = ("dense", "bm25")  # the single retrievers; every other method fuses both
 
 
 class FusionMethod(StrEnum):
     RRF = "rrf"
     MINMAX = "minmax"
     ZSCORE = "zscore"
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """How to rank: ``bm25`` or ``dense`` alone, or a fusion of the two lists (``rrf`` with ``rrf_k``, ``minmax`` /
+    ``zscore`` with ``lexical_weight`` on BM25 and 1 - it on dense). Compare, the dev-set tuning, search and
+    ``upgrade`` all pass this; ``as_dict`` / ``from_dict`` are its JSON form in summaries and reports."""
+
+    method: str
+    lexical_weight: float | None = None
+    rrf_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in SINGLE and self.method not in FusionMethod._value2member_map_:
+            raise GenqError(f"unknown retrieval method '{self.method}' (bm25, dense, {', '.join(FusionMethod)})")
+
+    @property
+    def fusion(self) -> FusionMethod | None:
+        return None if self.method in SINGLE else FusionMethod(self.method)
+
+    @property
+    def name(self) -> str:
+        """``dense``, ``bm25``, ``rrf-60``, ``minmax-0.3`` ...: how reports and the dev-set grid name it."""
+        if self.fusion is None:
+            return self.method
+        return f"rrf-{self.rrf_k}" if self.fusion is FusionMethod.RRF else f"{self.method}-{self.lexical_weight:g}"
+
+    @property
+    def weights(self) -> tuple[float, float]:
+        """(BM25, dense) weights of a fusion (even when no lexical weight is set, as for RRF)."""
+        return (0.5, 0.5) if self.lexical_weight is None else (self.lexical_weight, 1.0 - self.lexical_weight)
+
+    @property
+    def lexical_share(self) -> float:
+        """Where it sits between dense alone (0) and BM25 alone (1); RRF counts as an even mix."""
+        if self.fusion is None:
+            return 1.0 if self.method == "bm25" else 0.0
+        return 0.5 if self.fusion is FusionMethod.RRF else float(self.weights[0])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "lexical_weight": self.lexical_weight, "rrf_k": self.rrf_k}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Retrieval:
+        rrf_k = data.get("rrf_k")
+        weight = data.get("lexical_weight")
+        return cls(data["method"], None if weight is None else float(weight), None if rrf_k is None else int(rrf_k))
 
 
 def _normalise(scores: dict[str, float], method: FusionMethod) -> dict[str, float]:

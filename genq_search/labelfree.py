@@ -31,13 +31,16 @@ from genq_search.data import (
 )
 from genq_search.errors import GenqError
 from genq_search.evaluate import Comparison, paired_p_value, per_query_scores
-from genq_search.fusion import FusionMethod, fuse, fuse_many
+from genq_search.fusion import SINGLE, FusionMethod, Retrieval, fuse, fuse_many
 from genq_search.search import Mode
 
 logger = logging.getLogger(__name__)
 
-SINGLE = ("dense", "bm25")  # the simple choices, preferred when the dev set cannot tell a hybrid from them
 NDCG = "ndcg@10"
+CONFIDENCE = ("Confidence: *strong* = the choice and the other side differ on the dev set at p < alpha / 10, *weak* = "
+              "at p < alpha, *none* = undecided (the simpler retriever is kept). The dev set rewards lexical weight more "
+              "than real queries do, so of the hybrids it cannot tell apart the one with the least lexical weight is "
+              "taken.")
 
 
 @dataclass
@@ -102,114 +105,103 @@ def retrieve_candidates(backend: Any, queries: Queries, encoder: Any, cfg: Compa
     return Candidates(lexical, dense, cfg.fusion_depth)
 
 
-def mode_setting(mode: Mode, cfg: CompareConfig, tuned: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The fusion setting a retrieval mode runs with (``hybrid-tuned``: the ``tuned`` choice)."""
+def mode_retrieval(mode: Mode, cfg: CompareConfig, tuned: dict[str, Any] | None = None) -> Retrieval:
+    """What a retrieval mode runs (``hybrid-tuned``: the ``tuned`` choice of ``tune_fusion``)."""
     if mode is Mode.HYBRID_TUNED:
         if tuned is None:
             raise GenqError("mode 'hybrid-tuned' needs the fusion tuned on the synthetic dev set")
-        return tuned
+        return Retrieval.from_dict(tuned)
     if mode.fusion is None:
-        return {"method": mode.value, "lexical_weight": None, "rrf_k": None}
-    return {"method": mode.fusion.value, "lexical_weight": cfg.lexical_weight,
-            "rrf_k": cfg.rrf_k if mode.fusion is FusionMethod.RRF else None}
+        return Retrieval(mode.value)
+    return Retrieval(mode.fusion.value, cfg.lexical_weight, cfg.rrf_k if mode.fusion is FusionMethod.RRF else None)
 
 
-def results_for(candidates: Candidates, setting: dict[str, Any], k: int) -> Results:
+def results_for(candidates: Candidates, retrieval: Retrieval, k: int) -> Results:
     """The ranking of one setting (BM25, dense, or a fusion) from the candidate lists."""
-    method = setting["method"]
-    if method == "bm25":
+    if retrieval.method == "bm25":
         return _top(candidates.lexical, k)
-    if method == "dense":
+    if retrieval.method == "dense":
         if candidates.dense is None:
             raise GenqError("dense retrieval needs a bi-encoder")
         return _top(candidates.dense, k)
-    return fuse(list(candidates.fusion_inputs), FusionMethod(method), _weights(setting), rrf_k=setting.get("rrf_k") or 60, k=k)
+    assert retrieval.fusion is not None
+    return fuse(list(candidates.fusion_inputs), retrieval.fusion, list(retrieval.weights), rrf_k=retrieval.rrf_k or 60, k=k)
 
 
-def _weights(setting: dict[str, Any]) -> list[float]:
-    weight = setting.get("lexical_weight")
-    return [0.5, 0.5] if weight is None else [weight, 1.0 - weight]
-
-
-def search_params(choice: dict[str, Any]) -> dict[str, Any]:
-    """What a search (or an OpenSearch hybrid search pipeline) needs to run a tuned choice: ``{"mode": "hybrid" |
-    "dense" | "bm25", "method": FusionMethod | None, "weights": (lexical, dense) | None, "rrf_k": int | None}``."""
-    method = choice["method"]
-    if method in SINGLE:
-        return {"mode": method, "method": None, "weights": None, "rrf_k": None}
-    fusion = FusionMethod(method)
-    if fusion is FusionMethod.RRF:
-        return {"mode": "hybrid", "method": fusion, "weights": None, "rrf_k": int(choice["rrf_k"])}
-    weight = float(choice["lexical_weight"])
-    return {"mode": "hybrid", "method": fusion, "weights": (weight, 1.0 - weight), "rrf_k": None}
-
-
-def setting_name(setting: dict[str, Any]) -> str:
-    method = setting["method"]
-    if method in SINGLE:
-        return method
-    return f"rrf-{setting['rrf_k']}" if method == "rrf" else f"{method}-{setting['lexical_weight']:g}"
-
-
-def fusion_grid(cfg: CompareConfig) -> list[dict[str, Any]]:
+def fusion_grid(cfg: CompareConfig) -> list[Retrieval]:
     """Dense, BM25, min-max and z-score at every ``tune_lexical_weights`` strictly between 0 and 1 (0 and 1 are dense
     and BM25 alone), RRF at every ``tune_rrf_k``."""
     if any(not 0 <= w <= 1 for w in cfg.tune_lexical_weights) or any(k < 1 for k in cfg.tune_rrf_k):
         raise GenqError("compare.tune_lexical_weights must lie in [0, 1] and compare.tune_rrf_k be positive")
-    grid = [{"method": m, "lexical_weight": None, "rrf_k": None} for m in SINGLE]
+    grid = [Retrieval(m) for m in SINGLE]
     weights = sorted({w for w in cfg.tune_lexical_weights if 0 < w < 1})
-    grid += [{"method": m, "lexical_weight": w, "rrf_k": None} for m in ("minmax", "zscore") for w in weights]
-    grid += [{"method": "rrf", "lexical_weight": None, "rrf_k": k} for k in sorted(set(cfg.tune_rrf_k))]
+    grid += [Retrieval(m, w) for m in ("minmax", "zscore") for w in weights]
+    grid += [Retrieval("rrf", rrf_k=k) for k in sorted(set(cfg.tune_rrf_k))]
     return grid
 
 
-def grid_scores(candidates: Candidates, qrels: Qrels, grid: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def grid_scores(candidates: Candidates, qrels: Qrels, grid: list[Retrieval]) -> dict[str, dict[str, float]]:
     """Per-query nDCG@10 of every setting: ``{setting name: {qid: value}}``, equal to that of the full runs. The
     hybrids are fused in one pass (``fusion.fuse_many``: the same rankings as ``fuse``), cut to the top 10 and ties."""
-    hybrids = [s for s in grid if s["method"] not in SINGLE]
-    fused = fuse_many(list(candidates.fusion_inputs), [(FusionMethod(s["method"]), _weights(s), s.get("rrf_k") or 60)
-                                                       for s in hybrids], k=10, with_ties=True)
-    results = dict(zip(map(setting_name, hybrids), fused, strict=True))
-    results |= {setting_name(s): results_for(candidates, s, 1000) for s in grid if s["method"] in SINGLE}
-    return {name: per_query_scores(qrels, results[name], [NDCG])[NDCG]
-            for name in tqdm(list(map(setting_name, grid)), desc="fusion grid", leave=False)}
+    hybrids = [s for s in grid if s.fusion is not None]
+    fused = fuse_many(list(candidates.fusion_inputs), [(s.fusion, list(s.weights), s.rrf_k or 60) for s in hybrids],  # type: ignore[misc]
+                      k=10, with_ties=True)
+    results = {s.name: ranking for s, ranking in zip(hybrids, fused, strict=True)}
+    results |= {s.name: results_for(candidates, s, 1000) for s in grid if s.fusion is None}
+    return {s.name: per_query_scores(qrels, results[s.name], [NDCG])[NDCG]
+            for s in tqdm(grid, desc="fusion grid", leave=False)}
 
 
 def _mean(values: dict[str, float]) -> float:
     return sum(values.values()) / len(values) if values else 0.0
 
 
-def choose_fusion(scores: dict[str, dict[str, float]], grid: list[dict[str, Any]], alpha: float, min_queries: int) -> dict[str, Any]:
-    """Pick a setting from per-query dev scores, preferring the simple choice.
+def choose_fusion(scores: dict[str, dict[str, float]], grid: list[Retrieval], alpha: float, min_queries: int) -> dict[str, Any]:
+    """Pick a setting from per-query dev scores, leaning away from lexical weight.
 
-    The best hybrid is chosen only if it beats the better of BM25 and dense alone on the dev set (paired t-test,
-    p < ``alpha``); otherwise that single retriever is. ``decided`` says whether the dev set separates the choice from
-    the other side (always False on a dev set smaller than ``min_queries``), ``reason`` says why in words.
+    1. The best hybrid must beat the better of BM25 and dense alone on the dev set (paired t-test, p < ``alpha``);
+       otherwise that single retriever is kept.
+    2. Generated queries are written from their source document, so the dev set rewards lexical weight more than real
+       queries do (measured: bench/results/labelfree_robust.json). Of the hybrids that also beat the single retriever
+       (p < ``alpha``) and that the dev set cannot tell from the best one (p >= ``alpha``), the one with the least
+       lexical weight (``Retrieval.lexical_share``) is chosen.
+
+    ``decided`` says whether the dev set separates the choice from the other side (always False on a dev set smaller
+    than ``min_queries``), ``confidence`` how firmly (``strong``: p < alpha / 10, ``weak``: p < alpha, ``none``:
+    undecided), ``reason`` why, in words.
     """
     means = {name: _mean(values) for name, values in scores.items()}
-    by_name = {setting_name(s): s for s in grid}
+    by_name = {s.name: s for s in grid}
     single = max((n for n in by_name if n in SINGLE), key=means.__getitem__)
-    hybrid = max((n for n in by_name if n not in SINGLE), key=means.__getitem__, default=None)
+    hybrids = [n for n in by_name if n not in SINGLE]
+    best = max(hybrids, key=means.__getitem__, default=None)
     size = len(scores[single])
     small = size < min_queries
-    p = paired_p_value(scores[single], scores[hybrid]) if hybrid else 1.0
-    delta = means[hybrid] - means[single] if hybrid else 0.0
-    if hybrid and delta > 0 and p < alpha and not small:
-        chosen, other, decided = hybrid, single, True
-        reason = f"{hybrid} beats {single} alone by {100 * delta:+.1f} nDCG@10 on the dev set (p={p:.3g})"
+    p = paired_p_value(scores[single], scores[best]) if best else 1.0
+    delta = means[best] - means[single] if best else 0.0
+    if best and delta > 0 and p < alpha and not small:
+        tied = [n for n in hybrids if means[n] > means[single] and paired_p_value(scores[single], scores[n]) < alpha
+                and (n == best or paired_p_value(scores[n], scores[best]) >= alpha)]
+        chosen, other, decided = min(tied, key=lambda n: (by_name[n].lexical_share, -means[n])), single, True
+        p = paired_p_value(scores[single], scores[chosen])
+        reason = f"{chosen} beats {single} alone by {100 * (means[chosen] - means[single]):+.1f} nDCG@10 on the dev set (p={p:.3g})"
+        if chosen != best:
+            reason += (f"; of the hybrids the dev set cannot tell from the best, {best} ({100 * delta:+.1f}), the one with "
+                       "the least lexical weight (the dev set rewards lexical weight more than real queries do)")
     else:
-        chosen, other = single, hybrid or ("bm25" if single == "dense" else "dense")
-        decided = bool(hybrid) and delta < 0 and p < alpha and not small
+        chosen, other = single, best or ("bm25" if single == "dense" else "dense")
+        decided = bool(best) and delta < 0 and p < alpha and not small
         if small:
             reason = f"dev set too small to decide ({size} < {min_queries} queries): kept the better single retriever, {single}"
         elif decided:
-            reason = f"{single} alone beats the best hybrid, {hybrid}, by {-100 * delta:+.1f} nDCG@10 on the dev set (p={p:.3g})"
+            reason = f"{single} alone beats the best hybrid, {best}, by {-100 * delta:+.1f} nDCG@10 on the dev set (p={p:.3g})"
         else:
-            reason = (f"undecided: the best hybrid, {hybrid}, differs from {single} alone by {100 * delta:+.1f} nDCG@10 "
+            reason = (f"undecided: the best hybrid, {best}, differs from {single} alone by {100 * delta:+.1f} nDCG@10 "
                       f"on the dev set (p={p:.3g}, not below {alpha}): kept the simpler {single}")
-    return {**by_name[chosen], "setting": chosen, "label_free_ndcg@10": means[chosen], "decided": decided,
-            "reason": reason, "runner_up": other, "runner_up_ndcg@10": means[other], "p_value": p,
-            "dev_queries": size, "grid": means}
+    confidence = "none" if not decided else "strong" if p < alpha / 10 else "weak"
+    return {**by_name[chosen].as_dict(), "setting": chosen, "label_free_ndcg@10": means[chosen], "decided": decided,
+            "confidence": confidence, "reason": reason, "runner_up": other, "runner_up_ndcg@10": means[other],
+            "p_value": p, "best_hybrid": best, "dev_queries": size, "grid": means}
 
 
 def tune_fusion(candidates: Candidates, qrels: Qrels, cfg: CompareConfig) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
@@ -283,25 +275,33 @@ def ndcg_means(comparison: Comparison) -> dict[str, float]:
 
 def model_gate(label_free: tuple[dict[str, float], dict[str, float]] | None,
                labels: tuple[dict[str, float], dict[str, float]] | None,
-               baseline_model: str, adapted_model: str, cfg: GateConfig, alpha: float, min_dev_queries: int) -> dict[str, Any]:
+               baseline_model: str, adapted_model: str, cfg: GateConfig, alpha: float, min_dev_queries: int,
+               overrated: bool = False) -> dict[str, Any]:
     """Keep the adapted model only if it beats the zero-shot one by more than ``cfg.margin`` nDCG@10.
 
     Each argument is ``(zero-shot, adapted)`` per-query nDCG@10 of the dense runs. The test is a one-sided paired
     t-test of "adapted - zero-shot > margin" at ``alpha``, on the dev set and, when there are labelled queries, on
-    them too: both must pass. A dev set smaller than ``min_dev_queries`` is not gated on: labelled queries then decide
-    alone, and without them the gate fails closed ('dev set too small'). ``model`` is the model to keep.
+    them too: both must pass. ``overrated`` (a GenQ model: it trained on the dev set's generator) without labelled
+    queries raises the dev set's margin by ``cfg.overrating``. A dev set smaller than ``min_dev_queries`` is not gated
+    on: labelled queries then decide alone, and without them the gate fails closed ('dev set too small'). ``model`` is
+    the model to keep.
     """
-    def test(pair: tuple[dict[str, float], dict[str, float]]) -> tuple[float, float, bool]:
+    def test(pair: tuple[dict[str, float], dict[str, float]], margin: float) -> tuple[float, float, bool]:
         delta = _mean(pair[1]) - _mean(pair[0])
-        p = paired_p_value(pair[0], pair[1], greater_by=cfg.margin)
-        return delta, p, delta > cfg.margin and p < alpha
+        p = paired_p_value(pair[0], pair[1], greater_by=margin)
+        return delta, p, delta > margin and p < alpha
 
     size = len(label_free[0]) if label_free else 0
-    free_delta, free_p, free_ok = test(label_free) if label_free else (0.0, 1.0, False)
-    label_delta, label_p, label_ok = test(labels) if labels and labels[0] else (None, None, None)
+    label_delta, label_p, label_ok = test(labels, cfg.margin) if labels and labels[0] else (None, None, None)
+    dev_margin = cfg.margin + (cfg.overrating if overrated and label_ok is None else 0.0)
+    free_delta, free_p, free_ok = test(label_free, dev_margin) if label_free else (0.0, 1.0, False)
     on_dev = f"dev set {100 * free_delta:+.1f} nDCG@10 (p={free_p:.3g})"
     on_labels = "no labelled queries" if label_ok is None else f"labels {100 * label_delta:+.1f} nDCG@10 (p={label_p:.3g})"
-    wanted = f"more than {100 * cfg.margin:.1f} nDCG@10 (paired t-test, p < {alpha})"
+    wanted = f"more than {100 * dev_margin:.1f} nDCG@10 (paired t-test, p < {alpha})"
+    if dev_margin > cfg.margin:
+        wanted += (f" on the dev set: gate.margin {100 * cfg.margin:.1f} + gate.overrating {100 * cfg.overrating:.1f}, "
+                   "because the dev set comes from the generator this GenQ model trained on and overrates it; "
+                   "labelled queries (corpus.queries / corpus.qrels) let it pass on gate.margin alone")
     if size < min_dev_queries:
         passed = bool(label_ok)
         reason = (f"dev set too small ({size} < {min_dev_queries} queries), not gated on; "
@@ -312,7 +312,8 @@ def model_gate(label_free: tuple[dict[str, float], dict[str, float]] | None,
         reason = f"the adapted model {verdict} the zero-shot one by {wanted}: {on_dev}; {on_labels}"
     return {"passed": passed, "reason": reason, "label_free_delta": free_delta, "label_free_p": free_p,
             "label_delta": label_delta, "label_p": label_p, "model": adapted_model if passed else baseline_model,
-            "adapted_model": adapted_model, "zeroshot_model": baseline_model, "margin": cfg.margin, "alpha": alpha,
+            "adapted_model": adapted_model, "zeroshot_model": baseline_model, "margin": cfg.margin, "dev_margin": dev_margin,
+            "alpha": alpha,
             "dev_queries": size}
 
 
@@ -327,9 +328,10 @@ def report_section(summary: dict[str, Any], label_free: Comparison | None, with_
                   "", label_free.markdown()]
     tuned = summary.get("tuned_fusion") or {}
     if tuned:
-        lines += ["## Fusion tuned on the dev set", "", "| model | choice | label-free nDCG@10 | decided | why |", "|---|---|---|---|---|"]
-        lines += [f"| {m} | {c['setting']} | {100 * c['label_free_ndcg@10']:.1f} | {'yes' if c['decided'] else 'no'} | {c['reason']} |"
-                  for m, c in tuned.items()]
+        lines += ["## Fusion tuned on the dev set", "", CONFIDENCE, "",
+                  "| model | choice | label-free nDCG@10 | decided | confidence | why |", "|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {c['setting']} | {100 * c['label_free_ndcg@10']:.1f} | {'yes' if c['decided'] else 'no'} | "
+                  f"{c.get('confidence', 'n/a')} | {c['reason']} |" for m, c in tuned.items()]
         lines.append("")
     agree = summary.get("agreement") or {}
     if agree.get("pairs") or agree.get("kendall_tau") is not None:

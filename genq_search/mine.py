@@ -39,22 +39,22 @@ logger = logging.getLogger(__name__)
 
 def run_mine(cfg: MineConfig, corpus: Corpus, generate_dir: Path, stage_dir: Path,
              bm25_backend: SearchBackend | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Mine ``top_k`` negatives per query and retriever into ``stage_dir/hard-negatives.jsonl``."""
+    """Mine ``cfg.negatives`` negatives per query and retriever into ``stage_dir/hard-negatives.jsonl``."""
     stage_dir = Path(stage_dir)
     queries, qrels = read_generated(generate_dir, corpus)
     if cfg.bm25 and bm25_backend is None:
         raise GenqError("mine.bm25 is set but no lexical backend was given")
     if len(corpus) < 2:
         raise GenqError("mining needs at least 2 documents (a positive and a negative)")
-    top_k = cfg.top_k
-    if top_k > len(corpus) - 1:
-        top_k = len(corpus) - 1
-        logger.warning("top_k %d exceeds the %d other documents of the corpus; mining %d negatives per query",
-                       cfg.top_k, len(corpus) - 1, top_k)
+    negatives = cfg.negatives
+    if negatives > len(corpus) - 1:
+        negatives = len(corpus) - 1
+        logger.warning("mine.negatives %d exceeds the %d other documents of the corpus; mining %d negatives per query",
+                       cfg.negatives, len(corpus) - 1, negatives)
     sources = [*cfg.retrievers, *(["bm25"] if cfg.bm25 else [])]
     if not sources:
         raise GenqError("no retriever to mine with: set mine.retrievers and/or mine.bm25")
-    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device", "batch_size"}), top_k,
+    settings = fingerprint([cfg.hashed({"device", "batch_size"}), negatives,
                             read_manifest(generate_dir).get("settings_hash"), corpus_fingerprint(corpus)])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("mine: complete in %s, skipping", stage_dir)
@@ -69,11 +69,11 @@ def run_mine(cfg: MineConfig, corpus: Corpus, generate_dir: Path, stage_dir: Pat
         doc_ids = list(corpus)  # corpus order: the same texts as an unsplit index, so the embedding cache is shared
         dense = _load_dense(cfg, corpus, doc_ids, stage_dir.parent / "embeddings")
         for n in tqdm(todo, desc="mine negatives", unit="chunk"):
-            rows = _mine_chunk(chunks[n], queries, qrels, dense, doc_ids, bm25_backend if cfg.bm25 else None, top_k, cfg.batch_size)
+            rows = _mine_chunk(chunks[n], queries, qrels, dense, doc_ids, bm25_backend if cfg.bm25 else None, negatives, cfg.batch_size)
             write_jsonl(chunk_file(chunk_dir, n), rows)
     seconds = time.perf_counter() - started
     pool_sizes = [len(negative_pool(row)) for row in merge_chunks(chunk_dir, len(chunks), stage_dir / "hard-negatives.jsonl")]
-    summary = {"queries": len(qids), "retrievers": sources, "top_k": top_k, "seconds_this_run": seconds,
+    summary = {"queries": len(qids), "retrievers": sources, "negatives": negatives, "seconds_this_run": seconds,
                "mean_distinct_negatives": float(np.mean(pool_sizes)) if pool_sizes else 0.0,
                "queries_without_negatives": int(sum(1 for s in pool_sizes if s == 0))}
     mark_stage_complete(stage_dir, settings, summary)
@@ -99,8 +99,8 @@ def _load_dense(cfg: MineConfig, corpus: Corpus, doc_ids: list[str], cache_dir: 
 
 
 def _mine_chunk(qids: list[str], queries: Queries, qrels: Qrels, dense: list[tuple[str, Encoder, np.ndarray]],
-                doc_ids: list[str], bm25: SearchBackend | None, top_k: int, batch_size: int) -> list[dict[str, Any]]:
-    depth = top_k + max(len(qrels[q]) for q in qids)  # room for the positives that get removed
+                doc_ids: list[str], bm25: SearchBackend | None, negatives: int, batch_size: int) -> list[dict[str, Any]]:
+    depth = negatives + max(len(qrels[q]) for q in qids)  # room for the positives that get removed
     ranked: dict[str, dict[str, list[str]]] = {q: {} for q in qids}
     for name, encoder, matrix in dense:
         vectors = encoder.encode_queries([queries[q] for q in qids], batch_size=batch_size)
@@ -112,5 +112,5 @@ def _mine_chunk(qids: list[str], queries: Queries, qrels: Qrels, dense: list[tup
         for qid in qids:
             ranked[qid]["bm25"] = [d for d, _ in sorted(hits.get(qid, {}).items(), key=lambda kv: (-kv[1], kv[0]))]
     return [{"qid": q, "positives": sorted(qrels[q]),
-             "negatives": {name: [d for d in docs if d not in qrels[q]][:top_k] for name, docs in ranked[q].items()}}
+             "negatives": {name: [d for d in docs if d not in qrels[q]][:negatives] for name, docs in ranked[q].items()}}
             for q in qids]

@@ -143,10 +143,10 @@ def _plots(plot_dir: Path) -> dict[str, Any]:
 def _tuned_fusion(tuned: dict[str, Any]) -> dict[str, Any]:
     if not tuned:
         return _note("fusion", "Fusion tuned on the dev set", "no fusion was tuned (no synthetic dev set, or no hybrid-tuned mode)")
-    rows = [[model, c["setting"], _pct(c["label_free_ndcg@10"]), "yes" if c["decided"] else "no", c["reason"]]
-            for model, c in tuned.items()]
+    rows = [[model, c["setting"], _pct(c["label_free_ndcg@10"]), "yes" if c["decided"] else "no", c.get("confidence", "n/a"),
+             c["reason"]] for model, c in tuned.items()]
     return {"id": "fusion", "title": "Fusion tuned on the dev set",
-            "tables": [{"header": ["model", "choice", "label-free nDCG@10", "decided", "why"], "rows": rows}]}
+            "tables": [{"header": ["model", "choice", "label-free nDCG@10", "decided", "confidence", "why"], "rows": rows}]}
 
 
 def _agreement(agree: dict[str, Any], with_labels: bool) -> dict[str, Any]:

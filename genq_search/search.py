@@ -27,7 +27,7 @@ from genq_search.data import (
 from genq_search.encoders import Encoder, encode_passages_cached, load_encoder
 from genq_search.engines.base import SearchBackend
 from genq_search.errors import GenqError
-from genq_search.fusion import FusionMethod
+from genq_search.fusion import FusionMethod, Retrieval
 from genq_search.passages import split_documents
 
 logger = logging.getLogger(__name__)
@@ -124,34 +124,23 @@ def build_index(
 
 
 def search(
-    backend: SearchBackend, mode: Mode, queries: Queries, encoder: Encoder | None, cfg: CompareConfig, batch_size: int = 64,
-    fusion: dict | None = None,
+    backend: SearchBackend, retrieval: Retrieval, queries: Queries, encoder: Encoder | None, cfg: CompareConfig,
+    batch_size: int = 64,
 ) -> Results:
-    """Run one retrieval mode for all queries; documents ranked by their best passage. ``hybrid-tuned`` runs the
-    ``fusion`` chosen by ``labelfree.tune_fusion`` (which may be BM25 or dense alone)."""
-    method, weights, rrf_k = mode.fusion, (cfg.lexical_weight, 1.0 - cfg.lexical_weight), cfg.rrf_k
-    if mode is Mode.HYBRID_TUNED:
-        from genq_search.labelfree import search_params
-
-        if fusion is None:
-            raise GenqError("mode 'hybrid-tuned' needs the fusion tuned on the synthetic dev set")
-        params = search_params(fusion)
-        mode = Mode(params["mode"]) if params["mode"] != "hybrid" else mode
-        method, weights, rrf_k = params["method"], params["weights"] or (0.5, 0.5), params["rrf_k"] or cfg.rrf_k
-    if mode is Mode.BM25:
+    """Rank the documents for every query (a document by its best passage) as ``retrieval`` says: BM25, dense or a
+    fusion of both over the top ``cfg.fusion_depth`` of each."""
+    if retrieval.method == "bm25":
         return backend.lexical_search(queries, cfg.k)
-    if mode is Mode.DENSE and backend.embeds_queries:
+    if retrieval.method == "dense" and backend.embeds_queries:
         return backend.neural_search(queries, cfg.k)
     if encoder is None:
-        raise GenqError(f"mode '{mode}' needs a bi-encoder")
+        raise GenqError(f"'{retrieval.name}' needs a bi-encoder")
     qids = list(queries)
     vectors = encoder.encode_queries([queries[q] for q in qids], batch_size=batch_size)
-    if mode is Mode.DENSE:
+    if retrieval.fusion is None:
         return backend.vector_search(qids, vectors, cfg.k)
-    assert method is not None
-    return backend.hybrid_search(
-        {q: queries[q] for q in qids}, vectors, cfg.k, method=method, weights=weights, rrf_k=rrf_k, depth=cfg.fusion_depth
-    )
+    return backend.hybrid_search({q: queries[q] for q in qids}, vectors, cfg.k, method=retrieval.fusion,
+                                 weights=retrieval.weights, rrf_k=retrieval.rrf_k or cfg.rrf_k, depth=cfg.fusion_depth)
 
 
 def load_encoders(models: dict[str, str], encoder_cfg: EncoderConfig) -> dict[str, Encoder]:

@@ -55,7 +55,7 @@ def create_app(bundle: Path, provider: str = "auto", batch_size: int = 64, passa
 
     from genq_search.data import joined_text
     from genq_search.engines.base import vector_json
-    from genq_search.export import OnnxEncoder
+    from genq_search.onnx_encoder import OnnxEncoder
     from genq_search.passages import split_documents
 
     encoder = OnnxEncoder(bundle, variant=variant, provider=provider)

@@ -30,7 +30,7 @@ def load_source_collection(corpus: CorpusConfig, backend: BackendConfig, split: 
                            with_qrels: bool = True) -> Collection:
     """The corpus (and labelled queries, when configured) of a BEIR folder or a live index."""
     split = split or corpus.split
-    if corpus.index is None:
+    if corpus.source_index is None:
         qrels = corpus.qrels if split == corpus.split else None
         return load_collection(corpus.path, split, corpus.id_field, corpus.title_field, corpus.text_fields,
                                with_qrels=with_qrels, queries_path=corpus.queries, qrels_path=qrels)
@@ -67,14 +67,14 @@ def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCor
     """Stream a live index into a corpus; documents with neither title nor text are counted and left out."""
     from genq_search.engines import connect
 
-    assert corpus.index is not None
+    assert corpus.source_index is not None
     cluster = connect(backend)
-    indices = cluster.resolve(corpus.index)
+    indices = cluster.resolve(corpus.source_index)
     upto, identity = cluster.checkpoints(indices)
     total = sum(v["docs"] for v in identity.values())
     docs: dict[str, dict[str, str]] = {}
     without_text, without_id, with_text = 0, 0, 0
-    progress = tqdm(total=total, desc=f"read {corpus.index}", unit="doc", disable=total < 5000)
+    progress = tqdm(total=total, desc=f"read {corpus.source_index}", unit="doc", disable=total < 5000)
     try:
         for _, _, hits in cluster.scan(indices, None, upto, corpus.read_batch, source_fields(corpus)):
             for hit in hits:
@@ -83,7 +83,7 @@ def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCor
                     without_id += 1
                 elif text or title:  # a title-only document is retrieved by its title, as in a BEIR file and the reindex
                     if doc_id in docs:
-                        raise GenqError(f"index '{corpus.index}': duplicate id '{doc_id}' in field '{corpus.id_field}'")
+                        raise GenqError(f"index '{corpus.source_index}': duplicate id '{doc_id}' in field '{corpus.id_field}'")
                     docs[doc_id] = {"title": title, "text": text}
                     with_text += bool(text)
                 else:
@@ -92,23 +92,23 @@ def read_index_corpus(corpus: CorpusConfig, backend: BackendConfig) -> SourceCor
     except GenqError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. the cluster went away mid-read
-        raise cluster.explain(exc, f"reading '{corpus.index}'") from None
+        raise cluster.explain(exc, f"reading '{corpus.source_index}'") from None
     finally:
         progress.close()
     read = len(docs) + without_text + without_id
     if read and not with_text:  # titles alone everywhere: the text fields are misnamed
-        raise GenqError(f"index '{corpus.index}': none of its {read} documents has text in "
+        raise GenqError(f"index '{corpus.source_index}': none of its {read} documents has text in "
                         f"{', '.join(corpus.text_fields)} (set corpus.text_fields to the fields that hold the text)")
     if not docs:
-        raise GenqError(f"index '{corpus.index}' has no documents")
+        raise GenqError(f"index '{corpus.source_index}' has no documents")
     if without_id:
-        raise GenqError(f"index '{corpus.index}': {without_id} documents have no '{corpus.id_field}' (corpus.id_field)")
+        raise GenqError(f"index '{corpus.source_index}': {without_id} documents have no '{corpus.id_field}' (corpus.id_field)")
     if without_text:
-        logger.warning("index '%s': %d of %d documents have neither a title nor text in %s and are left out", corpus.index,
+        logger.warning("index '%s': %d of %d documents have neither a title nor text in %s and are left out", corpus.source_index,
                        without_text, read, ", ".join(corpus.text_fields))
-    logger.info("read %d documents from '%s' (%s)", len(docs), corpus.index, ", ".join(indices))
+    logger.info("read %d documents from '%s' (%s)", len(docs), corpus.source_index, ", ".join(indices))
     return SourceCorpus(docs, index_fingerprint(identity, corpus))
 
 
 def describe_source(corpus: CorpusConfig) -> str:
-    return f"index '{corpus.index}'" if corpus.index else str(Path(corpus.path))
+    return f"index '{corpus.source_index}'" if corpus.source_index else str(Path(corpus.path))

@@ -168,26 +168,24 @@ def drop_incomplete_checkpoints(checkpoints: Path) -> None:
 
 def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: Path, label_dir: Path | None = None,
               eval_collection: Collection | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Train into ``stage_dir/model`` (checkpoints in ``stage_dir/checkpoints``; resumes from the last one)."""
-    if cfg.method not in METHODS:
-        raise GenqError(f"unknown training method '{cfg.method}' ({', '.join(METHODS)})")
-    if cfg.method == "gpl" and label_dir is None:
-        raise GenqError("gpl training needs the label stage's output (run `genq-search label` first)")
+    """Train into ``stage_dir/model`` (checkpoints in ``stage_dir/checkpoints``; resumes from the last one): GPL on the
+    label stage's tuples when ``label_dir`` is given, else GenQ on the generated pairs."""
+    method = "genq" if label_dir is None else "gpl"
     stage_dir = Path(stage_dir)
     inputs = [read_manifest(generate_dir).get("settings_hash")]
-    if cfg.method == "gpl":
+    if method == "gpl":
         inputs.append(read_manifest(label_dir).get("settings_hash"))  # type: ignore[arg-type]
-    scale_rule = "rms-calibrated" if cfg.method == "gpl" and cfg.score_scale is None else None
+    scale_rule = "rms-calibrated" if method == "gpl" and cfg.score_scale is None else None
     local_base = Path(cfg.base_model).expanduser()  # e.g. the TSDAE output: retrain when it is rewritten
     base_identity = model_fingerprint(str(local_base)) if local_base.exists() else None
-    settings = fingerprint([cfg.model_dump(mode="json", exclude={"device"}), inputs, bool(eval_collection), scale_rule, base_identity])
+    settings = fingerprint([{**cfg.hashed({"device"}), "method": method}, inputs, bool(eval_collection), scale_rule, base_identity])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("train: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
-    rows = training_pairs(generate_dir, corpus) if cfg.method == "genq" else training_tuples(generate_dir, label_dir, corpus)  # type: ignore[arg-type]
+    rows = training_pairs(generate_dir, corpus) if method == "genq" else training_tuples(generate_dir, label_dir, corpus)  # type: ignore[arg-type]
     batch_size = cfg.batch_size
     distinct_passages = len({r["positive"] for r in rows})
-    if cfg.method == "genq":
+    if method == "genq":
         if distinct_passages < 2:
             raise GenqError(f"only {distinct_passages} distinct passage(s) to train on: in-batch negatives need at least 2")
         if batch_size > distinct_passages:
@@ -201,7 +199,7 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
         shutil.rmtree(checkpoints)
     while True:
         resume = keep_checkpoints(checkpoints, fingerprint([settings, batch_size]))
-        model, trainer, scale = _trainer(cfg, rows, batch_size, device, checkpoints, eval_collection)
+        model, trainer, scale = _trainer(cfg, method, rows, batch_size, device, checkpoints, eval_collection)
         try:
             result = trainer.train(resume_from_checkpoint=True if resume else None)
             break
@@ -218,13 +216,13 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
     history = trainer.state.log_history
     losses_seen = [row["loss"] for row in history if "loss" in row]
     out = save_model(model, stage_dir, {
-        "method": METHODS[cfg.method], "base_model": cfg.base_model, "training_examples": len(rows),
+        "method": METHODS[method], "base_model": cfg.base_model, "training_examples": len(rows),
         "distinct_passages": distinct_passages, "generated_queries": str(generate_dir),
         "pseudo_labels": str(label_dir) if label_dir else None,
-        "hyper_parameters": {**cfg.model_dump(mode="json"), "batch_size": batch_size, "score_scale": scale},
+        "hyper_parameters": {**cfg.model_dump(mode="json"), "method": method, "batch_size": batch_size, "score_scale": scale},
         "similarity_fn_name": model.similarity_fn_name, "best_checkpoint": trainer.state.best_model_checkpoint,
     })
-    summary = {"model": str(out), "method": cfg.method, "pairs": len(rows), "batch_size": batch_size, "steps": result.global_step,
+    summary = {"model": str(out), "method": method, "pairs": len(rows), "batch_size": batch_size, "steps": result.global_step,
                "similarity_fn_name": model.similarity_fn_name, "warmup_steps": trainer.args.warmup_steps,
                "train_loss": result.training_loss, "losses": losses_seen, "resumed": resume, "device": device,
                "evaluations": [{k: v for k, v in row.items() if "ndcg" in k or k == "step"} for row in history if any("ndcg" in k for k in row)],
@@ -233,7 +231,7 @@ def run_train(cfg: TrainConfig, corpus: Corpus, generate_dir: Path, stage_dir: P
     return summary
 
 
-def _trainer(cfg: TrainConfig, rows: list[dict[str, Any]], batch_size: int, device: str, checkpoints: Path,
+def _trainer(cfg: TrainConfig, method: str, rows: list[dict[str, Any]], batch_size: int, device: str, checkpoints: Path,
              eval_collection: Collection | None) -> tuple[Any, Any, float | None]:
     """The base model, its loss (MNRL with no-duplicate batches, or MarginMSE), both on the model's own similarity,
     and a configured trainer."""
@@ -250,7 +248,7 @@ def _trainer(cfg: TrainConfig, rows: list[dict[str, Any]], batch_size: int, devi
     model = SentenceTransformer(resolve_model(cfg.base_model, "base bi-encoder"), device=device)
     set_max_seq_length(model, cfg.max_seq_length)
     similarity = model.similarity_fn_name  # sentence-transformers says "cosine" when the model names none
-    if cfg.method == "genq":  # the usual temperature 1/20 for cosine; unbounded scores (dot product) are not scaled
+    if method == "genq":  # the usual temperature 1/20 for cosine; unbounded scores (dot product) are not scaled
         mnrl = losses.MultipleNegativesRankingLoss(model, scale=20.0 if similarity == "cosine" else 1.0, similarity_fct=model.similarity)
         loss, sampler, scale = mnrl, BatchSamplers.NO_DUPLICATES, None
     else:

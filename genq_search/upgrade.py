@@ -17,6 +17,7 @@ from typing import Any
 from genq_search.config import CompareConfig, RunConfig
 from genq_search.data import fingerprint, read_manifest, stage_is_complete, write_json
 from genq_search.errors import GenqError
+from genq_search.fusion import Retrieval
 
 logger = logging.getLogger(__name__)
 
@@ -28,11 +29,11 @@ def plan_upgrade(cfg: RunConfig) -> dict[str, Any]:
     """What ``upgrade`` will do: source size, stages to run or reuse, target index and alias move."""
     from genq_search.engines import connect
 
-    if not cfg.corpus.index:
+    if not cfg.corpus.source_index:
         raise GenqError("upgrade works on a live index: --corpus opensearch://HOST:9200/NAME or elasticsearch://HOST:9200/NAME "
-                        "(or [corpus] index = NAME)")
+                        "(or [corpus] source_index = NAME)")
     cluster = connect(cfg.backend)
-    source = cfg.corpus.index
+    source = cfg.corpus.source_index
     indices = cluster.resolve(source)
     alias = cfg.reindex.alias or (source if cluster.is_alias(source) else None)
     if alias is None:
@@ -118,18 +119,13 @@ def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str,
     """Reindex (catch-up, verification, alias switch) and the query body for the application (with the search
     pipeline it names, where the cluster fuses on the server)."""
     from genq_search.engines import connect
-    from genq_search.export import OnnxEncoder
     from genq_search.index import ReindexResult, run_reindex
-    from genq_search.labelfree import search_params
+    from genq_search.onnx_encoder import OnnxEncoder
 
-    params = search_params(tuned) if tuned else {"mode": "hybrid", "method": None, "weights": None, "rrf_k": None}
-    if params["mode"] == "hybrid" and params["method"] is None:
-        from genq_search.fusion import FusionMethod
-
-        params = {**params, "method": FusionMethod.MINMAX, "weights": (0.5, 0.5)}
+    retrieval = Retrieval.from_dict(tuned) if tuned else Retrieval("minmax", 0.5)
     cluster = connect(cfg.backend)
-    if params["mode"] == "hybrid":
-        params = deployable_fusion(cluster, params, tuned, cfg.compare)
+    if retrieval.fusion is not None:
+        retrieval = deployable_fusion(cluster, retrieval, tuned, cfg.compare)
     start = time.perf_counter()
     encoder = OnnxEncoder(bundle, provider="cpu" if cfg.encoder.device == "cpu" else "auto")
     result = run_reindex(cfg.backend, cfg.corpus, cfg.reindex.model_copy(update={"alias": plan["alias"]}), plan["source"],
@@ -137,12 +133,12 @@ def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str,
     assert isinstance(result, ReindexResult)
     stages_s["reindex"] = time.perf_counter() - start
     state = result.state
-    body = query_body(cluster, cfg, state.alias, params)
+    body = query_body(cluster, cfg, state.alias, retrieval)
     pipeline_id = body["path"].partition("search_pipeline=")[2] or None
     return {
         "bundle": str(bundle), "index_after": state.target, "alias": state.alias,
         "alias_move": {"from": result.previous, "to": state.target, "switch_s": result.alias_switch_s},
-        "search_pipeline": pipeline_id, "search": {k: (v.value if hasattr(v, "value") else v) for k, v in params.items()},
+        "search_pipeline": pipeline_id, "search": {**retrieval.as_dict(), "setting": retrieval.name},
         "reindex": {"source_documents": state.documents, "copied": state.copied, "caught_up": state.caught_up,
                     "deleted_caught_up": state.deleted, "verified_ids": result.verified_ids, "without_text": state.without_text,
                     "changed_after_switch": result.changed_after_switch, "rejections_retried": state.rejections_retried,
@@ -152,38 +148,35 @@ def _deploy(cfg: RunConfig, plan: dict[str, Any], bundle: Path, tuned: dict[str,
     }
 
 
-def deployable_fusion(cluster: Any, params: dict[str, Any], tuned: dict[str, Any] | None,
-                      compare: CompareConfig) -> dict[str, Any]:
-    """``params`` when the cluster fuses its method on the server (or fuses nothing on the server: the application then
-    fuses ``params`` on the client); otherwise the best hybrid of the dev-set grid whose method it runs (z-score
+def deployable_fusion(cluster: Any, retrieval: Retrieval, tuned: dict[str, Any] | None, compare: CompareConfig) -> Retrieval:
+    """``retrieval`` when the cluster fuses its method on the server (or fuses nothing on the server: the application
+    then fuses on the client); otherwise the best hybrid of the dev-set grid whose method it runs (z-score
     normalisation, say, needs neural-search 3.0), with a warning naming it."""
-    from genq_search.labelfree import SINGLE, fusion_grid, search_params, setting_name
+    from genq_search.labelfree import fusion_grid
 
     runs = cluster.server_fusions()
-    if not runs or params["method"] in runs:
-        return params
+    if not runs or retrieval.fusion in runs:
+        return retrieval
     scores = (tuned or {}).get("grid") or {}
-    ranked = sorted((s for s in fusion_grid(compare) if s["method"] not in SINGLE and setting_name(s) in scores),
-                    key=lambda s: -scores[setting_name(s)])
-    for candidate in map(search_params, ranked):
-        if candidate["method"] in runs:
-            logger.warning("%s %s cannot run the %s fusion on the server: deploying %s (weights %s, rrf k %s) instead, the "
-                           "best fusion on the dev set that it runs", cluster.label, cluster.version, params["method"].value,
-                           candidate["method"].value, candidate["weights"], candidate["rrf_k"])
+    ranked = sorted((s for s in fusion_grid(compare) if s.fusion is not None and s.name in scores), key=lambda s: -scores[s.name])
+    for candidate in ranked:
+        if candidate.fusion in runs:
+            logger.warning("%s %s cannot run the %s fusion on the server: deploying %s instead, the best fusion on the dev "
+                           "set that it runs", cluster.label, cluster.version, retrieval.name, candidate.name)
             return candidate
     logger.warning("no server-side fusion of the dev-set grid runs on %s %s: the application fuses on the client",
                    cluster.label, cluster.version)
-    return params
+    return retrieval
 
 
-def query_body(cluster: Any, cfg: RunConfig, alias: str, params: dict[str, Any]) -> dict[str, Any]:
+def query_body(cluster: Any, cfg: RunConfig, alias: str, retrieval: Retrieval) -> dict[str, Any]:
     """A ready-to-paste search request for the application (the query vector comes from the bundle), with the tool's
     one lexical query over the configured fields."""
     from genq_search.engines.base import lexical_query
 
     fields = [*([cfg.corpus.title_field] if cfg.corpus.title_field else []), *cfg.corpus.text_fields]
     lexical = lexical_query("<user query>", fields, cfg.corpus.title_field, cfg.backend.title_boost)
-    return cluster.query_body(alias, lexical, params["mode"], params["method"], params["weights"], params["rrf_k"])
+    return cluster.query_body(alias, lexical, retrieval)
 
 
 def _write_report(out_dir: Path, report: dict[str, Any]) -> None:

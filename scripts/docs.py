@@ -495,7 +495,7 @@ def flag_map() -> tuple[dict[str, list[tuple[str, str]]], dict[str, list[str]], 
         raise _Captured(overrides or {})
 
     for command_name, command in sorted(group.commands.items()):  # click objects (typer may vendor click: duck-typed)
-        params = [p for p in command.params if getattr(p, "name", None)]
+        params = [p for p in command.params if getattr(p, "name", None) and not getattr(p, "hidden", False)]  # hidden: earlier names
         kwargs = {}
         for p in params:
             kwargs[p.name] = [_marker(p.name)] if getattr(p, "multiple", False) else _marker(p.name)

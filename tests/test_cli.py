@@ -66,3 +66,34 @@ def test_device_moves_every_model_stage_of_adapt_and_upgrade(tmp_path: Path, mon
         cfg = seen[command]
         assert {stage: getattr(cfg, stage).device for stage in DEVICE_STAGES} == dict.fromkeys(DEVICE_STAGES, "cpu")
         assert (cfg.generate.dev_queries, cfg.gate.margin) == (7, 0.02)  # the stages' other flags are kept
+
+
+def test_earlier_names_still_read_and_say_so(tmp_path: Path, monkeypatch, caplog) -> None:
+    """Renamed settings and flags (one name per idea) keep working with a line naming the new name; finished stages
+    keep their settings hashes."""
+    import typer
+
+    import genq_search.mine
+    from genq_search.config import GenerateConfig, MineConfig
+
+    config = tmp_path / "old.toml"
+    config.write_text('[corpus]\nindex = "docs"\n[generate]\nmodel = "some/generator"\n[mine]\ntop_k = 7\n[train]\nmethod = "gpl"\n')
+    cfg = RunConfig.load(config)
+    assert (cfg.corpus.source_index, cfg.generate.generator, cfg.mine.negatives) == ("docs", "some/generator", 7)
+    assert cfg.method == "gpl" and "method" not in cfg.train.model_fields  # one setting: the top-level method
+    for line in ("corpus.index is now corpus.source_index", "generate.model is now generate.generator",
+                 "mine.top_k is now mine.negatives", "train.method is now the top-level method"):
+        assert line in caplog.text
+    assert GenerateConfig(generator="g").hashed()["model"] == "g" and MineConfig().hashed()["top_k"] == 50
+
+    seen = {}
+
+    def fake(cfg, *_, **__):
+        seen["mine"] = cfg
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(genq_search.mine, "run_mine", fake)
+    result = runner.invoke(app, ["mine", "--corpus", str(SAMPLE), "--run-dir", str(tmp_path / "run"), "--top-k", "4"])
+    assert result.exit_code == 0, result.output
+    assert seen["mine"].negatives == 4 and "--top-k is now --negatives" in result.output  # the CLI logs to stderr
+    assert "--top-k" not in runner.invoke(app, ["mine", "--help"]).output

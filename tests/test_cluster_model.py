@@ -19,7 +19,8 @@ from test_opensearch import make_source
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
 from genq_search.encoders import row_cosines
 from genq_search.errors import GenqError
-from genq_search.export import OnnxEncoder, export_bundle, pool
+from genq_search.export import export_bundle, pool
+from genq_search.onnx_encoder import OnnxEncoder
 
 TEXTS = sample_texts(40)
 
@@ -268,11 +269,8 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
                                                endpoint: str, tmp_path: Path) -> None:
     from conftest import client_of as connect
 
-    from genq_search.engines.opensearch.mlcommons import (
-        hybrid_query,
-        neural_query,
-        register_bundle,
-    )
+    from genq_search.engines.opensearch import neural_query
+    from genq_search.engines.opensearch.mlcommons import register_bundle
     from genq_search.index import run_reindex
 
     client = connect(cfg)
@@ -293,7 +291,7 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
         vector = encoder.encode_queries([query])[0].tolist()
         client_side = {"nested": {"path": "passages", "score_mode": "max", "query": {"knn": {"passages.vector": {"vector": vector, "k": 100}}}}}
         ours = [h["_id"] for h in client.search(index=alias, body={"size": 10, "query": client_side})["hits"]["hits"]]
-        theirs = [h["_id"] for h in client.search(index=alias, body={"size": 10, "query": neural_query(model, query)})["hits"]["hits"]]
+        theirs = [h["_id"] for h in client.search(index=alias, body={"size": 10, "query": neural_query(model, query, 100)})["hits"]["hits"]]
         assert theirs == ours
         pipeline = "genq-hybrid-min_max-0.5-0.5"
         client.transport.perform_request("PUT", f"/_search/pipeline/{pipeline}", body={"phase_results_processors": [{"normalization-processor": {
@@ -302,7 +300,7 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
         hybrid_ours = client.search(index=alias, params={"search_pipeline": pipeline},
                                     body={"size": 10, "query": {"hybrid": {"queries": [lexical, client_side]}}})["hits"]["hits"]
         hybrid_theirs = client.search(index=alias, params={"search_pipeline": pipeline},
-                                      body={"size": 10, "query": hybrid_query(model, query, ["title", "text"])})["hits"]["hits"]
+                                      body={"size": 10, "query": {"hybrid": {"queries": [lexical, neural_query(model, query, 100)]}}})["hits"]["hits"]
         assert [h["_id"] for h in hybrid_theirs] == [h["_id"] for h in hybrid_ours]
     # compare's --model-id: dense and hybrid modes with the cluster embedding the queries rank as the client-side ones
     from genq_search.config import CompareConfig
@@ -357,8 +355,8 @@ def test_cli_errors_are_one_line(bundle: Path, tmp_path: Path) -> None:
 
     from genq_search.cli import app
 
-    result = CliRunner().invoke(app, ["register", "--bundle", str(bundle), "--index", "x"])
-    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("error: --index: needs --endpoint")
+    result = CliRunner().invoke(app, ["register", "--bundle", str(bundle), "--attach-to", "x"])
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1].startswith("error: --attach-to: needs --endpoint")
     result = CliRunner().invoke(app, ["serve", "--bundle", str(bundle), "--passage-tokens", "16", "--passage-stride", "16"])
     assert result.exit_code == 1 and "must be smaller than --passage-tokens" in result.output.strip().splitlines()[-1]
     result = CliRunner().invoke(app, ["serve", "--bundle", str(tmp_path / "none")])

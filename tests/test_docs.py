@@ -113,7 +113,9 @@ def test_configuration_page_names_the_flags_that_set_a_field() -> None:
     pytest.importorskip("typer")
     docs = load_docs_module()
     fields, _, envvars = docs.flag_map()
-    assert ("--generator", "generate") in fields["generate.model"]
+    assert ("--generator", "generate") in fields["generate.generator"]
+    assert ("--negatives", "mine") in fields["mine.negatives"] and not any(flag == "--top-k" for flag, _ in fields["mine.negatives"])
+    assert {command for flag, command in fields["method"] if flag == "--method"} == {"adapt", "train", "upgrade"}
     assert any(flag == "--train-batch-size" for flag, _ in fields["train.batch_size"])
     assert any(flag.startswith("--freeze-writes") and command == "upgrade" for flag, command in fields["reindex.freeze_writes"])
     assert any("OPENSEARCH_URL" in var for var in envvars.values())

@@ -50,7 +50,7 @@ def test_bad_urls_are_refused_before_anything_runs(url: str, message: str) -> No
 def test_url_scheme_names_the_engine() -> None:
     assert RunConfig.load(None, {"backend": {"url": "elasticsearchs://es.example:9243"}}).backend.engine is Engine.ELASTICSEARCH
     cfg = RunConfig.load(None, {"corpus": {"path": "elasticsearch://127.0.0.1:9210/docs"}})
-    assert (cfg.corpus.index, cfg.backend.url, cfg.backend.engine) == ("docs", "http://127.0.0.1:9210", Engine.EMBEDDED)
+    assert (cfg.corpus.source_index, cfg.backend.url, cfg.backend.engine) == ("docs", "http://127.0.0.1:9210", Engine.EMBEDDED)
     with pytest.raises(GenqError, match="the URL names elasticsearch but engine is opensearch"):
         RunConfig.load(None, {"backend": {"url": "elasticsearch://h:9200", "engine": "opensearch"}})
     old = RunConfig.load(None, {"backend": {"kind": "opensearch", "engine": "faiss"}}).backend  # names of earlier versions

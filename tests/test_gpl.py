@@ -30,7 +30,7 @@ def generated(tiny_t5: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 
 
 def mine_cfg(encoder: Path, **changes: object) -> MineConfig:
-    return MineConfig(**({"retrievers": [str(encoder)], "top_k": 5, "chunk_size": 8, "device": "cpu"} | changes))
+    return MineConfig(**({"retrievers": [str(encoder)], "negatives": 5, "chunk_size": 8, "device": "cpu"} | changes))
 
 
 def lexical(corpus: dict[str, dict[str, str]]):
@@ -89,8 +89,8 @@ def test_mining_asks_for_no_more_negatives_than_the_corpus_has(tiny_t5: Path, ti
                                                                caplog: pytest.LogCaptureFixture) -> None:
     corpus = small_corpus(4)
     run_generate(gen_cfg(tiny_t5), corpus, tmp_path / "generate")
-    summary = run_mine(mine_cfg(tiny_bi_encoder, top_k=50), corpus, tmp_path / "generate", tmp_path / "mine")
-    assert summary["top_k"] == 3 and "exceeds the 3 other documents" in caplog.text
+    summary = run_mine(mine_cfg(tiny_bi_encoder, negatives=50), corpus, tmp_path / "generate", tmp_path / "mine")
+    assert summary["negatives"] == 3 and "exceeds the 3 other documents" in caplog.text
     assert all(len(negative_pool(r)) == 3 for r in rows(tmp_path / "mine" / "hard-negatives.jsonl"))
 
 
@@ -288,7 +288,7 @@ def test_gpl_training_reduces_the_margin_mse_loss(generated, tiny_bi_encoder: Pa
     run_mine(mine_cfg(tiny_bi_encoder), corpus, gen_dir, tmp_path / "mine")
     run_label(LabelConfig(teacher=str(tiny_cross_encoder), tuples_per_query=4, max_length=64, device="cpu"),
               corpus, gen_dir, tmp_path / "mine", tmp_path / "label")
-    cfg = TrainConfig(method="gpl", base_model=str(tiny_bi_encoder), epochs=10, batch_size=16, learning_rate=5e-3,
+    cfg = TrainConfig(base_model=str(tiny_bi_encoder), epochs=10, batch_size=16, learning_rate=5e-3,
                       max_seq_length=48, device="cpu", checkpoint_steps=1000)
     summary = run_train(cfg, corpus, gen_dir, tmp_path / "train", label_dir=tmp_path / "label")
     losses = summary["losses"]
@@ -324,7 +324,7 @@ method = "{method}"
 [corpus]
 path = "{SAMPLE}"
 [generate]
-model = "{tiny_t5}"
+generator = "{tiny_t5}"
 queries_per_passage = "2"
 max_passages = 16
 batch_size = 8
@@ -336,7 +336,7 @@ batch_size = 16
 [mine]
 retrievers = ["{tiny_bi_encoder}"]
 bm25 = true
-top_k = 5
+negatives = 5
 [label]
 teacher = "{tiny_cross_encoder}"
 max_length = 64
@@ -374,7 +374,7 @@ run_dir = "{tmp_path / 'run'}"
 [corpus]
 path = "{SAMPLE}"
 [generate]
-model = "{tiny_t5}"
+generator = "{tiny_t5}"
 queries_per_passage = "1"
 max_passages = 12
 max_new_tokens = 8
@@ -385,7 +385,7 @@ batch_size = 4
 max_seq_length = 48
 """)
     runner = CliRunner()
-    steps = [["generate"], ["mine", "--retriever", str(tiny_bi_encoder), "--top-k", "3"],
+    steps = [["generate"], ["mine", "--retriever", str(tiny_bi_encoder), "--negatives", "3"],
              ["label", "--teacher", str(tiny_cross_encoder)], ["train", "--method", "gpl"]]
     for step in steps:
         result = runner.invoke(app, [*step, "--config", str(config), "--device", "cpu"])

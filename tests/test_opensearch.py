@@ -211,14 +211,14 @@ run_dir = "{tmp_path / 'run'}"
 [corpus]
 path = "{SAMPLE}"
 [generate]
-model = "{tiny_t5}"
+generator = "{tiny_t5}"
 queries_per_passage = "1"
 max_passages = 8
 max_new_tokens = 8
 min_query_words = 1
 [mine]
 retrievers = ["{tiny_bi_encoder}"]
-top_k = 4
+negatives = 4
 """)
     runner = CliRunner()
     assert runner.invoke(app, ["generate", "--config", str(config), "--device", "cpu"]).exit_code == 0

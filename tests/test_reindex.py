@@ -345,7 +345,7 @@ def test_stages_read_a_live_index_and_notice_when_it_changes(cfg: BackendConfig,
     client.indices.refresh(index=index)
     run = RunConfig.load(None, {"corpus": {"path": f"opensearch://{cfg.url.split('://')[1]}/{index}", "title_field": "meta.headline",
                                            "text_fields": "body", "read_batch": 7}})
-    assert run.corpus.index == index and run.backend.url == cfg.url
+    assert run.corpus.source_index == index and run.backend.url == cfg.url
     collection = load_run_collection(run, with_qrels=False)
     # a title-only document is kept (retrieved by its title, as the reindex encodes it); 'empty' is counted and left out
     assert collection.corpus == {d.id: {"title": d.title, "text": d.text} for d in sample} | {"title-only": {"title": "no text", "text": ""}}

@@ -193,7 +193,7 @@ def test_with_the_ca_every_path_works(secure_cfg: BackendConfig, secure_names: l
     assert client.count(index=alias)["count"] == documents
     # a stage reading a live index: opensearchs:// (elasticsearchs://) with the same connection flags
     config = tmp_path / "generate.toml"
-    config.write_text(f'run_dir = "{tmp_path / "run"}"\n[generate]\nmodel = "{tiny_t5}"\nqueries_per_passage = "1"\n'
+    config.write_text(f'run_dir = "{tmp_path / "run"}"\n[generate]\ngenerator = "{tiny_t5}"\nqueries_per_passage = "1"\n'
                       "max_new_tokens = 8\nmin_query_words = 1\ndev_queries = 0\n")
     host = urlsplit(secure_cfg.url).netloc
     result = cli("generate", "--config", config, "--corpus", f"{secure_cfg.engine.value}s://{host}/{source}", *connection, "--device", "cpu", env=env)

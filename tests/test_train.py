@@ -51,7 +51,7 @@ def test_warmup_is_a_step_count_the_scheduler_sees(tiny_bi_encoder: Path, tmp_pa
     texts = [f"{doc['title']} {doc['text']}" for doc in small_corpus(22).values()]
     rows = [{"anchor": text.split()[0], "positive": text} for text in texts]
     cfg = TrainConfig(base_model=str(tiny_bi_encoder), epochs=2, batch_size=4, warmup_ratio=0.25, max_seq_length=32, device="cpu")
-    _, trainer, _ = _trainer(cfg, rows, 4, "cpu", tmp_path / "checkpoints", None)
+    _, trainer, _ = _trainer(cfg, "genq", rows, 4, "cpu", tmp_path / "checkpoints", None)
     total = len(trainer.get_train_dataloader()) * cfg.epochs
     expected = math.ceil(0.25 * total)
     assert (total, expected) == (12, 3) and warmup_steps(len(rows), 4, 2, 0.25) == expected
@@ -103,21 +103,21 @@ def test_dot_product_models_train_evaluate_and_save_as_dot_product(generated, do
     assert SentenceTransformer(summary["model"], device="cpu").similarity_fn_name == "dot"
 
     rows = [{"anchor": "a query", "positive": "a passage"}, {"anchor": "another", "positive": "more text"}]
-    model, trainer, _ = _trainer(cfg, rows, 2, "cpu", tmp_path / "ck", evaluation)
+    model, trainer, _ = _trainer(cfg, "genq", rows, 2, "cpu", tmp_path / "ck", evaluation)
     assert trainer.loss.similarity_fct == model.similarity and trainer.loss.scale == 1.0  # MNRL on raw dot products
     assert trainer.args.metric_for_best_model == "eval_test_dot_ndcg@10"
     gpl_rows = [{"query": "a query", "positive": "a passage", "negative": "other text", "label": 2.0}] * 4
-    _, gpl_trainer, scale = _trainer(cfg.model_copy(update={"method": "gpl"}), gpl_rows, 2, "cpu", tmp_path / "ck2", None)
+    _, gpl_trainer, scale = _trainer(cfg, "gpl", gpl_rows, 2, "cpu", tmp_path / "ck2", None)
     assert gpl_trainer.loss.similarity_fct.__name__ == f"pairwise_dot_score_x{scale:g}"
 
 
 def test_cosine_models_train_on_cosine(tiny_bi_encoder: Path, tmp_path: Path) -> None:
     from genq_search.train import _trainer
 
-    cfg = TrainConfig(method="gpl", base_model=str(tiny_bi_encoder), max_seq_length=32, device="cpu", score_scale=5.0)
+    cfg = TrainConfig(base_model=str(tiny_bi_encoder), max_seq_length=32, device="cpu", score_scale=5.0)
     rows = [{"query": "a query", "positive": "a passage", "negative": "other text", "label": 2.0}] * 4
-    model, trainer, _ = _trainer(cfg, rows, 2, "cpu", tmp_path / "ck", None)
+    model, trainer, _ = _trainer(cfg, "gpl", rows, 2, "cpu", tmp_path / "ck", None)
     assert model.similarity_fn_name == "cosine" and trainer.loss.similarity_fct.__name__ == "pairwise_cos_sim_x5"
     genq = TrainConfig(base_model=str(tiny_bi_encoder), max_seq_length=32, device="cpu")
-    model, trainer, _ = _trainer(genq, [{"anchor": "q", "positive": "p"}, {"anchor": "r", "positive": "s"}], 2, "cpu", tmp_path / "ck2", None)
+    model, trainer, _ = _trainer(genq, "genq", [{"anchor": "q", "positive": "p"}, {"anchor": "r", "positive": "s"}], 2, "cpu", tmp_path / "ck2", None)
     assert trainer.loss.similarity_fct == model.similarity and trainer.loss.scale == 20.0

@@ -39,7 +39,7 @@ run_dir = "{run_dir}"
 path = "opensearch://{url.split('://')[1]}/{index}"
 read_batch = 100
 [generate]
-model = "{tiny_t5}"
+generator = "{tiny_t5}"
 queries_per_passage = "2"
 max_passages = 24
 batch_size = 8
@@ -112,7 +112,7 @@ def test_upgrade_end_to_end_switches_the_alias(cfg: BackendConfig, names: list[s
     assert "query" in report["query_body"]["body"] and (tmp_path / "run" / "upgrade" / "report.md").is_file()
     assert (tmp_path / "run" / "bundle" / "manifest.json").is_file()
     # the deployed query body works as printed, with a query vector from the bundle
-    from genq_search.export import OnnxEncoder
+    from genq_search.onnx_encoder import OnnxEncoder
 
     body = json.loads(json.dumps(report["query_body"]["body"]).replace('"<user query>"', '"regular expression"'))
     vector = OnnxEncoder(tmp_path / "run" / "bundle", provider="cpu").encode_queries(["regular expression"])[0].tolist()
@@ -161,14 +161,13 @@ def test_a_tuned_fusion_the_cluster_cannot_run_deploys_the_best_one_it_can(opens
     from genq_search.config import CompareConfig
     from genq_search.engines.opensearch import connect
     from genq_search.errors import GenqError
-    from genq_search.fusion import FusionMethod
-    from genq_search.labelfree import search_params
+    from genq_search.fusion import FusionMethod, Retrieval
     from genq_search.upgrade import deployable_fusion
 
     cluster = connect(opensearch_cfg)
     tuned = {"method": "zscore", "lexical_weight": 0.4, "rrf_k": None,
              "grid": {"zscore-0.4": 0.50, "zscore-0.3": 0.49, "rrf-30": 0.45, "minmax-0.4": 0.44, "dense": 0.40}}
-    params = search_params(tuned)
+    params = Retrieval.from_dict(tuned)
     try:
         cluster.ensure_hybrid_pipeline(FusionMethod.ZSCORE, (0.4, 0.6), 60)
         runs_zscore = True
@@ -179,8 +178,8 @@ def test_a_tuned_fusion_the_cluster_cannot_run_deploys_the_best_one_it_can(opens
     if runs_zscore:
         assert deployed == params
     else:
-        assert deployed == {"mode": "hybrid", "method": FusionMethod.RRF, "weights": None, "rrf_k": 30}
-    minmax = search_params({"method": "minmax", "lexical_weight": 0.5, "rrf_k": None})
+        assert deployed == Retrieval("rrf", rrf_k=30)
+    minmax = Retrieval("minmax", 0.5)
     assert deployable_fusion(cluster, minmax, None, CompareConfig()) == minmax
-    body = cluster.query_body("live", {"match": {"text": "q"}}, "hybrid", FusionMethod.MINMAX, (0.5, 0.5), None)
+    body = cluster.query_body("live", {"match": {"text": "q"}}, minmax)
     assert body["path"] == "/live/_search?search_pipeline=genq-hybrid-min_max-0.5-0.5"

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from genq_search.config import BackendConfig
 from genq_search.data import Corpus, Queries, Results
 from genq_search.errors import GenqError
-from genq_search.fusion import FusionMethod, fuse
+from genq_search.fusion import FusionMethod, Retrieval, fuse
 from genq_search.passages import Passage
 
 logger = logging.getLogger(__name__)
@@ -435,26 +435,26 @@ class Cluster(ABC):
         return self.call(action, self._search, index, body, **params)
 
     # -- what an application pastes ----------------------------------------------------------------------------
-    def query_body(self, alias: str, lexical: dict[str, Any], mode: str, method: FusionMethod | None,
-                   weights: tuple[float, float] | None, rrf_k: int | None) -> dict[str, Any]:
-        """A ready-to-paste search request (the query vector comes from the bundle)."""
+    def query_body(self, alias: str, lexical: dict[str, Any], retrieval: Retrieval) -> dict[str, Any]:
+        """A ready-to-paste search request running ``retrieval`` (the query vector comes from the bundle)."""
         vector = "<embedding of the user query by the bundle>"
         path = f"/{alias}/_search"
-        if mode == "bm25":
+        method = retrieval.fusion
+        if retrieval.method == "bm25":
             return {"method": "POST", "path": path, "body": {"size": 10, "query": lexical}}
-        if mode == "dense":
+        if method is None:
             return {"method": "POST", "path": path, "body": {"size": 10, **self.knn_body([vector], 100)}}
-        assert method is not None
+        rrf_k = retrieval.rrf_k or 60
         if method in self.server_fusions():
-            body, params = self.hybrid_body(lexical, [vector], method, weights or (0.5, 0.5), rrf_k or 60, 100)
+            body, params = self.hybrid_body(lexical, [vector], method, retrieval.weights, rrf_k, 100)
             query = "&".join(f"{k}={v}" for k, v in params.items())
             return {"method": "POST", "path": path + (f"?{query}" if query else ""), "body": {"size": 10, **body},
                     "fusion": f"server-side {method.value}"}
         return {"method": "POST", "path": path, "body": {"size": 100, **self.knn_body([vector], 100)},
                 "also": {"size": 100, "query": lexical},
-                "fusion": (f"client-side {method.value} (lexical weight {weights[0] if weights else 0.5:g}, rrf k "
-                           f"{rrf_k or 60}): {self.label} {self.version} here cannot run it on the server; run both "
-                           "requests and fuse their scores as genq_search.fusion.fuse does")}
+                "fusion": (f"client-side {method.value} (lexical weight {retrieval.weights[0]:g}, rrf k {rrf_k}): "
+                           f"{self.label} {self.version} here cannot run it on the server; run both requests and fuse "
+                           "their scores as genq_search.fusion.fuse does")}
 
 
 class ClusterBackend(SearchBackend):

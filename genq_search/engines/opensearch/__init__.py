@@ -104,6 +104,11 @@ def passage_query(clause: str, params: dict[str, Any]) -> dict[str, Any]:
     return {"nested": {"path": VECTOR_FIELD, "score_mode": "max", "query": {clause: {f"{VECTOR_FIELD}.vector": params}}}}
 
 
+def neural_query(model_id: str, text: str, k: int) -> dict[str, Any]:
+    """Server-side k-NN over the passage vectors; the cluster embeds ``text`` with the ML Commons model ``model_id``."""
+    return passage_query("neural", {"query_text": text, "model_id": model_id, "k": k})
+
+
 class OpenSearchCluster(Cluster):
     engine, label = "opensearch", "OpenSearch"
 
@@ -147,8 +152,6 @@ class OpenSearchCluster(Cluster):
         return self.cfg.model_id is not None
 
     def neural_body(self, text: str, k: int) -> dict[str, Any]:
-        from genq_search.engines.opensearch.mlcommons import neural_query
-
         assert self.cfg.model_id
         return {"query": neural_query(self.cfg.model_id, text, k)}
 

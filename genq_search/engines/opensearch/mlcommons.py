@@ -1,5 +1,5 @@
-"""The adapted model inside the cluster: ML Commons registration, remote models over ``genq-search serve``, the
-ingest pipeline that embeds new documents, and ``neural`` / ``hybrid`` query bodies.
+"""The adapted model inside the cluster: ML Commons registration, remote models over ``genq-search serve`` and the
+ingest pipeline that embeds new documents (the ``neural`` query that uses them is the dialect's, in ``engines.opensearch``).
 
 Two ways in:
 - **local**: the bundle's ML Commons zip is registered (model group, ``_register_meta``, chunked upload) and deployed
@@ -28,7 +28,7 @@ import numpy as np
 from genq_search.config import BackendConfig, CorpusConfig
 from genq_search.encoders import row_cosines
 from genq_search.engines.base import VECTOR_FIELD
-from genq_search.engines.opensearch import explain_error, passage_query
+from genq_search.engines.opensearch import explain_error
 from genq_search.errors import GenqError
 
 logger = logging.getLogger(__name__)
@@ -331,17 +331,6 @@ def attach(cluster: MLCommons, target: dict[str, Any], url: str, encoder: Any, g
             "parity_mean_cosine": cosine, "passages_parity_mean_cosine": passage_cosine}
 
 
-def neural_query(model_id: str, text: str, k: int = 100) -> dict[str, Any]:
-    """Server-side k-NN over the nested passage vectors; the cluster embeds ``text`` with ``model_id``."""
-    return passage_query("neural", {"query_text": text, "model_id": model_id, "k": k})
-
-
-def hybrid_query(model_id: str, text: str, fields: list[str], k: int = 100) -> dict[str, Any]:
-    """BM25 + ``neural`` as one ``hybrid`` query (run it with the tool's search pipeline)."""
-    lexical = {"multi_match": {"query": text, "fields": fields, "type": "best_fields", "tie_breaker": 0.5}}
-    return {"hybrid": {"queries": [lexical, neural_query(model_id, text, k)]}}
-
-
 def endpoint_health(endpoint: str, bundle: Path) -> dict[str, Any]:
     """``GET /health`` of a ``genq-search serve`` endpoint (one clear line when it does not answer)."""
     import urllib.request
@@ -353,13 +342,13 @@ def endpoint_health(endpoint: str, bundle: Path) -> dict[str, Any]:
         raise GenqError(f"the endpoint {endpoint} does not answer /health ({exc}); start it: genq-search serve --bundle {bundle}") from None
 
 
-def register_bundle(cfg: BackendConfig, bundle: Path, endpoint: str | None, index: str | None, group: str = "genq-search",
+def register_bundle(cfg: BackendConfig, bundle: Path, endpoint: str | None, attach_to: str | None, group: str = "genq-search",
                     deploy: bool = True, configure: bool = False) -> dict[str, Any]:
     """``genq-search register``: the local model zip (no endpoint), or remote models over the endpoint (and, with
-    ``index``, the ingest pipeline attached to it). Everything that can be checked is checked before the cluster is
+    ``attach_to``, the ingest pipeline attached to that index or alias). Everything that can be checked is checked before the cluster is
     changed; each model's embeddings are compared with the bundle's before it is attached or reported."""
     from genq_search.engines import connect
-    from genq_search.export import OnnxEncoder
+    from genq_search.onnx_encoder import OnnxEncoder
 
     health = endpoint_health(endpoint, bundle) if endpoint else None
     encoder = OnnxEncoder(bundle, variant=health["variant"] if health else None, provider="cpu")  # the endpoint's variant
@@ -368,7 +357,7 @@ def register_bundle(cfg: BackendConfig, bundle: Path, endpoint: str | None, inde
         raise GenqError(f"register puts the model into OpenSearch's ML Commons; {engine.label} {engine.version} at "
                         f"{cfg.url} has no such plugin (an Elasticsearch inference endpoint is not supported)")
     cluster = MLCommons(engine)
-    target = check_index(cluster, index, health) if index and health else None
+    target = check_index(cluster, attach_to, health) if attach_to and health else None
     if endpoint is None:
         local_archive(bundle, encoder.manifest)
     changed = ensure_settings(cluster, endpoint, configure)
