@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/bench-labelfree"))
     parser.add_argument("--data", type=Path, default=SCIFACT)
     parser.add_argument("--train-documents", type=int, default=200, help="documents the generator writes training queries for")
-    parser.add_argument("--dev-queries", type=int, default=1000, help="synthetic dev set size (the product's default)")
+    parser.add_argument("--dev-queries", type=int, default=1000, help="synthetic dev set size (the recorded runs used 1000; the product's default is 500)")
     parser.add_argument("--tuples-per-query", type=int, default=2, help="GPL tuples per query (each a fresh negative)")
     parser.add_argument("--teachers", default="bm25,bi,lm", help="GPL teachers (comma-separated; with two or more the ensemble too)")
     parser.add_argument("--dtype", default="bfloat16", help="encoder dtype for the comparison (bfloat16: ~1.7x faster here)")
@@ -261,7 +261,7 @@ def main() -> None:
         "notes": (f"SciFact, 5,183 documents, 300 test queries (reported; never used to choose). Generator Gemma-3 270M "
                   f"(GGUF, llama.cpp), 3 queries for {args.train_documents} random documents, round-trip filter top 10 under "
                   f"all-MiniLM-L6-v2; synthetic dev set of up to {args.dev_queries} queries from documents kept out of training "
-                  f"(lexical-gap filter: at most 40% of a query's content words in its source). {gpl_notes(args)}All models "
+                  f"(lexical-gap filter: at most {cfg.generate.dev_max_overlap:.0%} of a query's content words in its source). {gpl_notes(args)}All models "
                   "all-MiniLM-L6-v2, 1 epoch, batch 32, lr 2e-5, 10% warm-up. Hybrid tuned on the dev set over min-max and "
                   f"z-score at lexical weight 0.0-1.0 by 0.1 and RRF k 10/30/60/100. Corpus encoded in {args.dtype}, split into "
                   "256-token passages (stride 32), a document scored by its best passage. CPU only (2 cores). stages_s: "

@@ -306,15 +306,16 @@ def test_remote_model_neural_hybrid_and_ingest(cfg: BackendConfig, names: list[s
     from genq_search.config import CompareConfig
     from genq_search.engines.base import ClusterBackend
     from genq_search.engines.opensearch import connect as connect_cluster
-    from genq_search.search import Mode, search
+    from genq_search.fusion import Retrieval
+    from genq_search.search import search
 
     queries = {"q1": "topic3 document", "q2": "naïve café", "q3": "long", "q4": "Title 12"}
     server = ClusterBackend(connect_cluster(cfg.model_copy(update={"model_id": model})), alias)
     client_side = ClusterBackend(connect_cluster(cfg.model_copy(update={"server_side_hybrid": True})), alias)
     assert server.embeds_queries and not client_side.embeds_queries
-    for mode in (Mode.DENSE, Mode.HYBRID_MINMAX):
-        ours = search(client_side, mode, queries, encoder, CompareConfig(k=10))
-        theirs = search(server, mode, queries, encoder, CompareConfig(k=10))
+    for retrieval in (Retrieval("dense"), Retrieval("minmax", 0.5)):
+        ours = search(client_side, retrieval, queries, encoder, CompareConfig(k=10))
+        theirs = search(server, retrieval, queries, encoder, CompareConfig(k=10))
         assert {q: list(r) for q, r in theirs.items()} == {q: list(r) for q, r in ours.items()}
     # a document written through the alias after the upgrade gets the reindex's passage vectors from the cluster
     client.index(index=alias, id="new-0007", body=docs["id-0007"], refresh=True)

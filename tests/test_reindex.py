@@ -356,7 +356,7 @@ def test_stages_read_a_live_index_and_notice_when_it_changes(cfg: BackendConfig,
     wrong = run.model_copy(update={"corpus": run.corpus.model_copy(update={"text_fields": ["nope"]})})
     with pytest.raises(GenqError, match="none of its 52 documents has text in nope"):
         load_run_collection(wrong, with_qrels=False)
-    missing = run.model_copy(update={"corpus": run.corpus.model_copy(update={"index": "genq-test-no-such-index"})})
+    missing = run.model_copy(update={"corpus": run.corpus.model_copy(update={"source_index": "genq-test-no-such-index"})})
     with pytest.raises(GenqError, match="index or alias 'genq-test-no-such-index' does not exist"):
         load_run_collection(missing, with_qrels=False)
 
