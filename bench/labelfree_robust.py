@@ -50,7 +50,6 @@ from genq_search.fusion import Retrieval
 from genq_search.generate import (
     CleanStats,
     clean_queries,
-    dev_filter,
     lexical_overlap,
     run_generate,
 )
@@ -73,9 +72,8 @@ def dev_candidates(gen_dir: Path, corpus: dict[str, Any], cfg: Any) -> list[dict
         row = json.loads(line)
         text = document_text(corpus[row["doc_id"]])
         for i, query in enumerate(clean_queries(row["candidates"], cfg, stats)):
-            _, overlap = dev_filter(query, text, cfg.dev_max_overlap)
             rows.append({"qid": f"dev-{row['doc_id']}-{i}", "query": query, "doc_id": row["doc_id"], "doc_index": doc_index,
-                         "overlap": overlap})
+                         "overlap": lexical_overlap(query, text)})
     return rows
 
 

@@ -183,7 +183,8 @@ def choose_fusion(scores: dict[str, dict[str, float]], grid: list[Retrieval], al
         tied = [n for n in hybrids if means[n] > means[single] and paired_p_value(scores[single], scores[n]) < alpha
                 and (n == best or paired_p_value(scores[n], scores[best]) >= alpha)]
         chosen, other, decided = min(tied, key=lambda n: (by_name[n].lexical_share, -means[n])), single, True
-        p = paired_p_value(scores[single], scores[chosen])
+        if chosen != best:  # the test of the lighter hybrid; the best one's is p already
+            p = paired_p_value(scores[single], scores[chosen])
         reason = f"{chosen} beats {single} alone by {100 * (means[chosen] - means[single]):+.1f} nDCG@10 on the dev set (p={p:.3g})"
         if chosen != best:
             reason += (f"; of the hybrids the dev set cannot tell from the best, {best} ({100 * delta:+.1f}), the one with "
