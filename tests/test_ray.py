@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 from conftest import client_of, new_name
 from test_opensearch import make_source
-from test_reindex import reindex, target_docs
+from test_reindex import SourceWriter, reindex, target_docs
 
 from genq_search.config import BackendConfig
 from genq_search.errors import GenqError
@@ -235,31 +234,12 @@ def test_writes_during_a_ray_copy_are_caught_up(cfg: BackendConfig, names: list[
 
     source, alias = new_name(names, "src"), new_name(names, "live")
     make_source(cfg, source, 200)
-    client = client_of(cfg)
-    writes = {"added": 0, "updated": 0, "deleted": 0}
-    started, copied_all = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        rng = random.Random(5)
-        started.wait(120)
-        n = 0
-        while not copied_all.is_set() and n < 200:
-            kind = ("added", "updated", "deleted")[n % 3]
-            if kind == "added":
-                client.index(index=source, id=f"new-{n}", body={"text": f"written during the reindex {n}", "year": 1999})
-            elif kind == "updated":
-                client.update(index=source, id=f"id-{rng.randrange(200):04d}", body={"doc": {"text": f"updated text {n}"}}, ignore=[404])
-            else:
-                client.delete(index=source, id=f"id-{rng.randrange(200):04d}", ignore=[404])
-            writes[kind] += 1
-            n += 1
-            time.sleep(0.005)
-        client.indices.refresh(index=source)
+    writer = SourceWriter(client_of(cfg), source, 200, limit=200, wait_s=120, pause_s=0.005)
 
     real_record, real_copy = distributed.record, distributed.copy_on_ray
 
     def record_slowly(state: Any, unit: Any, result: dict[str, Any]) -> None:
-        started.set()
+        writer.started.set()
         real_record(state, unit, result)
         time.sleep(0.1)  # let the writer interleave with the units
 
@@ -267,25 +247,13 @@ def test_writes_during_a_ray_copy_are_caught_up(cfg: BackendConfig, names: list[
         try:
             return real_copy(*args, **kwargs)
         finally:
-            copied_all.set()  # the writer stops once the units are through; the catch-up takes it from there
+            writer.copied_all.set()  # the writer stops once the units are through; the catch-up takes it from there
 
     monkeypatch.setattr(distributed, "record", record_slowly)
     monkeypatch.setattr(distributed, "copy_on_ray", copy_then_stop_writing)
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with writer:
         result = reindex(cfg, source, alias, encoder, tmp_path, read_batch=8, ray=ray_cluster, ray_unit_docs=10)
-    finally:
-        copied_all.set()
-        thread.join()
-    source_docs, copied = target_docs(client, source), target_docs(client, alias)
-    assert writes["added"] and writes["updated"] and writes["deleted"]
-    assert result.changed_after_switch == 0 and set(copied) == set(source_docs)
-    for doc_id, doc in source_docs.items():
-        got = dict(copied[doc_id])
-        got.pop("passages")
-        assert got == doc, doc_id
-    assert result.state.caught_up > 0 and result.state.deleted > 0
+    writer.assert_caught_up(alias, result)
 
 
 @pytest.mark.integration

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import pytest
@@ -34,6 +34,55 @@ def target_docs(client: Any, index: str) -> dict[str, dict[str, Any]]:
     client.indices.refresh(index=index)
     hits = client.search(index=index, body={"size": 10_000, "query": {"match_all": {}}})["hits"]["hits"]
     return {h["_id"]: h["_source"] for h in hits}
+
+
+class SourceWriter:
+    """A thread that adds, updates and deletes documents of a live source (ids ``id-0000`` .. of ``documents``) while
+    a reindex copies it: it starts once ``started`` is set (or after ``wait_s``) and stops after ``limit`` writes or
+    once ``copied_all`` is set, then refreshes the source. Use it as a context manager around the reindex."""
+
+    def __init__(self, client: Any, source: str, documents: int, limit: int, wait_s: float, pause_s: float = 0.0):
+        self.client, self.source, self.documents, self.limit, self.wait_s, self.pause_s = client, source, documents, limit, wait_s, pause_s
+        self.writes = {"added": 0, "updated": 0, "deleted": 0}
+        self.started, self.copied_all = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self._write)
+
+    def _write(self) -> None:
+        rng = random.Random(5)
+        self.started.wait(self.wait_s)
+        n = 0
+        while not self.copied_all.is_set() and n < self.limit:
+            kind = ("added", "updated", "deleted")[n % 3]
+            if kind == "added":
+                self.client.index(index=self.source, id=f"new-{n}", body={"text": f"written during the reindex {n}", "year": 1999})
+            elif kind == "updated":
+                self.client.update(index=self.source, id=f"id-{rng.randrange(self.documents):04d}",
+                                   body={"doc": {"text": f"updated text {n}"}}, ignore=[404])
+            else:
+                self.client.delete(index=self.source, id=f"id-{rng.randrange(self.documents):04d}", ignore=[404])
+            self.writes[kind] += 1
+            n += 1
+            time.sleep(self.pause_s)
+        self.client.indices.refresh(index=self.source)
+
+    def __enter__(self) -> Self:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.copied_all.set()
+        self.thread.join()
+
+    def assert_caught_up(self, alias: str, result: Any) -> None:
+        """Every kind of write happened, and the target under ``alias`` equals the source, passages aside."""
+        source_docs, copied = target_docs(self.client, self.source), target_docs(self.client, alias)
+        assert self.writes["added"] and self.writes["updated"] and self.writes["deleted"]
+        assert result.changed_after_switch == 0 and set(copied) == set(source_docs)
+        for doc_id, doc in source_docs.items():
+            got = dict(copied[doc_id])
+            got.pop("passages")
+            assert got == doc, doc_id
+        assert result.state.caught_up > 0 and result.state.deleted > 0
 
 
 @pytest.fixture(scope="module")
@@ -196,55 +245,25 @@ def test_writes_during_the_reindex_are_caught_up(cfg: BackendConfig, names: list
 
     source, alias = new_name(names, "src"), new_name(names, "live")
     make_source(cfg, source, 400)
-    client = connect(cfg)
-    writes = {"added": 0, "updated": 0, "deleted": 0}
-    started, copied_all = threading.Event(), threading.Event()
-
-    def writer() -> None:
-        rng = random.Random(5)
-        started.wait(30)
-        n = 0
-        while not copied_all.is_set() and n < 300:
-            kind = ("added", "updated", "deleted")[n % 3]
-            if kind == "added":
-                client.index(index=source, id=f"new-{n}", body={"text": f"written during the reindex {n}", "year": 1999})
-            elif kind == "updated":
-                client.update(index=source, id=f"id-{rng.randrange(400):04d}", body={"doc": {"text": f"updated text {n}"}}, ignore=[404])
-            else:
-                client.delete(index=source, id=f"id-{rng.randrange(400):04d}", ignore=[404])
-            writes[kind] += 1
-            n += 1
-        client.indices.refresh(index=source)
+    writer = SourceWriter(connect(cfg), source, 400, limit=300, wait_s=30)
 
     real_run = reindex_module.Copier.run
 
     def run_and_signal(self: Any, batches: Any, progress: Any, counter: str) -> int:
         def signalling() -> Any:
             for item in batches:
-                started.set()
+                writer.started.set()
                 yield item
                 time.sleep(0.02)  # let the writer interleave with the copy
         written = real_run(self, signalling(), progress, counter)
         if counter == "copied":
-            copied_all.set()  # the writer stops once the first pass is through; catch-up takes it from there
+            writer.copied_all.set()  # the writer stops once the first pass is through; catch-up takes it from there
         return written
 
     monkeypatch.setattr(reindex_module.Copier, "run", run_and_signal)
-    thread = threading.Thread(target=writer)
-    thread.start()
-    try:
+    with writer:
         result = reindex(cfg, source, alias, encoder, tmp_path, read_batch=16)
-    finally:
-        copied_all.set()
-        thread.join()
-    source_docs, copied = target_docs(client, source), target_docs(client, alias)
-    assert writes["added"] and writes["updated"] and writes["deleted"]
-    assert result.changed_after_switch == 0 and set(copied) == set(source_docs)
-    for doc_id, doc in source_docs.items():
-        got = dict(copied[doc_id])
-        got.pop("passages")
-        assert got == doc, doc_id
-    assert result.state.caught_up > 0 and result.state.deleted > 0
+    writer.assert_caught_up(alias, result)
 
 
 def test_freeze_writes_block_is_released_after_an_error(cfg: BackendConfig, names: list[str], encoder: Any, tmp_path: Path,
