@@ -45,7 +45,7 @@ def child(variant: str, ids_file: Path, out: Path, batch_size: int) -> None:
     corpus = load_collection(SCIFACT, with_qrels=False).corpus
     ids = json.loads(ids_file.read_text())
     cfg = GenerateConfig(**SETTINGS, batch_size=batch_size, runtime="llama.cpp" if variant == "llama.cpp" else "transformers")
-    path = resolve_model(cfg.model)
+    path = resolve_model(cfg.generator)
     generator = LlamaCppGenerator(path, cfg) if variant == "llama.cpp" else CausalGenerator(path, cfg)
     if variant == "transformers-prompt-copies":
         def copies(documents: list[str], per_document: int, seed: int) -> list[list[str]]:

@@ -72,7 +72,7 @@ def main() -> None:
         distributed.record = timed
         try:
             options = {k: v for k, v in ray.items() if k != "kills"}
-            result = run_reindex(cfg, CorpusConfig(index=SOURCE), ReindexConfig(alias=f"reindex-ray-bench-{name}", **options),
+            result = run_reindex(cfg, CorpusConfig(source_index=SOURCE), ReindexConfig(alias=f"reindex-ray-bench-{name}", **options),
                                  SOURCE, encoder, Path(f"runs/bench-reindex-ray/{name}-{time.time_ns()}"))
         finally:
             distributed.record = real

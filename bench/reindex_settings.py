@@ -49,7 +49,7 @@ def main() -> None:
     base = BackendConfig(engine="opensearch", url=args.url)
     client = connect(base).client
     load_live_index(client, SOURCE, collection.corpus, 0.9, 0.4)
-    corpus = CorpusConfig(index=SOURCE)
+    corpus = CorpusConfig(source_index=SOURCE)
     encoder = OnnxEncoder(args.bundle, provider="cpu")
     before, _ = encoder_alone(encoder, collection.corpus, corpus.read_batch, corpus.passage_stride)
     qids = list(collection.queries)

@@ -80,6 +80,10 @@ PasswordOpt = Annotated[str | None, typer.Option("--password", envvar=["GENQ_SEA
 KnnLibraryOpt = Annotated[str | None, typer.Option(help="OpenSearch k-NN library: lucene | faiss | nmslib.")]
 CaOpt = Annotated[Path | None, typer.Option("--ca-certs", help="CA bundle for TLS.")]
 VerifyOpt = Annotated[bool | None, typer.Option("--verify-certs/--no-verify-certs")]
+RayOpt = Annotated[str | None, typer.Option(
+    "--ray", metavar="ADDRESS", help="Run on a Ray cluster (query generation, the reindex copy): auto (join the running one), "
+                                     "local (start one here), HOST:PORT or ray://HOST:10001; needs genq-search[ray].")]
+RayWorkersOpt = Annotated[int | None, typer.Option(help="Actors on the Ray cluster, each with its own model (default: one per GPU, else per CPU).")]
 OverwriteOpt = Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing index / artifacts.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
 BatchOpt = Annotated[int | None, typer.Option(help="Encoding batch size.")]
@@ -241,14 +245,15 @@ def generate(
     config: ConfigOpt = None, run_dir: RunDirOpt = None, corpus: CorpusOpt = None, generator: GenOpt = None,
     queries_per_passage: QppOpt = None, max_passages: MaxPassagesOpt = None, dev_queries: DevQueriesOpt = None,
     device: DeviceOpt = None, overwrite: OverwriteOpt = None, url: UrlOpt = None, username: UserOpt = None,
-    password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None,
+    password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None, ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
 ) -> None:
     """Generate synthetic queries for the corpus (resumable; output in <run-dir>/generate)."""
     from genq_search.generate import run_generate
     from genq_search.pipeline import generation_windows, load_run_collection
 
     overrides = _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, None, None, None, None, device)
-    overrides["generate"]["dev_queries"] = dev_queries
+    overrides["generate"].update({"dev_queries": dev_queries, "ray": ray, "ray_workers": ray_workers})
     overrides["backend"] = backend_overrides(None, url, None, username, password, ca_certs, verify_certs)
     cfg = RunConfig.load(config, overrides)
     documents = load_run_collection(cfg, with_qrels=False).corpus
@@ -377,7 +382,7 @@ def adapt(
     epochs: EpochsOpt = None, train_batch_size: TrainBatchOpt = None, learning_rate: LrOpt = None,
     dev_queries: DevQueriesOpt = None, margin: MarginOpt = None, device: DeviceOpt = None, overwrite: OverwriteOpt = None,
     url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None,
-    verify_certs: VerifyOpt = None,
+    verify_certs: VerifyOpt = None, ray: RayOpt = None, ray_workers: RayWorkersOpt = None,
 ) -> None:
     """The whole run: generate queries, (pre-train,) mine + label (GPL), train, then compare BM25 / zero-shot / adapted / hybrids."""
     from genq_search.pipeline import run_adapt
@@ -385,7 +390,7 @@ def adapt(
     overrides = _adapt_overrides(run_dir, corpus, generator, queries_per_passage, max_passages, base_model,
                                  epochs, train_batch_size, learning_rate, device)
     overrides["run"]["method"] = method
-    overrides["generate"]["dev_queries"] = dev_queries
+    overrides["generate"].update({"dev_queries": dev_queries, "ray": ray, "ray_workers": ray_workers})
     overrides.update({"label": {"teacher": teacher}, "gate": {"margin": margin},
                       "backend": backend_overrides(None, url, None, username, password, ca_certs, verify_certs)})
     cfg = RunConfig.load(config, _on_device(overrides, device), adapt=True)
@@ -433,8 +438,8 @@ def reindex(
     read_batch: Annotated[int | None, typer.Option(help="Documents read (and encoded) per batch.")] = None,
     freeze_writes: FreezeOpt = None,
     catchup_rounds: Annotated[int | None, typer.Option(help="Catch-up rounds of documents changed during the copy.")] = None,
-    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Copy on a Ray cluster: auto (join the running one), local (start one here), HOST:PORT or ray://HOST:10001; needs genq-search[ray].")] = None,
-    ray_workers: Annotated[int | None, typer.Option(help="Encoding actors on the Ray cluster (default: one per GPU, else per CPU).")] = None,
+    ray: RayOpt = None,
+    ray_workers: RayWorkersOpt = None,
     device: DeviceOpt = None, batch_size: BatchOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
 ) -> None:
@@ -470,7 +475,7 @@ def upgrade(
     title_field: TitleFieldOpt = None, text_fields: TextFieldsOpt = None, freeze_writes: FreezeOpt = None,
     url: UrlOpt = None, username: UserOpt = None, password: PasswordOpt = None, ca_certs: CaOpt = None,
     verify_certs: VerifyOpt = None, dev_queries: DevQueriesOpt = None, margin: MarginOpt = None, device: DeviceOpt = None,
-    ray: Annotated[str | None, typer.Option("--ray", metavar="ADDRESS", help="Copy on a Ray cluster: auto (join the running one), local (start one here), HOST:PORT or ray://HOST:10001; needs genq-search[ray].")] = None,
+    ray: RayOpt = None, ray_workers: RayWorkersOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")] = False,
     overwrite: OverwriteOpt = None,
 ) -> None:
@@ -480,9 +485,9 @@ def upgrade(
     cfg = RunConfig.load(config, _on_device({
         "run": {"run_dir": run_dir, "method": method},
         "corpus": {"path": corpus, "title_field": title_field, "text_fields": text_fields},
-        "reindex": {"alias": alias, "freeze_writes": freeze_writes, "ray": ray},
+        "reindex": {"alias": alias, "freeze_writes": freeze_writes, "ray": ray, "ray_workers": ray_workers},
         "backend": {"url": url, "username": username, "password": password, "ca_certs": ca_certs, "verify_certs": verify_certs},
-        "generate": {"dev_queries": dev_queries}, "gate": {"margin": margin},
+        "generate": {"dev_queries": dev_queries, "ray": ray, "ray_workers": ray_workers}, "gate": {"margin": margin},
     }, device), adapt=True)
     report = run_upgrade(cfg, dry_run=dry_run, overwrite=bool(overwrite))
     typer.echo(describe_plan(report["plan"]))

@@ -132,7 +132,7 @@ Name = Annotated[str, AfterValidator(_not_blank)]
 
 
 def _check_ray_address(value: str) -> str:
-    """``reindex.ray``: auto, local, HOST:PORT or ray://HOST:PORT."""
+    """``reindex.ray`` / ``generate.ray``: auto, local, HOST:PORT or ray://HOST:PORT."""
     import re
 
     if not re.fullmatch(r"auto|local|(ray://)?[A-Za-z0-9][A-Za-z0-9.\-]*:[0-9]{1,5}", value):
@@ -438,6 +438,12 @@ class GenerateConfig(StageConfig):
     dev_max_overlap: float = Field(0.5, gt=0.0, le=1.0, description="dev set lexical-gap filter: keep a query only if at "
                                                                     "most this share of its content words (stop words left "
                                                                     "out) occur in its source")
+    ray: RayAddress | None = Field(
+        None, description="generate on a Ray cluster, chunk by chunk (the same seeded chunks a single process writes): "
+                          "auto, local, HOST:PORT or ray://HOST:10001; none: one process, Ray not imported")
+    ray_workers: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="generator actors on the Ray cluster, each with its own model (default: one per GPU where "
+                          "it has GPUs, else per CPU)")
 
     @model_validator(mode="before")
     @classmethod

@@ -1,32 +1,44 @@
-"""The reindex copy on a Ray cluster (``reindex.ray``, ``--ray ADDRESS``): only imported when asked for, and only then
-is Ray imported.
+"""Work on a Ray cluster (``reindex.ray`` / ``generate.ray``, ``--ray ADDRESS``): only imported when asked for, and
+only then is Ray imported.
 
-The copy phase of ``index.run_reindex`` is split into work units: one shard of one source index and a ``_seq_no``
+The reindex copy (``index.run_reindex``) is split into work units: one shard of one source index and a ``_seq_no``
 range ``(lo, hi]`` of it, ``reindex.ray_unit_docs`` numbers long, between the state's cursors and the shards' global
 checkpoints (the *plan*, saved in the reindex state before the first unit runs). A pool of actors, spread over the
 cluster's nodes, runs them: each actor has its own cluster connection and its own loaded encoder (the driver's
 model: the same ONNX variant on CPU nodes, the bundle's GPU choice on GPU nodes) and copies a unit with the
 single-process ``index.Copier`` (read, split into passages, encode, bulk-write with 429 retries, the next batch
 encoded while one is written). The driver records each finished unit in the state (``units_done``, saved after
-every unit), so a driver killed and rerun resumes the same plan without redoing finished units; an actor killed
-mid-unit is restarted by Ray (``max_restarts``) and the unit it held is run again (``max_task_retries``, up to
-``UNIT_RETRIES`` times):
-idempotent, documents are written by ``_id``. When every unit is done the cursors move to the plan's checkpoints and
-the driver carries on exactly as a single-process run: catch-up of writes made since, deletions, ``--freeze-writes``,
-verification and the alias switch.
+every unit), so a driver killed and rerun resumes the same plan without redoing finished units. When every unit is
+done the cursors move to the plan's checkpoints and the driver carries on exactly as a single-process run: catch-up
+of writes made since, deletions, ``--freeze-writes``, verification and the alias switch.
+
+Query generation (``generate.run_generate``) sends its missing chunks to a pool of generator actors, each with its
+own model; a chunk's rows depend on its documents and seed only, and the driver writes each chunk file as it comes
+back, so the output is a single process's and a rerun skips what was written.
+
+Both pools survive their workers: a worker whose process is killed or whose node leaves hands the calls it held back
+to the driver, which runs them on the others (idempotent: documents are written by ``_id``, chunks regenerated from
+their seed) and starts a replacement where the cluster has room (``Pool``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
+from genq_search.config import (
+    BackendConfig,
+    CorpusConfig,
+    GenerateConfig,
+    ReindexConfig,
+)
 from genq_search.engines.base import Cursors
 from genq_search.errors import GenqError
 
@@ -36,7 +48,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-UNIT_RETRIES = 4  # runs of a unit whose worker died under it, after the first, before the run stops with one line
+UNIT_RETRIES = 4  # runs of a unit (chunk) whose worker died under it, after the first, before the run stops with one line
 IN_FLIGHT = 2  # units queued per actor: the next one starts as soon as one is returned
 
 
@@ -215,6 +227,21 @@ def init_ray(address: str) -> tuple[Any, bool]:
     return ray, True
 
 
+@contextlib.contextmanager
+def ray_session(address: str) -> Iterator[tuple[Any, list[Any]]]:
+    """``ray`` joined to ``address`` and a list for the actors started on it: killed on the way out (a driver stopped
+    by an error or an interrupt leaves no actor behind), and Ray disconnected when this call connected it."""
+    ray, connected = init_ray(address)
+    actors: list[Any] = []
+    try:
+        yield ray, actors
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if connected:
+            ray.shutdown()
+
+
 def _speaks_grpc(host: str, port: int) -> bool:
     """True when an HTTP/2 server (Ray's GCS and Ray Client are gRPC) answers the HTTP/2 preface with its SETTINGS."""
     with socket.create_connection((host, port), timeout=5) as sock:
@@ -244,9 +271,7 @@ def copy_on_ray(copier: Copier, backend: BackendConfig, reindex: ReindexConfig, 
     assert reindex.ray is not None
     state, cluster = copier.state, copier.cluster
     recipe = EncoderRecipe.of(copier.encoder)
-    ray, connected = init_ray(reindex.ray)
-    actors: list[Any] = []
-    try:
+    with ray_session(reindex.ray) as (ray, actors):
         plan = state.ray_plan
         if plan is None or plan.get("after") != state.cursors:
             upto, _ = cluster.checkpoints(state.source_indices)
@@ -267,85 +292,227 @@ def copy_on_ray(copier: Copier, backend: BackendConfig, reindex: ReindexConfig, 
         state.save()
         copier.target.rejections_retried = state.rejections_retried  # the driver's copier goes on counting from here
         return written
-    finally:
-        for actor in actors:
-            ray.kill(actor)
-        if connected:
-            ray.shutdown()
 
 
 def _run_units(ray: Any, copier: Copier, backend: BackendConfig, reindex: ReindexConfig, recipe: EncoderRecipe,
                units: list[Unit], todo: list[Unit], progress: Any, actors: list[Any]) -> int:
     state = copier.state
-    resources = ray.cluster_resources()
-    cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
-    gpu = gpus > 0  # GPU workers wherever the cluster has GPUs, one GPU each; else one CPU each
-    capacity = gpus if gpu else cpus
-    if capacity < 1:
-        raise GenqError(f"the Ray cluster at {reindex.ray} has no {'GPU' if gpu else 'CPU'} to run a worker on")
-    if (reindex.ray_workers or 0) > capacity:
-        raise GenqError(f"--ray-workers {reindex.ray_workers}: the Ray cluster at {reindex.ray} has {capacity} "
-                        f"{'GPUs' if gpu else 'CPUs'}, one per worker")
-    workers = min(reindex.ray_workers or capacity, len(todo))
-    threads = max(1, cpus // workers) if gpu else 1
-    worker_class = ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0, max_restarts=-1,
-                              max_task_retries=UNIT_RETRIES, scheduling_strategy="SPREAD")(UnitWorker)
     fields = {k: getattr(state, k) for k in ("source", "source_indices", "alias", "target", "model", "dim", "settings_hash")}
-    actors += [worker_class.remote(backend, copier.corpus, recipe, fields, copier.encode_batch, gpu, threads)
-               for _ in range(workers)]
-    infos = _gather(ray, [a.info.remote() for a in actors], "starting the workers")
-    nodes = sorted({i["node"] for i in infos})
-    logger.info("Ray: %d workers on %d node(s) (%s), %d units to copy (%d done earlier)", workers, len(nodes),
-                ", ".join(nodes), len(todo), len(units) - len(todo))
-    pids = [i["pid"] for i in infos]
-    queue, pending = list(reversed(todo)), {}
+    pool = Pool(ray, UnitWorker, reindex.ray or "", reindex.ray_workers, len(todo), actors,
+                lambda gpu, threads: (backend, copier.corpus, recipe, fields, copier.encode_batch, gpu, threads))
+    logger.info("Ray: %d workers on %d node(s) (%s), %d units to copy (%d done earlier)", len(pool.actors),
+                len(pool.nodes), ", ".join(pool.nodes), len(todo), len(units) - len(todo))
     written, finished, started = 0, len(units) - len(todo), time.perf_counter()
     progress.set_postfix_str(f"units {finished}/{len(units)}", refresh=False)
-
-    def submit(worker: int) -> None:
-        if queue:
-            unit = queue.pop()
-            pending[actors[worker].copy.remote(unit)] = (worker, unit)
-
-    for worker in range(workers):
-        for _ in range(IN_FLIGHT):
-            submit(worker)
-    while pending:
-        [ref], _ = ray.wait(list(pending), num_returns=1)
-        worker, unit = pending.pop(ref)
-        [result] = _gather(ray, [ref], f"copying {unit}")
-        if result["pid"] != pids[worker]:
-            logger.warning("Ray worker %d on node %s was restarted (pid %s -> %s); the unit it held was copied again",
-                           worker, result["node"], pids[worker], result["pid"])
-            pids[worker] = result["pid"]
+    for unit, result in pool.map("copy", todo, lambda unit: f"copying {unit}"):
         record(state, unit, result)
         written += result["written"]
         finished += 1
         progress.set_postfix_str(f"units {finished}/{len(units)}", refresh=False)
         progress.update(result["read"])
-        submit(worker)
     seconds = time.perf_counter() - started
-    logger.info("Ray copy: %d units, %d documents written in %.1fs once the workers had started (%.1f docs/s, %d workers)",
-                len(todo), written,
-                seconds, written / seconds if seconds else 0.0, workers)
+    logger.info("Ray copy: %d units, %d documents written in %.1fs once the workers had started (%.1f docs/s; %d "
+                "workers, %d died)", len(todo), written, seconds, written / seconds if seconds else 0.0, pool.size, pool.died)
     return written
 
 
-def _gather(ray: Any, refs: list[Any], action: str) -> list[Any]:
-    """``ray.get`` with a worker's error as one line (a unit that cannot be copied stops the run; a worker that died
-    more often than Ray restarts it too)."""
-    try:
-        return ray.get(refs)
-    except ray.exceptions.RayTaskError as exc:
+class Pool:
+    """Actors of one class spread over the Ray cluster (``SPREAD``): one GPU each where the cluster has GPUs (their
+    threads share the node's CPUs), else one CPU each. The driver, not Ray, handles a worker that dies (its process
+    killed, its node gone): the calls it held go back in the queue for the others (up to ``UNIT_RETRIES`` more runs
+    each) and a replacement starts where the cluster has room, so a cluster that shrinks finishes on what is left. A
+    worker that cannot start on its node (e.g. the runtime is not installed there) is left out with a warning naming
+    the node; the run stops with one line only when none starts. ``actors`` is the caller's list: it kills them."""
+
+    def __init__(self, ray: Any, worker: type, address: str, workers: int | None, items: int, actors: list[Any],
+                 arguments: Any, use_gpus: bool = True):
+        resources = ray.cluster_resources()
+        cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0)) if use_gpus else 0
+        self.resource = "GPU" if gpus else "CPU"
+        capacity = gpus or cpus
+        if capacity < 1:
+            raise GenqError(f"the Ray cluster at {address} has no {self.resource} to run a worker on")
+        if (workers or 0) > capacity:
+            raise GenqError(f"--ray-workers {workers}: the Ray cluster at {address} has {capacity} "
+                            f"{self.resource}s, one per worker")
+        self.size = max(1, min(workers or capacity, items))
+        threads = max(1, cpus // self.size) if gpus else 1
+        remote = ray.remote(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0, max_restarts=0, max_task_retries=0,
+                            scheduling_strategy="SPREAD")(worker)
+        self.ray, self.actors, self.live, self.died = ray, actors, [], 0
+        self._new = lambda: remote.remote(*arguments(bool(gpus), threads))
+        started = [self._start() for _ in range(self.size)]
+        errors = []
+        for actor, info in zip(started, [a.info.remote() for a in started], strict=True):
+            try:
+                self.live.append((actor, ray.get(info)))
+            except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                errors.append(_one_line(ray, exc))
+        if not self.live:
+            raise GenqError(f"{errors[0]} (no Ray worker could start)")
+        for error in errors:
+            logger.warning("%s: going on with the %d workers that started", error, len(self.live))
+        self.nodes = sorted({info["node"] for _, info in self.live})
+
+    def _start(self) -> Any:
+        actor = self._new()
+        self.actors.append(actor)
+        return actor
+
+    def _replace(self, starting: dict[Any, Any]) -> None:
+        """Start a worker in place of a dead one where the cluster has a free CPU (GPU) for it."""
+        if len(self.live) + len(starting) < self.size and self.ray.available_resources().get(self.resource, 0) >= 1:
+            actor = self._start()
+            starting[actor.info.remote()] = actor
+
+    def map(self, method: str, items: list[Any], action: Any) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """``(item, result)`` as the workers finish them, ``IN_FLIGHT`` queued per worker; ``action(item)`` names the
+        call in an error line."""
+        ray = self.ray
+        queue, runs = list(range(len(items) - 1, -1, -1)), [0] * len(items)
+        pending: dict[Any, tuple[Any, int]] = {}
+        starting: dict[Any, Any] = {}
+        load = {id(actor): 0 for actor, _ in self.live}
+
+        def fill() -> None:
+            for actor, _ in self.live:
+                while queue and load[id(actor)] < IN_FLIGHT:
+                    number = queue.pop()
+                    runs[number] += 1
+                    pending[getattr(actor, method).remote(items[number])] = (actor, number)
+                    load[id(actor)] += 1
+
+        fill()
+        while pending or (queue and starting):
+            [ref], _ = ray.wait([*pending, *starting], num_returns=1)
+            if ref in starting:
+                actor = starting.pop(ref)
+                try:
+                    self.live.append((actor, ray.get(ref)))
+                    load[id(actor)] = 0
+                    logger.info("Ray: a replacement worker started on node %s", self.live[-1][1]["node"])
+                except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+                    logger.warning("Ray: a replacement worker could not start: %s", _one_line(ray, exc))
+                fill()
+                continue
+            actor, number = pending.pop(ref)
+            load[id(actor)] -= 1
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:  # its process or its node is gone: the call goes back
+                node = next((info["node"] for a, info in self.live if a is actor), None)
+                if node is not None:
+                    self.live, self.died = [(a, info) for a, info in self.live if a is not actor], self.died + 1
+                    logger.warning("Ray worker on node %s died (%s); what it held goes back in the queue, %d workers "
+                                   "left", node, _one_line(ray, exc)[:200], len(self.live))
+                if runs[number] > UNIT_RETRIES:
+                    raise GenqError(f"a Ray worker died while {action(items[number])}, {runs[number]} times: "
+                                    f"{_one_line(ray, exc)[:300]} (finished units are kept: rerun to go on)") from None
+                queue.append(number)
+                self._replace(starting)
+                fill()
+                if not self.live and not starting:
+                    raise GenqError(f"every Ray worker is gone and the cluster has no free {self.resource} for another "
+                                    f"({len(queue)} units left; finished units are kept: rerun to go on)")
+                continue
+            except ray.exceptions.RayTaskError as exc:
+                raise GenqError(f"{_one_line(ray, exc)} (while {action(items[number])}; finished units are kept: "
+                                "rerun to go on)") from None
+            self._replace(starting)
+            fill()
+            yield items[number], result
+
+
+# -- generation on Ray --------------------------------------------------------------------------------------------
+
+
+class ChunkWorker:
+    """One generator actor: its own model (``generate.runtime`` as the driver resolved it, never another: two runtimes
+    sample different queries), the chunks' rows as a single process computes them. A failure to load is kept and
+    raised by ``info()``, as one line naming the node."""
+
+    def __init__(self, cfg: GenerateConfig, gpu: bool, threads: int):
+        import ray
+
+        self.node = ray.util.get_node_ip_address()
+        self.error: str | None = None
+        try:
+            from genq_search.generate import _LazyGenerator, load_generator
+
+            if gpu:
+                cfg = cfg.model_copy(update={"device": "cuda"})
+            else:
+                import torch
+
+                torch.set_num_threads(threads)
+            self.generator = _LazyGenerator(cfg, load_generator(cfg, threads))
+        except Exception as exc:  # noqa: BLE001 - reported by info() as one line naming the node
+            self.error = f"Ray worker on node {self.node} cannot load the query generator: {exc or type(exc).__name__}"
+
+    def info(self) -> dict[str, Any]:
+        if self.error:
+            raise GenqError(self.error)
+        return {"pid": os.getpid(), "node": self.node}
+
+    def chunk(self, job: tuple[int, list[Any], int, int, int, bool]) -> dict[str, Any]:
+        """``job``: chunk number, its units, queries per unit, the chunk's seed, batch size, with likelihoods."""
+        from genq_search.generate import chunk_rows
+
+        _, units, per_document, seed, batch_size, likelihood = job
+        start = time.perf_counter()
+        rows = chunk_rows(self.generator, units, per_document, seed, batch_size, likelihood)
+        return {"rows": rows, "pid": os.getpid(), "node": self.node, "seconds": time.perf_counter() - start}
+
+
+def generate_on_ray(cfg: GenerateConfig, chunk_dir: Path, chunks: list[list[Any]], missing: list[int], per_document: int,
+                    seed: int, batch_size: int, progress: Any, likelihood: bool) -> Iterator[tuple[int, bool]]:
+    """``generate.run_generate``'s chunks on the Ray cluster ``cfg.ray``: the ``missing`` ones run on a pool of
+    generator actors and are written by this process as they come back (atomically, as a single process writes them:
+    a rerun skips them); ``(n, generated now)`` for every chunk in order."""
+    from genq_search.data import chunk_file, write_jsonl
+    from genq_search.generate import chunk_seed, generation_runtime
+
+    assert cfg.ray is not None
+    local = Path(cfg.generator).expanduser()  # a local model by its absolute path: workers run elsewhere
+    worker_cfg = cfg.model_copy(update={"runtime": generation_runtime(cfg),
+                                        **({"generator": str(local.resolve())} if local.exists() else {})})
+    todo = set(missing)
+    with ray_session(cfg.ray) as (ray, actors):
+        pool = Pool(ray, ChunkWorker, cfg.ray, cfg.ray_workers, len(missing), actors, lambda gpu, threads: (worker_cfg, gpu, threads),
+                    use_gpus=cfg.device != "cpu")
+        logger.info("Ray: %d generator workers on %d node(s) (%s), %d of %d chunks to generate", len(pool.actors),
+                    len(pool.nodes), ", ".join(pool.nodes), len(missing), len(chunks))
+        jobs = [(n, chunks[n], per_document, chunk_seed(seed, n), batch_size, likelihood) for n in missing]
+        done, following = set(), 0
+        started, units = time.perf_counter(), 0
+
+        def in_order() -> Iterator[tuple[int, bool]]:
+            nonlocal following
+            while following < len(chunks) and (following in done or following not in todo):
+                if following not in todo:
+                    progress.update(len(chunks[following]))
+                yield following, following in todo
+                following += 1
+
+        yield from in_order()
+        for job, result in pool.map("chunk", jobs, lambda job: f"generating chunk {job[0]}"):
+            write_jsonl(chunk_file(chunk_dir, job[0]), result["rows"])
+            done.add(job[0])
+            units += len(job[1])
+            progress.update(len(job[1]))
+            yield from in_order()
+        seconds = time.perf_counter() - started
+        logger.info("Ray generation: %d chunks (%d units) in %.1fs once the workers had started (%.2f units/s; %d "
+                    "workers, %d died)", len(missing), units, seconds, units / seconds if seconds else 0.0, pool.size,
+                    pool.died)
+
+
+def _one_line(ray: Any, exc: Exception) -> str:
+    """A worker's error as one line: a GenqError it raised as is, another exception by its type and last line."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
         cause = exc.cause if getattr(exc, "cause", None) is not None else exc
         if isinstance(cause, GenqError):
-            raise GenqError(f"{cause} (while {action}; finished units are kept: rerun to go on)") from None
-        first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
-        raise GenqError(f"a Ray worker failed while {action}: {type(cause).__name__}: {first} (finished units are kept: "
-                        "rerun to go on)") from None
-    except ray.exceptions.RayActorError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        detail = next((line.strip() for line in reversed(lines) if "Error" in line), lines[0] if lines else "")
-        raise GenqError(f"a Ray worker died while {action} ({UNIT_RETRIES + 1} times for this unit, or it cannot "
-                        f"start on its node: is genq-search installed there?): {detail[:300]} (finished units are "
-                        "kept: rerun to go on)") from None
+            return str(cause)
+        return f"{type(cause).__name__}: {(str(cause).strip().splitlines() or [''])[-1]}"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if "Error" in line), lines[0] if lines else type(exc).__name__)

@@ -21,6 +21,7 @@ import random
 import re
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +57,7 @@ logger = logging.getLogger(__name__)
 GPL_TOTAL_QUERIES = 250_000
 POST_PROCESSING = {"min_query_words", "max_query_words", "filter_top_k", "filter_model", "dev_max_overlap"}
 TRAINING_SIDE = {"queries_per_passage", "samples_per_passage", "passage_windows", "max_passages"}  # the dev set is sized apart
+RUN_ONLY = {"device", "batch_size", "ray", "ray_workers"}  # how a run goes, not what it writes: never hashed
 OPTIONAL_OFF: dict[str, Any] = {"samples_per_passage": None, "passage_windows": False}
 # a runtime whose queries for the same settings changed keeps a new key in the settings hash, so chunks written
 # before are regenerated rather than mixed with new ones (llama.cpp: batched sequences and its own sampler)
@@ -304,14 +306,14 @@ class LlamaCppGenerator:
     resumed run regenerates whole chunks, so it writes the queries an uninterrupted run writes).
     """
 
-    def __init__(self, path: str, cfg: GenerateConfig):
+    def __init__(self, path: str, cfg: GenerateConfig, threads: int | None = None):
         import llama_cpp
         from llama_cpp import Llama
 
-        self.cfg = cfg
+        self.cfg, self.threads = cfg, threads or usable_cores()
         self.template = prompt_template(cfg)
         with _without_amx_buffers():
-            self.llm = Llama(model_path=path, n_ctx=64, n_threads=usable_cores(), verbose=False)  # weights, tokenizer
+            self.llm = Llama(model_path=path, n_ctx=64, n_threads=self.threads, verbose=False)  # weights, tokenizer
         prefix = self.template.split("{document}")[0].encode("utf-8")
         self.prefix = self.llm.tokenize(prefix, add_bos=True, special=False)[:-1]  # its last token may merge with the document's
         self.prompt_budget = len(self._tokens(self.template)) + cfg.max_input_tokens + 16
@@ -353,7 +355,7 @@ class LlamaCppGenerator:
             params.n_ctx = len(self.prefix) + slots * self.prompt_budget + sequences * (self.cfg.max_new_tokens + 1)
             params.n_batch = params.n_ubatch = 512
             params.n_seq_max, params.kv_unified = sequences + 1, True
-            params.n_threads = params.n_threads_batch = usable_cores()
+            params.n_threads = params.n_threads_batch = self.threads
             context = LlamaContext(model=self.llm._model, params=params, verbose=False)
             self._eval(context, [(t, p, sequences, False) for p, t in enumerate(self.prefix)])
             self.contexts[slots, per_document] = context
@@ -506,14 +508,15 @@ def generation_runtime(cfg: GenerateConfig) -> str:
     return "transformers"
 
 
-def load_generator(cfg: GenerateConfig) -> QueryGenerator:
+def load_generator(cfg: GenerateConfig, threads: int | None = None) -> QueryGenerator:
+    """The query generator of ``cfg``; ``threads``: llama.cpp's (default: every core this process may use)."""
     path = resolve_model(cfg.generator, "query generator")
     if generation_runtime(cfg) == "llama.cpp":
         if not path.endswith(".gguf"):
             raise GenqError(f"generate.runtime = 'llama.cpp' needs a .gguf model file, got '{path}'")
         if importlib.util.find_spec("llama_cpp") is None:
             raise GenqError("generate.runtime = 'llama.cpp' needs llama-cpp-python: pip install 'genq-search[llama]'")
-        return LlamaCppGenerator(path, cfg)
+        return LlamaCppGenerator(path, cfg, threads)
     kind = cfg.kind
     if kind == "auto":
         if path.endswith(".gguf"):
@@ -691,17 +694,14 @@ class Unit:
     passage: str | None = None
 
 
-def _ensure_chunk(generator: _LazyGenerator, chunk_dir: Path, n: int, units: list[Unit], per_document: int,
-                  seed: int, batch_size: int, progress: Any, likelihood: bool = False) -> bool:
-    """Generate chunk ``n`` unless its file exists (True when it was generated now); seeds depend on ``seed``, ``n`` and
-    each batch's position in the chunk (so on ``batch_size`` too)."""
-    if chunk_file(chunk_dir, n).is_file():
-        progress.update(len(units))
-        return False
+def chunk_rows(generator: _LazyGenerator, units: list[Unit], per_document: int, seed: int, batch_size: int,
+               likelihood: bool = False, progress: Any = None) -> list[dict[str, Any]]:
+    """The rows of one chunk: each batch sampled from ``seed`` (the chunk's) plus its position in the chunk, so they
+    depend on ``batch_size`` too, and on nothing of the process that runs them."""
     rows = []
     for start in range(0, len(units), batch_size):
         batch = units[start : start + batch_size]
-        outputs = generator.generate([u.text for u in batch], per_document, seed + n * 100_003 + start, likelihood)
+        outputs = generator.generate([u.text for u in batch], per_document, seed + start, likelihood)
         for unit, queries in zip(batch, outputs, strict=True):
             row: dict[str, Any] = {"doc_id": unit.doc_id, **({"passage": unit.passage} if unit.passage else {})}
             if likelihood:
@@ -710,9 +710,34 @@ def _ensure_chunk(generator: _LazyGenerator, chunk_dir: Path, n: int, units: lis
             else:
                 row["candidates"] = queries
             rows.append(row)
-        progress.update(len(batch))
-    write_jsonl(chunk_file(chunk_dir, n), rows)
-    return True
+        if progress is not None:
+            progress.update(len(batch))
+    return rows
+
+
+def chunk_seed(seed: int, n: int) -> int:
+    return seed + n * 100_003
+
+
+def _ensure_chunks(generator: _LazyGenerator, chunk_dir: Path, chunks: list[list[Unit]], per_document: int, seed: int,
+                   batch_size: int, progress: Any, likelihood: bool = False) -> Iterator[tuple[int, bool]]:
+    """``(n, generated now)`` for every chunk in order, generating those whose file is missing (on the Ray cluster
+    ``generate.ray`` when set: same rows, the driver writes them). A caller that stops early leaves later chunks
+    unwritten or, on Ray, written: the same rows either way."""
+    missing = [n for n in range(len(chunks)) if not chunk_file(chunk_dir, n).is_file()]
+    if generator.cfg.ray and missing:
+        from genq_search.distributed import generate_on_ray
+
+        yield from generate_on_ray(generator.cfg, chunk_dir, chunks, missing, per_document, seed, batch_size,
+                                   progress, likelihood)
+        return
+    for n, units in enumerate(chunks):
+        if n in missing:
+            write_jsonl(chunk_file(chunk_dir, n), chunk_rows(generator, units, per_document, chunk_seed(seed, n),
+                                                              batch_size, likelihood, progress))
+        else:
+            progress.update(len(units))
+        yield n, n in missing
 
 
 def _generate_dev_set(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, pool: list[str], per_dev: int, shaping: list[Any],
@@ -726,13 +751,12 @@ def _generate_dev_set(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, pool
     stats.dropped.update({"no_content_word": 0, "no_shared_word": 0, "lexical_overlap": 0})
     kept: list[tuple[str, str, str, float]] = []
     documents = without_query = generated = 0
-    with tqdm(total=len(pool), desc="generate dev queries", unit="doc") as progress:
-        for n, doc_ids in enumerate(chunks):
-            if len(kept) >= cfg.dev_queries:
-                break
-            units = [Unit(d, document_text(corpus[d])) for d in doc_ids]
-            generated += len(doc_ids) * _ensure_chunk(generator, chunk_dir, n, units, per_dev, cfg.seed + DEV_SEED_OFFSET,
-                                                      cfg.batch_size, progress)
+    units = [[Unit(d, document_text(corpus[d])) for d in doc_ids] for doc_ids in chunks]
+    with tqdm(total=len(pool), desc="generate dev queries", unit="doc") as progress, \
+            contextlib.closing(_ensure_chunks(generator, chunk_dir, units, per_dev, cfg.seed + DEV_SEED_OFFSET, cfg.batch_size,
+                                   progress)) as made:
+        for n, fresh in made:
+            generated += len(chunks[n]) * fresh
             for line in chunk_file(chunk_dir, n).read_text(encoding="utf-8").splitlines():
                 if len(kept) >= cfg.dev_queries:
                     break
@@ -746,6 +770,8 @@ def _generate_dev_set(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, pool
                         kept.append((f"dev-{row['doc_id']}-{i}", query, row["doc_id"], overlap or 0.0))
                 documents += 1
                 without_query += len(kept) == before
+            if len(kept) >= cfg.dev_queries:
+                break
     kept = kept[: cfg.dev_queries]
     summary = {"queries": len(kept), "target": cfg.dev_queries, "documents": documents, "set_aside_documents": len(pool),
                "documents_without_query": without_query, "queries_per_document": per_dev,
@@ -778,7 +804,7 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
     corpus_hash = corpus_fingerprint(corpus)
     runtime = generation_runtime(cfg)
     source = [RUNTIME_KEYS.get(runtime, runtime), corpus_hash, *([windows.key] if cfg.passage_windows and windows else [])]
-    settings = fingerprint([_hashed(cfg, {"device", "batch_size"}), *source])
+    settings = fingerprint([_hashed(cfg, RUN_ONLY), *source])
     if stage_is_complete(stage_dir, settings) and not overwrite:
         logger.info("generate: complete in %s, skipping", stage_dir)
         return read_manifest(stage_dir)
@@ -790,8 +816,8 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
         raise GenqError(f"generate.samples_per_passage ({samples}) must be at least queries_per_passage ({per_document})")
     # chunks hold raw generations: clean-up and filter settings may change without regenerating them; the dev set's
     # chunks depend on its own documents and sampling only, so training-side options do not regenerate it
-    shaping = [_hashed(cfg, POST_PROCESSING | {"device", "batch_size"}), *source]
-    dev_shaping = [cfg.hashed(POST_PROCESSING | TRAINING_SIDE | {"device", "batch_size"}), source[0], corpus_hash]
+    shaping = [_hashed(cfg, POST_PROCESSING | RUN_ONLY), *source]
+    dev_shaping = [cfg.hashed(POST_PROCESSING | TRAINING_SIDE | RUN_ONLY), source[0], corpus_hash]
     lazy = _LazyGenerator(cfg, generator)
     started = time.perf_counter()
     dev: list[tuple[str, str, str, float]] = []
@@ -806,9 +832,9 @@ def run_generate(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, generator
     chunks = [units[i : i + cfg.chunk_size] for i in range(0, len(units), cfg.chunk_size)]
     generated_units = 0
     with tqdm(total=len(units), desc="generate queries", unit="passage" if cfg.passage_windows else "doc") as progress:
-        for n, chunk in enumerate(chunks):
-            generated_units += len(chunk) * _ensure_chunk(lazy, chunk_dir, n, chunk, samples, cfg.seed, cfg.batch_size,
-                                                          progress, likelihood=bool(cfg.samples_per_passage))
+        for n, fresh in _ensure_chunks(lazy, chunk_dir, chunks, samples, cfg.seed, cfg.batch_size, progress,
+                                       likelihood=bool(cfg.samples_per_passage)):
+            generated_units += len(chunks[n]) * fresh
     seconds = time.perf_counter() - started
     stats = CleanStats()
     generated: list[tuple[str, str, str]] = []  # (qid, query, doc_id)

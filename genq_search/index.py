@@ -19,6 +19,7 @@ The source is only read (and refreshed, which makes already-written documents se
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from genq_search.config import BackendConfig, CorpusConfig, ReindexConfig
@@ -427,13 +429,13 @@ def _final(cluster: Cluster, copier: Copier, reindex: ReindexConfig) -> tuple[in
         upto, _ = cluster.checkpoints(state.source_indices)
         copier.run(cluster.scan(state.source_indices, state.cursors, upto, 1000), tqdm(disable=True), "caught_up")
         cluster.refresh([state.target])
-        source_ids, target_ids = cluster.all_ids(state.source_indices), cluster.all_ids([state.target])
-        extra, missing = target_ids - source_ids, source_ids - target_ids
+        check = compare_ids(cluster, state.source_indices, state.target)
+        extra, missing = check.extra, check.missing
         if extra:
-            _delete(copier.target, sorted(extra))
+            _delete(copier.target, extra)
             state.deleted += len(extra)
         if missing:
-            copier.copy_ids(sorted(missing), tqdm(disable=True), "caught_up")
+            copier.copy_ids(missing, tqdm(disable=True), "caught_up")
         state.save()
         cluster.refresh([state.target])
         if not extra and not missing or attempt == 3:
@@ -455,16 +457,16 @@ def _delete(target: ClusterBackend, ids: list[str]) -> None:
 
 def verify(cluster: Cluster, state: ReindexState, corpus: CorpusConfig, sample: int, seed: int) -> int:
     """Every id present on both sides, a random sample of sources identical, vectors wherever there is text."""
-    source_ids, target_ids = cluster.all_ids(state.source_indices), cluster.all_ids([state.target])
-    if source_ids != target_ids:
-        missing, extra = sorted(source_ids - target_ids), sorted(target_ids - source_ids)
+    check = compare_ids(cluster, state.source_indices, state.target, sample, seed)
+    missing, extra = check.missing, check.extra
+    if missing or extra:
         raise GenqError(f"verification failed: {len(missing)} source documents missing from '{state.target}' "
                         f"(e.g. {missing[:3]}), {len(extra)} not in the source (e.g. {extra[:3]}); the source is still "
                         "changing: rerun with --freeze-writes; alias not switched")
     dim = cluster.vector_dimension(state.target)
     if dim != state.dim:
         raise GenqError(f"verification failed: target vector dimension {dim}, expected {state.dim}; alias not switched")
-    chosen = random.Random(seed).sample(sorted(source_ids), min(sample, len(source_ids)))
+    chosen = check.sample
     for start in range(0, len(chosen), 100):
         ids = chosen[start : start + 100]
         src = {d["_id"]: d["_source"] for d in cluster.mget(state.source, ids) if d.get("found")}
@@ -489,4 +491,78 @@ def verify(cluster: Cluster, state: ReindexState, corpus: CorpusConfig, sample: 
     if without:
         raise GenqError(f"verification failed: {without} documents with text have no vectors (e.g. "
                         f"'{example}'); alias not switched")
-    return len(target_ids)
+    return check.count
+
+
+# -- comparing the ids of source and target, streamed --------------------------------------------------------------
+
+ID_BUCKETS = 1 << 14  # digest buckets: 16K counts and sums (256 KB); only the ids of buckets that differ are held
+MIX = np.uint64(0x9E3779B97F4A7C15)  # odd: multiplying by it permutes 64-bit numbers (the sample's seeded order)
+
+
+@dataclass
+class IdCheck:
+    """Source ids missing from the target, target ids not in the source, the source's id count, and up to ``sample``
+    source ids drawn by a seeded hash order (independent of the order the engine returns them in)."""
+
+    missing: list[str]
+    extra: list[str]
+    count: int
+    sample: list[str]
+
+
+def _hashes(ids: list[str]) -> Any:
+    """Two independent 64-bit hashes per id (blake2b-128): the bucket's and the summed one."""
+    raw = b"".join(hashlib.blake2b(i.encode(), digest_size=16).digest() for i in ids)
+    return np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+
+
+def _id_batches(cluster: Cluster, indices: list[str]) -> Iterator[list[str]]:
+    upto, _ = cluster.checkpoints(indices)
+    for _, _, hits in cluster.scan(indices, None, upto, 5000, source=False):
+        yield [h["_id"] for h in hits]
+
+
+def _digest(cluster: Cluster, indices: list[str], sample: int = 0, seed: int = 0) -> tuple[Any, Any, list[str]]:
+    """Per bucket, the count and the sum (mod 2**64) of the ids' hashes, and the ``sample`` ids first in the seeded
+    order; one streamed pass, memory independent of the number of ids."""
+    counts, sums = np.zeros(ID_BUCKETS, np.int64), np.zeros(ID_BUCKETS, np.uint64)
+    keys, chosen = np.zeros(0, np.uint64), np.zeros(0, object)
+    mix = np.uint64(random.Random(seed).getrandbits(64))
+    for ids in _id_batches(cluster, indices):
+        hashes = _hashes(ids)
+        buckets = (hashes[:, 0] % ID_BUCKETS).astype(np.int64)
+        np.add.at(counts, buckets, 1)
+        np.add.at(sums, buckets, hashes[:, 1])  # wraps around mod 2**64: order-free, mergeable
+        if sample:
+            keys = np.concatenate([keys, (hashes[:, 1] ^ mix) * MIX])
+            chosen = np.concatenate([chosen, np.array(ids, dtype=object)])
+            if len(keys) > sample:
+                first = np.argpartition(keys, sample - 1)[:sample]
+                keys, chosen = keys[first], chosen[first]
+    return counts, sums, sorted(chosen.tolist())
+
+
+def _ids_in(cluster: Cluster, indices: list[str], buckets: Any) -> set[str]:
+    """The ids whose bucket is marked in ``buckets``."""
+    found: set[str] = set()
+    for ids in _id_batches(cluster, indices):
+        marked = buckets[(_hashes(ids)[:, 0] % ID_BUCKETS).astype(np.int64)]
+        found.update(i for i, keep in zip(ids, marked, strict=True) if keep)
+    return found
+
+
+def compare_ids(cluster: Cluster, source_indices: list[str], target: str, sample: int = 0, seed: int = 0) -> IdCheck:
+    """Every id of the source against every id of the target without holding either set: one streamed pass over each
+    sums the ids' hashes per bucket; only the buckets whose counts or sums differ are read again, for their ids (a
+    64-bit collision aside, equal digests are equal sets). Hand-written: the clients offer no set comparison of two
+    indices, and reading 100M ids into sets needs gigabytes in one process."""
+    source_counts, source_sums, chosen = _digest(cluster, source_indices, sample, seed)
+    target_counts, target_sums, _ = _digest(cluster, [target])
+    differ = (source_counts != target_counts) | (source_sums != target_sums)
+    missing: list[str] = []
+    extra: list[str] = []
+    if differ.any():
+        source_ids, target_ids = _ids_in(cluster, source_indices, differ), _ids_in(cluster, [target], differ)
+        missing, extra = sorted(source_ids - target_ids), sorted(target_ids - source_ids)
+    return IdCheck(missing, extra, int(source_counts.sum()), chosen)

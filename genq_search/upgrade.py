@@ -204,11 +204,11 @@ def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
                   *([f"Fusion: {report['query_body']['fusion']}", ""] if report["query_body"].get("fusion") else [])]
         if plan.get("engine", {}).get("name", "opensearch") == "opensearch":
             lines += ["## Let the cluster embed queries and new documents", "",
-                  ("Serve the bundle and register it (remote models for `neural` queries, and an ingest pipeline that writes "
-                   "the same passage vectors for documents indexed through the alias from now on):"), "", "```bash",
-                  f"genq-search serve --bundle {report['bundle']} --host 0.0.0.0 --port 8080",
-                  (f"genq-search register --bundle {report['bundle']} --endpoint http://<this-host>:8080 "
-                      f"--index {report['alias']} --configure-cluster"), "```", ""]
+                      ("Serve the bundle and register it (remote models for `neural` queries, and an ingest pipeline "
+                       "that writes the same passage vectors for documents indexed through the alias from now on):"),
+                      "", "```bash", f"genq-search serve --bundle {report['bundle']} --host 0.0.0.0 --port 8080",
+                      (f"genq-search register --bundle {report['bundle']} --endpoint http://<this-host>:8080 "
+                       f"--attach-to {report['alias']} --configure-cluster"), "```", ""]
     else:
         lines += [f"**Not deployed**: the alias stays on {', '.join(report['index_before']) or '(nothing)'}.", ""]
     lines += ["## Comparison", "", report["comparison"], ""]

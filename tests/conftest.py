@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,11 +145,17 @@ def bulk_load(cfg, actions) -> None:
     cluster.refresh(sorted({a["_index"] for a in actions}))
 
 
+CLIENTS: dict[str, object] = {}  # one connection per test cluster and user for the session
+
+
 def client_of(cfg):
     """The engine client of a test cluster, for tests that set up or inspect indices directly."""
     from genq_search.engines import connect
 
-    return connect(cfg).client
+    key = cfg.model_dump_json()
+    if key not in CLIENTS:
+        CLIENTS[key] = connect(cfg).client
+    return CLIENTS[key]
 
 
 SECURE = {"opensearch": "OPENSEARCH_SECURE", "elasticsearch": "ELASTICSEARCH_SECURE"}  # engine -> its env prefix
@@ -256,3 +268,53 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory, wordpiece_token
     return tiny_model(tmp_path_factory, wordpiece_tokenizer_dir, "tiny-cross-encoder", lambda tok: BertForSequenceClassification(
         BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                    max_position_embeddings=128, num_labels=1)))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    """A local two-node Ray cluster (``ray start --head`` and ``ray start --address``, one CPU each), torn down with
+    ``ray stop --force``; its address."""
+    pytest.importorskip("ray", reason="Ray is not installed: pip install 'genq-search[ray]'")
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
+    if ray_cli is None:
+        pytest.skip("the ray command is not on PATH (pip install 'genq-search[ray]')")
+    temp = tempfile.mkdtemp(prefix="genq-ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    # no token authentication on this throw-away cluster (Ray >= 2.5x turns it on where ~/.ray/auth_token exists, e.g.
+    # after a `ray.init()` on this machine): the nodes and the test process (the driver) agree on that
+    auth = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    before = {k: os.environ.get(k) for k in auth}
+
+    def restore() -> None:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    os.environ.update(auth)
+    env = dict(os.environ)
+    address = f"127.0.0.1:{free_port()}"
+    common = ["--num-cpus", "1", "--disable-usage-stats", "--object-store-memory", str(200 * 2**20)]
+    try:
+        subprocess.run([ray_cli, "start", "--head", "--port", address.split(":")[1], "--node-ip-address", "127.0.0.1",
+                        "--temp-dir", temp, "--include-dashboard", "false", *common],
+                       check=True, env=env, capture_output=True, timeout=180)
+        subprocess.run([ray_cli, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
+                       check=True, env=env, capture_output=True, timeout=180)
+    except subprocess.CalledProcessError as exc:
+        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, env=env)
+        shutil.rmtree(temp, ignore_errors=True)
+        restore()
+        pytest.fail(f"could not start the local Ray cluster: {exc.stderr.decode()[-1500:]}")
+    try:
+        yield address
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, env=env, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+        restore()

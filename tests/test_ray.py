@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,62 +20,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import client_of, new_name
+from conftest import client_of, free_port, new_name
 from test_opensearch import make_source
 from test_reindex import SourceWriter, reindex, target_docs
 
 from genq_search.config import BackendConfig
 from genq_search.errors import GenqError
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[str]:
-    """A local two-node Ray cluster (``ray start --head`` and ``ray start --address``, one CPU each), torn down with
-    ``ray stop --force``; its address."""
-    pytest.importorskip("ray", reason="Ray is not installed: pip install 'genq-search[ray]'")
-    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
-    if ray_cli is None:
-        pytest.skip("the ray command is not on PATH (pip install 'genq-search[ray]')")
-    temp = tempfile.mkdtemp(prefix="genq-ray-", dir="/tmp")  # short: Ray's socket paths live under it
-    # no token authentication on this throw-away cluster (Ray >= 2.5x turns it on where ~/.ray/auth_token exists, e.g.
-    # after a `ray.init()` on this machine): the nodes and the test process (the driver) agree on that
-    auth = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    before = {k: os.environ.get(k) for k in auth}
-
-    def restore() -> None:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-    os.environ.update(auth)
-    env = dict(os.environ)
-    address = f"127.0.0.1:{free_port()}"
-    common = ["--num-cpus", "1", "--disable-usage-stats", "--object-store-memory", str(200 * 2**20)]
-    try:
-        subprocess.run([ray_cli, "start", "--head", "--port", address.split(":")[1], "--node-ip-address", "127.0.0.1",
-                        "--temp-dir", temp, "--include-dashboard", "false", *common],
-                       check=True, env=env, capture_output=True, timeout=180)
-        subprocess.run([ray_cli, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
-                       check=True, env=env, capture_output=True, timeout=180)
-    except subprocess.CalledProcessError as exc:
-        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, env=env)
-        shutil.rmtree(temp, ignore_errors=True)
-        restore()
-        pytest.fail(f"could not start the local Ray cluster: {exc.stderr.decode()[-1500:]}")
-    try:
-        yield address
-    finally:
-        subprocess.run([ray_cli, "stop", "--force"], check=False, capture_output=True, env=env, timeout=120)
-        shutil.rmtree(temp, ignore_errors=True)
-        restore()
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +111,8 @@ def test_a_ray_reindex_equals_the_single_process_one(cfg: BackendConfig, names: 
 def test_a_worker_killed_mid_copy_loses_nothing(cfg: BackendConfig, names: list[str], encoder: Any, ray_cluster: str,
                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 caplog: pytest.LogCaptureFixture) -> None:
-    """SIGKILL the process of the actor that just returned a unit (it is on its next one): Ray restarts it and the
-    unit it held is copied again; the target ends with exactly the source's documents."""
+    """SIGKILL the process of the actor that just returned a unit (it is on its next one): the units it held go to
+    the other worker and to a replacement; the target ends with exactly the source's documents."""
     from genq_search import distributed
 
     source, alias = new_name(names, "src"), new_name(names, "live")
@@ -177,16 +127,99 @@ def test_a_worker_killed_mid_copy_loses_nothing(cfg: BackendConfig, names: list[
             os.kill(result["pid"], signal.SIGKILL)
 
     monkeypatch.setattr(distributed, "record", record_and_kill)
-    caplog.set_level("WARNING", logger="genq_search.distributed")
+    caplog.set_level("INFO", logger="genq_search.distributed")
     result = reindex(cfg, source, alias, encoder, tmp_path, read_batch=8, ray=ray_cluster, ray_unit_docs=25)
     after_kill = seen[seen.index(killed[0]) + 1 :]
-    assert killed[0] not in after_kill and len(set(seen)) == 3  # the two workers, then the killed one's restart
-    assert "was restarted" in caplog.text
+    assert after_kill and killed[0] not in after_kill  # the others (and a replacement, when it started in time) went on
+    assert "died (" in caplog.text and "goes back in the queue" in caplog.text and "1 died)" in caplog.text
     assert result.verified_ids == 300 and result.state.copied == 300  # each unit recorded once, none lost
     client = client_of(cfg)
     assert client.count(index=alias)["count"] == 300
     assert sorted(target_docs(client, alias)) == sorted(docs)
     assert sorted(client.indices.get_alias(name=alias)) == [f"{alias}-v1"]
+
+
+@pytest.fixture
+def third_node(ray_cluster: str) -> Iterator[Any]:
+    """``start(env)`` joins a third node (one CPU) to the local cluster for one test, its processes run with ``env``
+    added, and returns ``leave()``, which takes the node away (its raylet and the workers on it SIGKILLed, as when a
+    machine is lost); gone after the test either way."""
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    ports: list[int] = []
+
+    def leave(port: int) -> None:
+        raylets = subprocess.run(["pgrep", "-f", f"raylet.*--node_manager_port={port}"], check=False,
+                                 capture_output=True, text=True)
+        for pid in raylets.stdout.split():
+            subprocess.run(["pkill", "-KILL", "-P", pid], check=False)  # its workers and agents
+            os.kill(int(pid), signal.SIGKILL)
+
+    def start(env: dict[str, str] | None = None) -> Any:
+        ports.append(port := free_port())
+        subprocess.run([ray_cli, "start", "--address", ray_cluster, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                        "--disable-usage-stats", "--object-store-memory", str(200 * 2**20), "--node-manager-port",
+                        str(port)], check=True, capture_output=True, timeout=180, env={**os.environ, **(env or {})})
+        return lambda: leave(port)
+
+    try:
+        yield start
+    finally:
+        for port in ports:
+            leave(port)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_cluster_that_shrinks_during_the_copy_loses_nothing(cfg: BackendConfig, names: list[str], encoder: Any,
+                                                              ray_cluster: str, third_node: Any, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Three workers on three nodes; one node leaves after the first finished unit: its units go to the two left
+    (no room for a replacement), and the target ends with exactly the source's documents."""
+    from genq_search import distributed
+
+    source, alias = new_name(names, "src"), new_name(names, "live")
+    docs = make_source(cfg, source, 240)
+    real, left = distributed.record, []
+
+    def record_then_shrink(state: Any, unit: Any, result: dict[str, Any]) -> None:
+        real(state, unit, result)
+        if not left:
+            left.append(unit.number)
+            leave()
+
+    leave = third_node()
+    monkeypatch.setattr(distributed, "record", record_then_shrink)
+    caplog.set_level("INFO", logger="genq_search.distributed")
+    result = reindex(cfg, source, alias, encoder, tmp_path, read_batch=8, ray=ray_cluster, ray_unit_docs=20, ray_workers=3)
+    assert "3 workers on" in caplog.text and "died" in caplog.text and "2 workers left" in caplog.text
+    assert result.verified_ids == 240 and result.state.copied == 240
+    client = client_of(cfg)
+    assert sorted(target_docs(client, alias)) == sorted(docs)
+    assert sorted(client.indices.get_alias(name=alias)) == [f"{alias}-v1"]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_a_node_without_the_runtime_is_left_out_and_named(cfg: BackendConfig, names: list[str], tiny_bundle: Path,
+                                                           ray_cluster: str, third_node: Any, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A third node where onnxruntime cannot be imported: its worker cannot load the bundle, the run says which node
+    and goes on with the two others; the target is complete."""
+    from genq_search.encoders import load_encoder
+
+    broken = tmp_path / "no-onnxruntime"
+    (broken / "onnxruntime").mkdir(parents=True)
+    (broken / "onnxruntime" / "__init__.py").write_text("raise ImportError('onnxruntime is not installed on this node')\n")
+    third_node({"PYTHONPATH": str(broken)})
+    source, alias = new_name(names, "src"), new_name(names, "live")
+    docs = make_source(cfg, source, 60)
+    caplog.set_level("INFO", logger="genq_search.distributed")
+    result = reindex(cfg, source, alias, load_encoder(f"onnx:{tiny_bundle}", device="cpu"), tmp_path / "run",
+                     ray=ray_cluster, ray_unit_docs=10, ray_workers=3)
+    assert re.search(r"Ray worker on node \S+ cannot start: ", caplog.text) and "onnxruntime is not installed" in caplog.text
+    assert "going on with the 2 workers that started" in caplog.text
+    assert result.verified_ids == 60 and sorted(target_docs(client_of(cfg), alias)) == sorted(docs)
 
 
 @pytest.mark.integration
@@ -280,3 +313,110 @@ def test_the_cli_copies_an_onnx_bundle_on_ray_like_one_process(cfg: BackendConfi
                                         "--url", cfg.url, "--run-dir", str(tmp_path / "x"), "--ray", ray_cluster,
                                         "--ray-workers", "3"])
     assert too_many.exit_code == 1 and "--ray-workers 3: the Ray cluster at" in too_many.output
+
+
+# -- generation on a Ray cluster ----------------------------------------------------------------------------------
+
+
+def generated_files(stage: Path) -> dict[str, str]:
+    """What a generate stage wrote: chunks, queries, qrels, dev set; not its manifest (timings) nor settings.json (the
+    whole config, the Ray address too)."""
+    return {str(p.relative_to(stage)): p.read_text() for p in sorted(stage.rglob("*"))
+            if p.is_file() and p.name not in {"manifest.json", "settings.json"}}
+
+
+def same_generation(single: Path, distributed: Path) -> None:
+    """The same files, but dev chunks the Ray run generated ahead of where the dev set was full (the same rows a
+    single process writes when it gets there)."""
+    one, many = generated_files(single), generated_files(distributed)
+    assert set(one) <= set(many) and all(many[name] == text for name, text in one.items())
+    assert all(name.startswith("dev/chunks/") for name in set(many) - set(one)), sorted(set(many) - set(one))
+
+
+@pytest.mark.slow
+def test_a_ray_generate_equals_the_single_process_one(tiny_t5: Path, ray_cluster: str, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The same chunks, queries, qrels and dev set, byte for byte, with a worker SIGKILLed after its first chunk (Ray
+    restarts it; the chunk it held is generated again from the same seed)."""
+    from test_genq import gen_cfg, small_corpus
+
+    from genq_search import distributed
+    from genq_search.generate import run_generate
+
+    corpus = small_corpus(40)
+    cfg = gen_cfg(tiny_t5, chunk_size=4, dev_queries=6, dev_max_overlap=1.0)
+    single = run_generate(cfg, corpus, tmp_path / "one")
+    real_map, killed = distributed.Pool.map, []
+
+    def kill_after_the_first(self: Any, method: str, items: list[Any], *args: Any) -> Any:
+        for item, result in real_map(self, method, items, *args):
+            if not killed and len(items) == 8:  # the training chunks: the worker holds its next one
+                killed.append(result["pid"])
+                os.kill(result["pid"], signal.SIGKILL)
+            yield item, result
+
+    monkeypatch.setattr(distributed.Pool, "map", kill_after_the_first)
+    caplog.set_level("INFO", logger="genq_search.distributed")
+    distributed_run = run_generate(cfg.model_copy(update={"ray": ray_cluster}), corpus, tmp_path / "ray")
+    assert killed and "2 generator workers on 1 node(s)" in caplog.text and "died" in caplog.text
+    assert distributed_run["queries"] == single["queries"] and distributed_run["dev"] == single["dev"]
+    same_generation(tmp_path / "one", tmp_path / "ray")
+    assert len(list((tmp_path / "ray" / "chunks").glob("chunk-*.jsonl"))) == 8  # 32 training documents, 4 a chunk
+
+
+@pytest.mark.slow
+def test_a_ray_generate_interrupted_and_rerun_generates_only_the_missing_chunks(
+        tiny_t5: Path, ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from test_genq import gen_cfg, small_corpus
+
+    from genq_search import data
+    from genq_search.generate import run_generate
+
+    corpus = small_corpus(24)
+    cfg = gen_cfg(tiny_t5, chunk_size=4, ray=ray_cluster)
+    real_write, written = data.write_jsonl, []
+
+    def dies_after_two(path: Path, rows: Any) -> None:
+        real_write(path, rows)
+        written.append(path.name)
+        if len(written) == 2:
+            raise KeyboardInterrupt  # the driver is killed (its actors go with it)
+
+    monkeypatch.setattr(data, "write_jsonl", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(cfg, corpus, tmp_path / "ray")
+    monkeypatch.setattr(data, "write_jsonl", real_write)
+    assert sorted(p.name for p in (tmp_path / "ray" / "chunks").glob("*.jsonl")) == sorted(written)
+    assert not (tmp_path / "ray" / "gen-queries.jsonl").exists()
+    caplog.set_level("INFO", logger="genq_search.distributed")
+    run_generate(cfg, corpus, tmp_path / "ray")
+    assert "4 of 6 chunks to generate" in caplog.text  # the two written before the interruption are not redone
+    run_generate(cfg.model_copy(update={"ray": None}), corpus, tmp_path / "one")
+    same_generation(tmp_path / "one", tmp_path / "ray")
+
+
+@pytest.mark.slow
+def test_a_generator_a_worker_cannot_load_is_one_line_naming_its_node(ray_cluster: str, tmp_path: Path) -> None:
+    from test_genq import gen_cfg, small_corpus
+
+    from genq_search.generate import run_generate
+
+    with pytest.raises(GenqError, match=r"^Ray worker on node \S+ cannot load the query generator: .*"
+                                        r"no-such-generator.*\(no Ray worker could start\)$"):
+        run_generate(gen_cfg(tmp_path / "no-such-generator", ray=ray_cluster), small_corpus(8), tmp_path / "ray")
+    assert not list((tmp_path / "ray").glob("**/chunk-*.jsonl"))
+
+
+def test_the_generate_command_takes_ray(tmp_path: Path) -> None:
+    """`generate --ray ADDRESS` reaches the Ray cluster (here: nothing listens, one line, exit 1)."""
+    pytest.importorskip("ray")
+    from conftest import SAMPLE
+    from typer.testing import CliRunner
+
+    from genq_search.cli import app
+
+    port = free_port()
+    done = CliRunner().invoke(app, ["generate", "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--generator",
+                                    "unused", "--dev-queries", "0", "--ray", f"127.0.0.1:{port}", "--ray-workers", "2"])
+    assert done.exit_code == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in done.output

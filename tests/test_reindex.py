@@ -125,6 +125,33 @@ def test_reindex_copies_everything_and_switches_the_alias(cfg: BackendConfig, na
     assert not list(tmp_path.glob("reindex-*.json"))  # the state file is gone after success
 
 
+@pytest.mark.parametrize("buckets", [1 << 14, 4])
+def test_ids_are_compared_streamed_exactly_with_a_seeded_sample(cfg: BackendConfig, names: list[str], buckets: int,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Missing and extra ids found exactly (with 16K buckets, and with 4, where every bucket differs and is read
+    again); the sample is a seeded choice of source ids: the same for a seed, another for another seed."""
+    from conftest import bulk_load
+
+    from genq_search import index
+    from genq_search.engines import connect
+
+    monkeypatch.setattr(index, "ID_BUCKETS", buckets)
+    source, target = new_name(names, "src"), new_name(names, "dst")
+    docs = make_source(cfg, source, 150)
+    kept = sorted(docs)[5:]
+    bulk_load(cfg, [{"_index": target, "_id": i, "_source": {"text": "x"}} for i in [*kept, "only-in-target", "id-9999"]])
+    cluster = connect(cfg)
+    cluster.refresh([source, target])
+    check = index.compare_ids(cluster, [source], target, sample=20, seed=7)
+    assert check.missing == sorted(docs)[:5] and check.extra == ["id-9999", "only-in-target"] and check.count == 150
+    assert len(check.sample) == 20 and set(check.sample) <= set(docs)
+    assert index.compare_ids(cluster, [source], target, sample=20, seed=7).sample == check.sample
+    assert index.compare_ids(cluster, [source], target, sample=20, seed=8).sample != check.sample
+    assert index.compare_ids(cluster, [source], source, sample=500).sample == sorted(docs)
+    same = index.compare_ids(cluster, [source], source)
+    assert (same.missing, same.extra, same.count, same.sample) == ([], [], 150, [])
+
+
 def test_alias_over_several_indices_is_merged_and_conflicts_refused(cfg: BackendConfig, names: list[str], encoder: Any,
                                                                    tmp_path: Path) -> None:
     from conftest import client_of as connect

@@ -194,3 +194,32 @@ def test_reindex_retries_rejected_writes(drill_cfg: BackendConfig, secure_names:
     written = documents(client, alias)
     assert {d: {k: v for k, v in s.items() if k != "passages"} for d, s in written.items()} == docs
     assert all(s["passages"] for s in written.values())
+
+
+@pytest.mark.slow
+def test_a_ray_reindex_retries_rejected_writes_from_every_worker(drill_cfg: BackendConfig, secure_names: list[str],
+                                                                 tiny_bi_encoder: Path, ray_cluster: str, tmp_path: Path) -> None:
+    """Two Ray workers and three other clients write at once into a node with a write queue of 1: the workers' 429s
+    are retried in each worker, counted in the driver's report, and the target ends with exactly the source."""
+    from conftest import bulk_load
+    from conftest import client_of as connect
+
+    client = connect(drill_cfg)
+    source, alias = new_name(secure_names, "src"), new_name(secure_names, "live")
+    client.indices.create(index=source, body={"settings": {"index": {"number_of_shards": SHARDS, "number_of_replicas": 0}}})
+    docs = {f"id-{i:04d}": {"title": f"Title {i}", "text": f"document {i} about topic{i % 11} " * (1 + i % 7)} for i in range(DOCS)}
+    bulk_load(drill_cfg, ({"_index": source, "_id": k, "_source": v} for k, v in docs.items()))
+    config = tmp_path / "reindex.toml"
+    config.write_text("[reindex]\nray_unit_docs = 15\n")
+    done = threading.Event()
+    with other_writers(drill_cfg, new_name(secure_names, "other"), f"{alias}-v1", done.is_set):
+        result = cli("reindex", source, "--alias", alias, "--model", tiny_bi_encoder, "--read-batch", READ_BATCH,
+                     "--config", config, *connection(drill_cfg), "--run-dir", tmp_path, "--ray", ray_cluster,
+                     "--ray-workers", 2)
+        done.set()
+    assert result.exit_code == 0, result.output
+    assert reported(result.output, f"{alias}-v1") > 0  # the drill really drilled, the workers' retries counted
+    assert sorted(client.indices.get_alias(name=alias)) == [f"{alias}-v1"]
+    written = documents(client, alias)
+    assert {d: {k: v for k, v in s.items() if k != "passages"} for d, s in written.items()} == docs
+    assert all(s["passages"] for s in written.values())
