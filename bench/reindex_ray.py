@@ -52,7 +52,7 @@ def main() -> None:
         corpus = {d: corpus[d] for d in sorted(corpus)[: args.docs]}
     cfg = BackendConfig(engine="opensearch", url=args.url)
     cluster = connect(cfg)
-    load_live_index(cluster.client, SOURCE, corpus, 0.9, 0.4)
+    load_live_index(cluster, SOURCE, corpus, 0.9, 0.4, "english")
     source_ids = cluster.all_ids([SOURCE])
     encoder = load_encoder(args.model, "cpu")
     runs: list[dict[str, Any]] = []

@@ -47,8 +47,9 @@ def main() -> None:
     started = time.perf_counter()
     collection = load_collection(args.data, split="test")
     base = BackendConfig(engine="opensearch", url=args.url)
-    client = connect(base).client
-    load_live_index(client, SOURCE, collection.corpus, 0.9, 0.4)
+    cluster = connect(base)
+    client = cluster.client
+    load_live_index(cluster, SOURCE, collection.corpus, 0.9, 0.4, "english")
     corpus = CorpusConfig(source_index=SOURCE)
     encoder = OnnxEncoder(args.bundle, provider="cpu")
     before, _ = encoder_alone(encoder, collection.corpus, corpus.read_batch, corpus.passage_stride)

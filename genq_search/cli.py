@@ -81,7 +81,7 @@ KnnLibraryOpt = Annotated[str | None, typer.Option(help="OpenSearch k-NN library
 CaOpt = Annotated[Path | None, typer.Option("--ca-certs", help="CA bundle for TLS.")]
 VerifyOpt = Annotated[bool | None, typer.Option("--verify-certs/--no-verify-certs")]
 RayOpt = Annotated[str | None, typer.Option(
-    "--ray", metavar="ADDRESS", help="Run on a Ray cluster (query generation, the reindex copy): auto (join the running one), "
+    "--ray", metavar="ADDRESS", help="Run on a Ray cluster (query generation, corpus encoding, the reindex copy): auto (join the running one), "
                                      "local (start one here), HOST:PORT or ray://HOST:10001; needs genq-search[ray].")]
 RayWorkersOpt = Annotated[int | None, typer.Option(help="Actors on the Ray cluster, each with its own model (default: one per GPU, else per CPU).")]
 OverwriteOpt = Annotated[bool | None, typer.Option("--overwrite", help="Replace an existing index / artifacts.")]
@@ -169,6 +169,7 @@ def compare(
     contrast: Annotated[str | None, typer.Option(help="Per-query win/loss between two runs: A,B.")] = None,
     model_id: Annotated[str | None, typer.Option(help="ML Commons model id (genq-search register): the cluster embeds the "
                                                       "queries; dense and hybrid run server-side (neural). One --model.")] = None,
+    ray: RayOpt = None, ray_workers: RayWorkersOpt = None,
 ) -> None:
     """Compare BM25, dense and hybrid retrieval on labelled queries (table, JSON, TREC runs, plots, win/loss)."""
     from genq_search.pipeline import run_compare
@@ -176,7 +177,7 @@ def compare(
     cfg = RunConfig.load(config, {
         "run": {"run_dir": run_dir},
         "corpus": {"path": corpus, "split": split, "passage_tokens": passage_tokens, "passage_stride": passage_stride},
-        "encoder": {"device": device, "batch_size": batch_size},
+        "encoder": {"device": device, "batch_size": batch_size, "ray": ray, "ray_workers": ray_workers},
         "backend": {**backend_overrides(backend, url, index, username, password, ca_certs, verify_certs), "model_id": model_id},
         "compare": {"models": model or None, "modes": mode or None, "k": k, "fusion_depth": fusion_depth,
                     "rrf_k": rrf_k, "lexical_weight": lexical_weight, "baseline": baseline, "contrast": contrast},
@@ -295,7 +296,7 @@ def mine(
     top_k: Annotated[int | None, typer.Option("--top-k", hidden=True)] = None,
     backend: BackendOpt = None, url: UrlOpt = None, index: IndexOpt = None, username: UserOpt = None,
     password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None, device: DeviceOpt = None,
-    overwrite: OverwriteOpt = None,
+    overwrite: OverwriteOpt = None, ray: RayOpt = None, ray_workers: RayWorkersOpt = None,
 ) -> None:
     """GPL: mine hard negatives for the generated queries (resumable; output in <run-dir>/mine)."""
     from genq_search.mine import run_mine
@@ -304,10 +305,12 @@ def mine(
     cfg = RunConfig.load(config, {"run": {"run_dir": run_dir}, "corpus": {"path": corpus},
                                   "backend": backend_overrides(backend, url, index, username, password, ca_certs, verify_certs),
                                   "mine": {"retrievers": retriever, "bm25": bm25, "device": device,
-                                           "negatives": renamed_flag(negatives, top_k, "--top-k", "--negatives")}})
+                                           "negatives": renamed_flag(negatives, top_k, "--top-k", "--negatives")},
+                                  "encoder": {"ray": ray, "ray_workers": ray_workers}})
     collection = load_run_collection(cfg, with_qrels=False)
     summary = run_mine(cfg.mine, collection.corpus, cfg.run_dir / "generate", cfg.run_dir / "mine",
-                       lexical_backend(cfg, collection) if cfg.mine.bm25 else None, overwrite=bool(overwrite))
+                       lexical_backend(cfg, collection) if cfg.mine.bm25 else None, overwrite=bool(overwrite),
+                       ray=cfg.encoder.ray, ray_workers=cfg.encoder.ray_workers)
     typer.echo(f"{summary['queries']} queries, {summary['mean_distinct_negatives']:.1f} distinct negatives each "
                f"-> {cfg.run_dir / 'mine' / 'hard-negatives.jsonl'}")
 
@@ -391,6 +394,7 @@ def adapt(
                                  epochs, train_batch_size, learning_rate, device)
     overrides["run"]["method"] = method
     overrides["generate"].update({"dev_queries": dev_queries, "ray": ray, "ray_workers": ray_workers})
+    overrides["encoder"] = {"ray": ray, "ray_workers": ray_workers}
     overrides.update({"label": {"teacher": teacher}, "gate": {"margin": margin},
                       "backend": backend_overrides(None, url, None, username, password, ca_certs, verify_certs)})
     cfg = RunConfig.load(config, _on_device(overrides, device), adapt=True)
@@ -407,7 +411,7 @@ def index_command(
     backend: BackendOpt = None, url: UrlOpt = None, index: IndexOpt = None, username: UserOpt = None,
     password: PasswordOpt = None, ca_certs: CaOpt = None, verify_certs: VerifyOpt = None, overwrite: OverwriteOpt = None,
     knn_library: KnnLibraryOpt = None,
-    device: DeviceOpt = None, batch_size: BatchOpt = None,
+    device: DeviceOpt = None, batch_size: BatchOpt = None, ray: RayOpt = None, ray_workers: RayWorkersOpt = None,
 ) -> None:
     """Index a collection (BM25 text + passage vectors) into the embedded backend or an OpenSearch/Elasticsearch index."""
     from genq_search.encoders import load_encoder
@@ -415,7 +419,8 @@ def index_command(
     from genq_search.search import build_index
 
     cfg = RunConfig.load(config, {
-        "run": {"run_dir": run_dir}, "corpus": {"path": corpus}, "encoder": {"model": model, "device": device, "batch_size": batch_size},
+        "run": {"run_dir": run_dir}, "corpus": {"path": corpus},
+        "encoder": {"model": model, "device": device, "batch_size": batch_size, "ray": ray, "ray_workers": ray_workers},
         "backend": {**backend_overrides(backend, url, index, username, password, ca_certs, verify_certs, overwrite), "knn_library": knn_library},
     })
     collection = load_run_collection(cfg, with_qrels=False)
@@ -488,6 +493,7 @@ def upgrade(
         "reindex": {"alias": alias, "freeze_writes": freeze_writes, "ray": ray, "ray_workers": ray_workers},
         "backend": {"url": url, "username": username, "password": password, "ca_certs": ca_certs, "verify_certs": verify_certs},
         "generate": {"dev_queries": dev_queries, "ray": ray, "ray_workers": ray_workers}, "gate": {"margin": margin},
+        "encoder": {"ray": ray, "ray_workers": ray_workers},
     }, device), adapt=True)
     report = run_upgrade(cfg, dry_run=dry_run, overwrite=bool(overwrite))
     typer.echo(describe_plan(report["plan"]))

@@ -211,6 +211,13 @@ class EncoderConfig(StageConfig):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="float32 | bfloat16 | float16 (PyTorch models; "
                                                          "bfloat16 is faster on CPUs with AVX-512-BF16/AMX and on GPUs; "
                                                          "float16: GPUs only)")
+    ray: RayAddress | None = Field(
+        None, description="encode the corpus (compare, index, mine's retrievers) on a Ray cluster, in parts written "
+                          "to the embedding cache as they come back: auto, local, HOST:PORT or ray://HOST:10001; none: "
+                          "one process, Ray not imported")
+    ray_workers: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="encoder actors on the Ray cluster, each with its own model (default: one per GPU where it "
+                          "has GPUs, else per CPU)")
 
 
 class KnnLibrary(StrEnum):
@@ -438,6 +445,10 @@ class GenerateConfig(StageConfig):
     dev_max_overlap: float = Field(0.5, gt=0.0, le=1.0, description="dev set lexical-gap filter: keep a query only if at "
                                                                     "most this share of its content words (stop words left "
                                                                     "out) occur in its source")
+    threads: Annotated[int, Field(ge=1, le=4096)] | None = Field(
+        None, description="CPU threads of each llama.cpp generator (default: every core of the process; on Ray: one "
+                          "per worker, which holds that many CPUs); llama.cpp's sums round differently with another "
+                          "count, so queries repeat exactly for the same threads")
     ray: RayAddress | None = Field(
         None, description="generate on a Ray cluster, chunk by chunk (the same seeded chunks a single process writes): "
                           "auto, local, HOST:PORT or ray://HOST:10001; none: one process, Ray not imported")

@@ -1,4 +1,4 @@
-"""Work on a Ray cluster (``reindex.ray`` / ``generate.ray``, ``--ray ADDRESS``): only imported when asked for, and
+"""Work on a Ray cluster (``reindex.ray``, ``generate.ray``, ``encoder.ray``; ``--ray ADDRESS``): only imported when asked for, and
 only then is Ray imported.
 
 The reindex copy (``index.run_reindex``) is split into work units: one shard of one source index and a ``_seq_no``
@@ -16,7 +16,10 @@ Query generation (``generate.run_generate``) sends its missing chunks to a pool 
 own model; a chunk's rows depend on its documents and seed only, and the driver writes each chunk file as it comes
 back, so the output is a single process's and a rerun skips what was written.
 
-Both pools survive their workers: a worker whose process is killed or whose node leaves hands the calls it held back
+Corpus encoding (the embedding cache of ``compare``, ``index`` and ``mine``: ``encoder.ray``) sends parts of the
+passages to a pool of encoder actors and keeps each part beside the cache file until the whole is there.
+
+The pools survive their workers: a worker whose process is killed or whose node leaves hands the calls it held back
 to the driver, which runs them on the others (idempotent: documents are written by ``_id``, chunks regenerated from
 their seed) and starts a replacement where the cluster has room (``Pool``).
 """
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 UNIT_RETRIES = 4  # runs of a unit (chunk) whose worker died under it, after the first, before the run stops with one line
+START_TIMEOUT_S = 600  # for a worker to start (placed, its model loaded) before it is left out
 IN_FLIGHT = 2  # units queued per actor: the next one starts as soon as one is returned
 
 
@@ -146,31 +150,42 @@ class _Read:
         self.n += k
 
 
-class UnitWorker:
-    """One actor of the pool: its own cluster connection and encoder; copies units with ``index.Copier``. A failure
-    to load is kept and raised by ``info()``, so it comes back as one line naming the node."""
+class Worker:
+    """What every actor of a ``Pool`` has: its node, and what went wrong while it loaded (kept, and raised by
+    ``info()``, so that it comes back as one line naming the node instead of a dead actor)."""
 
-    def __init__(self, backend: BackendConfig, corpus: CorpusConfig, recipe: EncoderRecipe, state: dict[str, Any],
-                 encode_batch: int, gpu: bool, threads: int):
+    def __init__(self, what: str, load: Any):
         import ray
 
         self.node = ray.util.get_node_ip_address()
         self.error: str | None = None
-        self.corpus, self.state_fields, self.encode_batch = corpus, state, encode_batch
         try:
+            load()
+        except Exception as exc:  # noqa: BLE001 - reported by info() as one line naming the node
+            self.error = f"Ray worker on node {self.node} cannot {what}: {exc or type(exc).__name__}"
+
+    def info(self) -> dict[str, Any]:
+        if self.error:
+            raise GenqError(self.error)
+        return {"pid": os.getpid(), "node": self.node}
+
+
+class UnitWorker(Worker):
+    """A reindex actor: its own cluster connection and encoder; copies units with ``index.Copier``."""
+
+    def __init__(self, backend: BackendConfig, corpus: CorpusConfig, recipe: EncoderRecipe, state: dict[str, Any],
+                 encode_batch: int, gpu: bool, threads: int):
+        self.corpus, self.state_fields, self.encode_batch = corpus, state, encode_batch
+
+        def load() -> None:
             from genq_search.engines import connect
 
             self.encoder = recipe.load(gpu, threads)
             if self.encoder.dim != state["dim"]:
                 raise GenqError(f"its model gives {self.encoder.dim}-d vectors, the driver's {state['dim']}-d")
             self.cluster = connect(backend)
-        except Exception as exc:  # noqa: BLE001 - reported by info() as one line naming the node
-            self.error = f"Ray worker on node {self.node} cannot start: {type(exc).__name__ if not str(exc) else exc}"
 
-    def info(self) -> dict[str, Any]:
-        if self.error:
-            raise GenqError(self.error)
-        return {"pid": os.getpid(), "node": self.node, "variant": getattr(self.encoder, "variant", None)}
+        super().__init__("start", load)
 
     def copy(self, unit: Unit) -> dict[str, Any]:
         """Copy one unit; returns what it did (written, failed ids with reasons, 429s retried, documents read)."""
@@ -318,32 +333,41 @@ def _run_units(ray: Any, copier: Copier, backend: BackendConfig, reindex: Reinde
 
 class Pool:
     """Actors of one class spread over the Ray cluster (``SPREAD``): one GPU each where the cluster has GPUs (their
-    threads share the node's CPUs), else one CPU each. The driver, not Ray, handles a worker that dies (its process
+    threads share the node's CPUs), else ``cpus_per_worker`` CPUs each (their threads). The driver, not Ray, handles a worker that dies (its process
     killed, its node gone): the calls it held go back in the queue for the others (up to ``UNIT_RETRIES`` more runs
     each) and a replacement starts where the cluster has room, so a cluster that shrinks finishes on what is left. A
     worker that cannot start on its node (e.g. the runtime is not installed there) is left out with a warning naming
     the node; the run stops with one line only when none starts. ``actors`` is the caller's list: it kills them."""
 
     def __init__(self, ray: Any, worker: type, address: str, workers: int | None, items: int, actors: list[Any],
-                 arguments: Any, use_gpus: bool = True):
-        resources = ray.cluster_resources()
-        cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0)) if use_gpus else 0
+                 arguments: Any, use_gpus: bool = True, cpus_per_worker: int = 1):
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        cpus = sum(int(node.get("CPU", 0)) for node in nodes)
+        gpus = sum(int(node.get("GPU", 0)) for node in nodes) if use_gpus else 0
         self.resource = "GPU" if gpus else "CPU"
-        capacity = gpus or cpus
+        per = 1 if gpus else cpus_per_worker  # a worker's CPUs are on one node
+        capacity = sum(int(node.get(self.resource, 0)) // per for node in nodes)
         if capacity < 1:
-            raise GenqError(f"the Ray cluster at {address} has no {self.resource} to run a worker on")
+            raise GenqError(f"the Ray cluster at {address} has no node with {per} {self.resource}{'s' * (per > 1)} "
+                            "for a worker")
         if (workers or 0) > capacity:
-            raise GenqError(f"--ray-workers {workers}: the Ray cluster at {address} has {capacity} "
-                            f"{self.resource}s, one per worker")
+            raise GenqError(f"--ray-workers {workers}: the Ray cluster at {address} has room for {capacity} "
+                            f"({per} {self.resource}{'s' * (per > 1)} per worker, on {len(nodes)} node(s))")
         self.size = max(1, min(workers or capacity, items))
-        threads = max(1, cpus // self.size) if gpus else 1
-        remote = ray.remote(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0, max_restarts=0, max_task_retries=0,
-                            scheduling_strategy="SPREAD")(worker)
+        threads = max(1, cpus // self.size) if gpus else cpus_per_worker
+        remote = ray.remote(num_cpus=0 if gpus else cpus_per_worker, num_gpus=1 if gpus else 0, max_restarts=0,
+                            max_task_retries=0, scheduling_strategy="SPREAD")(worker)
         self.ray, self.actors, self.live, self.died = ray, actors, [], 0
         self._new = lambda: remote.remote(*arguments(bool(gpus), threads))
         started = [self._start() for _ in range(self.size)]
+        infos = [actor.info.remote() for actor in started]
+        ready, _ = ray.wait(infos, num_returns=len(infos), timeout=START_TIMEOUT_S)
         errors = []
-        for actor, info in zip(started, [a.info.remote() for a in started], strict=True):
+        for actor, info in zip(started, infos, strict=True):
+            if info not in ready:  # its resources are held elsewhere, or its model loads for ever
+                errors.append(f"a Ray worker did not start within {START_TIMEOUT_S} s")
+                ray.kill(actor)
+                continue
             try:
                 self.live.append((actor, ray.get(info)))
             except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
@@ -426,19 +450,15 @@ class Pool:
 # -- generation on Ray --------------------------------------------------------------------------------------------
 
 
-class ChunkWorker:
-    """One generator actor: its own model (``generate.runtime`` as the driver resolved it, never another: two runtimes
-    sample different queries), the chunks' rows as a single process computes them. A failure to load is kept and
-    raised by ``info()``, as one line naming the node."""
+class ChunkWorker(Worker):
+    """A generator actor: its own model (``generate.runtime`` as the driver resolved it, never another: two runtimes
+    sample different queries), the chunks' rows as a single process computes them."""
 
     def __init__(self, cfg: GenerateConfig, gpu: bool, threads: int):
-        import ray
-
-        self.node = ray.util.get_node_ip_address()
-        self.error: str | None = None
-        try:
+        def load() -> None:
             from genq_search.generate import _LazyGenerator, load_generator
 
+            nonlocal cfg
             if gpu:
                 cfg = cfg.model_copy(update={"device": "cuda"})
             else:
@@ -446,13 +466,8 @@ class ChunkWorker:
 
                 torch.set_num_threads(threads)
             self.generator = _LazyGenerator(cfg, load_generator(cfg, threads))
-        except Exception as exc:  # noqa: BLE001 - reported by info() as one line naming the node
-            self.error = f"Ray worker on node {self.node} cannot load the query generator: {exc or type(exc).__name__}"
 
-    def info(self) -> dict[str, Any]:
-        if self.error:
-            raise GenqError(self.error)
-        return {"pid": os.getpid(), "node": self.node}
+        super().__init__("load the query generator", load)
 
     def chunk(self, job: tuple[int, list[Any], int, int, int, bool]) -> dict[str, Any]:
         """``job``: chunk number, its units, queries per unit, the chunk's seed, batch size, with likelihoods."""
@@ -478,8 +493,9 @@ def generate_on_ray(cfg: GenerateConfig, chunk_dir: Path, chunks: list[list[Any]
                                         **({"generator": str(local.resolve())} if local.exists() else {})})
     todo = set(missing)
     with ray_session(cfg.ray) as (ray, actors):
-        pool = Pool(ray, ChunkWorker, cfg.ray, cfg.ray_workers, len(missing), actors, lambda gpu, threads: (worker_cfg, gpu, threads),
-                    use_gpus=cfg.device != "cpu")
+        pool = Pool(ray, ChunkWorker, cfg.ray, cfg.ray_workers, len(missing), actors,
+                    lambda gpu, threads: (worker_cfg, gpu, threads), use_gpus=cfg.device != "cpu",
+                    cpus_per_worker=cfg.threads or 1)
         logger.info("Ray: %d generator workers on %d node(s) (%s), %d of %d chunks to generate", len(pool.actors),
                     len(pool.nodes), ", ".join(pool.nodes), len(missing), len(chunks))
         jobs = [(n, chunks[n], per_document, chunk_seed(seed, n), batch_size, likelihood) for n in missing]
@@ -505,6 +521,63 @@ def generate_on_ray(cfg: GenerateConfig, chunk_dir: Path, chunks: list[list[Any]
         logger.info("Ray generation: %d chunks (%d units) in %.1fs once the workers had started (%.2f units/s; %d "
                     "workers, %d died)", len(missing), units, seconds, units / seconds if seconds else 0.0, pool.size,
                     pool.died)
+
+
+# -- corpus encoding on Ray -------------------------------------------------------------------------------------
+
+PART_TEXTS = 8192  # passages a Ray encoding part holds: the unit of work, of resumption and of one return
+
+
+class EncodeWorker(Worker):
+    """An encoder actor: the driver's model (``EncoderRecipe``), passages to vectors."""
+
+    def __init__(self, recipe: EncoderRecipe, gpu: bool, threads: int):
+        def load() -> None:
+            self.encoder = recipe.load(gpu, threads)
+
+        super().__init__("load the encoder", load)
+
+    def encode(self, job: tuple[int, list[str], int]) -> dict[str, Any]:
+        """``job``: part number, its passages, batch size."""
+        _, texts, batch_size = job
+        return {"vectors": self.encoder.encode_passages(texts, batch_size=batch_size, progress=False),
+                "pid": os.getpid(), "node": self.node}
+
+
+def encode_on_ray(encoder: Encoder, texts: list[str], batch_size: int, address: str, workers: int | None,
+                  parts_dir: Path | None) -> Any:
+    """``encoder.encode_passages(texts)`` on the Ray cluster at ``address``: parts of ``PART_TEXTS`` passages over a
+    pool of encoder actors (the driver's model, as the reindex loads it), each part saved atomically in ``parts_dir``
+    as it comes back, so a rerun encodes only the parts missing."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from genq_search.data import atomic_write
+
+    recipe = EncoderRecipe.of(encoder)
+    parts = [texts[i : i + PART_TEXTS] for i in range(0, len(texts), PART_TEXTS)]
+    files = [parts_dir / f"part-{n:05d}.npy" if parts_dir else None for n in range(len(parts))]
+    vectors: dict[int, Any] = {n: np.load(f) for n, f in enumerate(files) if f is not None and f.is_file()}
+    todo = [n for n in range(len(parts)) if n not in vectors]
+    with tqdm(total=len(texts), desc="encode passages on Ray", unit="passage") as progress:
+        progress.update(sum(len(parts[n]) for n in vectors))
+        if todo:
+            with ray_session(address) as (ray, actors):
+                pool = Pool(ray, EncodeWorker, address, workers, len(todo), actors,
+                            lambda gpu, threads: (recipe, gpu, threads))
+                logger.info("Ray: %d encoder workers on %d node(s) (%s), %d of %d parts to encode", len(pool.actors),
+                            len(pool.nodes), ", ".join(pool.nodes), len(todo), len(parts))
+                jobs = [(n, parts[n], batch_size) for n in todo]
+                for (n, _, _), result in pool.map("encode", jobs, lambda job: f"encoding part {job[0]}"):
+                    if result["vectors"].shape != (len(parts[n]), encoder.dim):
+                        raise GenqError(f"Ray worker on node {result['node']} returned vectors of shape "
+                                        f"{result['vectors'].shape} for {len(parts[n])} passages of a {encoder.dim}-d model")
+                    vectors[n] = result["vectors"]
+                    if files[n] is not None:
+                        with atomic_write(files[n], "wb") as handle:
+                            np.save(handle, vectors[n])
+                    progress.update(len(parts[n]))
+    return np.concatenate([vectors[n] for n in range(len(parts))]) if parts else np.zeros((0, encoder.dim), np.float32)
 
 
 def _one_line(ray: Any, exc: Exception) -> str:

@@ -194,22 +194,35 @@ def load_encoder(spec: str, device: str = "auto", normalize: bool = True, max_se
 
 
 def encode_passages_cached(
-    encoder: Encoder, texts: list[str], cache_dir: Path | None, batch_size: int = 64
+    encoder: Encoder, texts: list[str], cache_dir: Path | None, batch_size: int = 64, ray: str | None = None,
+    ray_workers: int | None = None,
 ) -> np.ndarray:
-    """Encode passages once per (encoder, texts); later calls load the ``.npy`` from ``cache_dir``."""
-    if cache_dir is None:
-        return encoder.encode_passages(texts, batch_size=batch_size)
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode())
-        digest.update(b"\0")
-    path = Path(cache_dir) / f"{encoder.fingerprint()}-{digest.hexdigest()[:16]}.npy"
-    if path.is_file():
-        vectors = np.load(path)
-        if vectors.shape == (len(texts), encoder.dim):
-            logger.info("loaded %d cached embeddings from %s", len(texts), path)
-            return vectors
-    vectors = encoder.encode_passages(texts, batch_size=batch_size)
-    with atomic_write(path, "wb") as handle:
-        np.save(handle, vectors)
+    """Encode passages once per (encoder, texts); later calls load the ``.npy`` from ``cache_dir``. With ``ray`` (a
+    Ray address, ``encoder.ray``) the encoding runs on that cluster in parts kept beside the cache file until it is
+    whole, so an interrupted run resumes from the parts written."""
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha256()
+        for text in texts:
+            digest.update(text.encode())
+            digest.update(b"\0")
+        path = Path(cache_dir) / f"{encoder.fingerprint()}-{digest.hexdigest()[:16]}.npy"
+        if path.is_file():
+            vectors = np.load(path)
+            if vectors.shape == (len(texts), encoder.dim):
+                logger.info("loaded %d cached embeddings from %s", len(texts), path)
+                return vectors
+    if ray:
+        from genq_search.distributed import encode_on_ray
+
+        vectors = encode_on_ray(encoder, texts, batch_size, ray, ray_workers, path.with_suffix(".parts") if path else None)
+    else:
+        vectors = encoder.encode_passages(texts, batch_size=batch_size)
+    if path is not None:
+        with atomic_write(path, "wb") as handle:
+            np.save(handle, vectors)
+        if ray:
+            import shutil
+
+            shutil.rmtree(path.with_suffix(".parts"), ignore_errors=True)  # whole now
     return vectors

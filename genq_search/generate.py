@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 GPL_TOTAL_QUERIES = 250_000
 POST_PROCESSING = {"min_query_words", "max_query_words", "filter_top_k", "filter_model", "dev_max_overlap"}
 TRAINING_SIDE = {"queries_per_passage", "samples_per_passage", "passage_windows", "max_passages"}  # the dev set is sized apart
-RUN_ONLY = {"device", "batch_size", "ray", "ray_workers"}  # how a run goes, not what it writes: never hashed
+RUN_ONLY = {"device", "batch_size", "threads", "ray", "ray_workers"}  # how a run goes, not what it writes: never hashed
 OPTIONAL_OFF: dict[str, Any] = {"samples_per_passage": None, "passage_windows": False}
 # a runtime whose queries for the same settings changed keeps a new key in the settings hash, so chunks written
 # before are regenerated rather than mixed with new ones (llama.cpp: batched sequences and its own sampler)
@@ -310,7 +310,7 @@ class LlamaCppGenerator:
         import llama_cpp
         from llama_cpp import Llama
 
-        self.cfg, self.threads = cfg, threads or usable_cores()
+        self.cfg, self.threads = cfg, threads or cfg.threads or usable_cores()
         self.template = prompt_template(cfg)
         with _without_amx_buffers():
             self.llm = Llama(model_path=path, n_ctx=64, n_threads=self.threads, verbose=False)  # weights, tokenizer
@@ -509,7 +509,8 @@ def generation_runtime(cfg: GenerateConfig) -> str:
 
 
 def load_generator(cfg: GenerateConfig, threads: int | None = None) -> QueryGenerator:
-    """The query generator of ``cfg``; ``threads``: llama.cpp's (default: every core this process may use)."""
+    """The query generator of ``cfg``; ``threads``: llama.cpp's (default: ``cfg.threads``, else every core this
+    process may use)."""
     path = resolve_model(cfg.generator, "query generator")
     if generation_runtime(cfg) == "llama.cpp":
         if not path.endswith(".gguf"):

@@ -38,8 +38,10 @@ logger = logging.getLogger(__name__)
 
 
 def run_mine(cfg: MineConfig, corpus: Corpus, generate_dir: Path, stage_dir: Path,
-             bm25_backend: SearchBackend | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Mine ``cfg.negatives`` negatives per query and retriever into ``stage_dir/hard-negatives.jsonl``."""
+             bm25_backend: SearchBackend | None = None, overwrite: bool = False, ray: str | None = None,
+             ray_workers: int | None = None) -> dict[str, Any]:
+    """Mine ``cfg.negatives`` negatives per query and retriever into ``stage_dir/hard-negatives.jsonl``; ``ray``: the
+    retrievers encode the corpus on that Ray cluster (``encoder.ray``)."""
     stage_dir = Path(stage_dir)
     queries, qrels = read_generated(generate_dir, corpus)
     if cfg.bm25 and bm25_backend is None:
@@ -67,7 +69,7 @@ def run_mine(cfg: MineConfig, corpus: Corpus, generate_dir: Path, stage_dir: Pat
     started = time.perf_counter()
     if todo:
         doc_ids = list(corpus)  # corpus order: the same texts as an unsplit index, so the embedding cache is shared
-        dense = _load_dense(cfg, corpus, doc_ids, stage_dir.parent / "embeddings")
+        dense = _load_dense(cfg, corpus, doc_ids, stage_dir.parent / "embeddings", ray, ray_workers)
         for n in tqdm(todo, desc="mine negatives", unit="chunk"):
             rows = _mine_chunk(chunks[n], queries, qrels, dense, doc_ids, bm25_backend if cfg.bm25 else None, negatives, cfg.batch_size)
             write_jsonl(chunk_file(chunk_dir, n), rows)
@@ -85,7 +87,8 @@ def negative_pool(row: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(doc for ranked in row["negatives"].values() for doc in ranked))
 
 
-def _load_dense(cfg: MineConfig, corpus: Corpus, doc_ids: list[str], cache_dir: Path) -> list[tuple[str, Encoder, np.ndarray]]:
+def _load_dense(cfg: MineConfig, corpus: Corpus, doc_ids: list[str], cache_dir: Path, ray: str | None = None,
+                ray_workers: int | None = None) -> list[tuple[str, Encoder, np.ndarray]]:
     """Each retriever with its document matrix (one truncated passage per document, as in GPL); cached on disk."""
     texts = [document_text(corpus[d]) for d in doc_ids]
     dense = []
@@ -94,7 +97,7 @@ def _load_dense(cfg: MineConfig, corpus: Corpus, doc_ids: list[str], cache_dir: 
             encoder = load_encoder(spec, cfg.device)
         except GenqError as exc:
             raise GenqError(f"{exc} Offline alternative: --retriever sentence-transformers/all-MiniLM-L6-v2 (bundled).") from None
-        dense.append((spec, encoder, encode_passages_cached(encoder, texts, cache_dir, cfg.batch_size)))
+        dense.append((spec, encoder, encode_passages_cached(encoder, texts, cache_dir, cfg.batch_size, ray, ray_workers)))
     return dense
 
 

@@ -188,7 +188,8 @@ def run_gpl_stages(cfg: RunConfig, collection: Collection, base_model: str, over
     generate_dir = cfg.run_dir / "generate"
     start = time.perf_counter()
     bm25 = lexical_backend(cfg, collection) if cfg.mine.bm25 else None
-    stages["mine"] = run_mine(cfg.mine, collection.corpus, generate_dir, cfg.run_dir / "mine", bm25, overwrite=overwrite)
+    stages["mine"] = run_mine(cfg.mine, collection.corpus, generate_dir, cfg.run_dir / "mine", bm25, overwrite=overwrite,
+                              ray=cfg.encoder.ray, ray_workers=cfg.encoder.ray_workers)
     stages["mine_s"] = time.perf_counter() - start
     start = time.perf_counter()
     stages["label"] = run_label(cfg.label, collection.corpus, generate_dir, cfg.run_dir / "mine", cfg.run_dir / "label", overwrite=overwrite)

@@ -88,7 +88,8 @@ def build_index(
     vectors = None
     if encoder is not None:
         start = time.perf_counter()
-        vectors = encode_passages_cached(encoder, [p.text for p in passages], run_dir / "embeddings", encoder_cfg.batch_size)
+        vectors = encode_passages_cached(encoder, [p.text for p in passages], run_dir / "embeddings", encoder_cfg.batch_size,
+                                         encoder_cfg.ray, encoder_cfg.ray_workers)
         timings.encode_s = time.perf_counter() - start
     start = time.perf_counter()
     if backend_cfg.engine is not Engine.EMBEDDED:

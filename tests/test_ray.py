@@ -408,6 +408,17 @@ def test_a_generator_a_worker_cannot_load_is_one_line_naming_its_node(ray_cluste
     assert not list((tmp_path / "ray").glob("**/chunk-*.jsonl"))
 
 
+@pytest.mark.slow
+def test_generator_workers_hold_generate_threads_cpus_on_one_node(tiny_t5: Path, ray_cluster: str, tmp_path: Path) -> None:
+    """`generate.threads = 2` on a cluster of one-CPU nodes: no node can hold a worker, one line (not a wait for ever)."""
+    from test_genq import gen_cfg, small_corpus
+
+    from genq_search.generate import run_generate
+
+    with pytest.raises(GenqError, match=r"^the Ray cluster at \S+ has no node with 2 CPUs for a worker$"):
+        run_generate(gen_cfg(tiny_t5, chunk_size=4, ray=ray_cluster, threads=2), small_corpus(8), tmp_path / "a")
+
+
 def test_the_generate_command_takes_ray(tmp_path: Path) -> None:
     """`generate --ray ADDRESS` reaches the Ray cluster (here: nothing listens, one line, exit 1)."""
     pytest.importorskip("ray")
@@ -420,3 +431,54 @@ def test_the_generate_command_takes_ray(tmp_path: Path) -> None:
     done = CliRunner().invoke(app, ["generate", "--corpus", str(SAMPLE), "--run-dir", str(tmp_path), "--generator",
                                     "unused", "--dev-queries", "0", "--ray", f"127.0.0.1:{port}", "--ray-workers", "2"])
     assert done.exit_code == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in done.output
+
+
+# -- corpus encoding on a Ray cluster -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_corpus_encoding_on_ray_equals_one_process_and_resumes_by_part(encoder: Any, ray_cluster: str, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """The embedding cache written on Ray holds one process's vectors (1e-5); a driver interrupted after two parts
+    encodes only the others when rerun, and the parts are gone once the cache file is whole."""
+    from genq_search import data, distributed
+    from genq_search.encoders import encode_passages_cached
+
+    texts = [f"passage {i} about topic{i % 7} " * (1 + i % 5) for i in range(60)]
+    single = encode_passages_cached(encoder, texts, None, 16)
+    monkeypatch.setattr(distributed, "PART_TEXTS", 10)
+    real_write, parts = data.atomic_write, []
+
+    def dies_after_two(path: Path, mode: str = "w") -> Any:
+        if path.suffix == ".npy" and path.parent.suffix == ".parts":
+            parts.append(path.name)
+            if len(parts) == 3:
+                raise KeyboardInterrupt  # the driver is killed
+        return real_write(path, mode)
+
+    monkeypatch.setattr(data, "atomic_write", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        encode_passages_cached(encoder, texts, tmp_path, 16, ray_cluster, 2)
+    monkeypatch.setattr(data, "atomic_write", real_write)
+    [parts_dir] = tmp_path.glob("*.parts")
+    assert len(list(parts_dir.glob("part-*.npy"))) == 2 and not list(tmp_path.glob("*.npy"))
+    caplog.set_level("INFO", logger="genq_search.distributed")
+    vectors = encode_passages_cached(encoder, texts, tmp_path, 16, ray_cluster, 2)
+    assert "4 of 6 parts to encode" in caplog.text
+    np.testing.assert_allclose(vectors, single, atol=1e-5)
+    assert not parts_dir.exists() and len(list(tmp_path.glob("*.npy"))) == 1
+
+
+@pytest.mark.slow
+def test_the_index_command_encodes_on_ray(tiny_bi_encoder: Path, ray_cluster: str, tmp_path: Path) -> None:
+    """`index --ray ADDRESS` (embedded backend): the corpus is encoded by Ray workers, the index is searchable."""
+    from conftest import SAMPLE
+    from typer.testing import CliRunner
+
+    from genq_search.cli import app
+
+    done = CliRunner().invoke(app, ["index", "--corpus", str(SAMPLE), "--model", str(tiny_bi_encoder), "--run-dir",
+                                    str(tmp_path), "--backend", "embedded", "--ray", ray_cluster, "--device", "cpu"])
+    assert done.exit_code == 0, done.output
+    assert "encoder workers on" in done.output and list((tmp_path / "embeddings").glob("*.npy"))
