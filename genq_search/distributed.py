@@ -315,8 +315,7 @@ def _run_units(ray: Any, copier: Copier, backend: BackendConfig, reindex: Reinde
     fields = {k: getattr(state, k) for k in ("source", "source_indices", "alias", "target", "model", "dim", "settings_hash")}
     pool = Pool(ray, UnitWorker, reindex.ray or "", reindex.ray_workers, len(todo), actors,
                 lambda gpu, threads: (backend, copier.corpus, recipe, fields, copier.encode_batch, gpu, threads))
-    logger.info("Ray: %d workers on %d node(s) (%s), %d units to copy (%d done earlier)", len(pool.actors),
-                len(pool.nodes), ", ".join(pool.nodes), len(todo), len(units) - len(todo))
+    logger.info("Ray: %d units to copy (%d done earlier)", len(todo), len(units) - len(todo))
     written, finished, started = 0, len(units) - len(todo), time.perf_counter()
     progress.set_postfix_str(f"units {finished}/{len(units)}", refresh=False)
     for unit, result in pool.map("copy", todo, lambda unit: f"copying {unit}"):
@@ -340,7 +339,7 @@ class Pool:
     the node; the run stops with one line only when none starts. ``actors`` is the caller's list: it kills them."""
 
     def __init__(self, ray: Any, worker: type, address: str, workers: int | None, items: int, actors: list[Any],
-                 arguments: Any, use_gpus: bool = True, cpus_per_worker: int = 1):
+                 arguments: Any, use_gpus: bool = True, cpus_per_worker: int = 1, kind: str = "workers"):
         nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
         cpus = sum(int(node.get("CPU", 0)) for node in nodes)
         gpus = sum(int(node.get("GPU", 0)) for node in nodes) if use_gpus else 0
@@ -376,7 +375,8 @@ class Pool:
             raise GenqError(f"{errors[0]} (no Ray worker could start)")
         for error in errors:
             logger.warning("%s: going on with the %d workers that started", error, len(self.live))
-        self.nodes = sorted({info["node"] for _, info in self.live})
+        nodes = sorted({info["node"] for _, info in self.live})
+        logger.info("Ray: %d %s on %d node(s) (%s)", len(self.live), kind, len(nodes), ", ".join(nodes))
 
     def _start(self) -> Any:
         actor = self._new()
@@ -495,9 +495,8 @@ def generate_on_ray(cfg: GenerateConfig, chunk_dir: Path, chunks: list[list[Any]
     with ray_session(cfg.ray) as (ray, actors):
         pool = Pool(ray, ChunkWorker, cfg.ray, cfg.ray_workers, len(missing), actors,
                     lambda gpu, threads: (worker_cfg, gpu, threads), use_gpus=cfg.device != "cpu",
-                    cpus_per_worker=cfg.threads or 1)
-        logger.info("Ray: %d generator workers on %d node(s) (%s), %d of %d chunks to generate", len(pool.actors),
-                    len(pool.nodes), ", ".join(pool.nodes), len(missing), len(chunks))
+                    cpus_per_worker=cfg.threads or 1, kind="generator workers")
+        logger.info("Ray: %d of %d chunks to generate", len(missing), len(chunks))
         jobs = [(n, chunks[n], per_document, chunk_seed(seed, n), batch_size, likelihood) for n in missing]
         done, following = set(), 0
         started, units = time.perf_counter(), 0
@@ -564,9 +563,8 @@ def encode_on_ray(encoder: Encoder, texts: list[str], batch_size: int, address: 
         if todo:
             with ray_session(address) as (ray, actors):
                 pool = Pool(ray, EncodeWorker, address, workers, len(todo), actors,
-                            lambda gpu, threads: (recipe, gpu, threads))
-                logger.info("Ray: %d encoder workers on %d node(s) (%s), %d of %d parts to encode", len(pool.actors),
-                            len(pool.nodes), ", ".join(pool.nodes), len(todo), len(parts))
+                            lambda gpu, threads: (recipe, gpu, threads), kind="encoder workers")
+                logger.info("Ray: %d of %d parts to encode", len(todo), len(parts))
                 jobs = [(n, parts[n], batch_size) for n in todo]
                 for (n, _, _), result in pool.map("encode", jobs, lambda job: f"encoding part {job[0]}"):
                     if result["vectors"].shape != (len(parts[n]), encoder.dim):

@@ -212,17 +212,18 @@ def encode_passages_cached(
             if vectors.shape == (len(texts), encoder.dim):
                 logger.info("loaded %d cached embeddings from %s", len(texts), path)
                 return vectors
+    parts = path.with_suffix(".parts") if path is not None and ray else None
     if ray:
         from genq_search.distributed import encode_on_ray
 
-        vectors = encode_on_ray(encoder, texts, batch_size, ray, ray_workers, path.with_suffix(".parts") if path else None)
+        vectors = encode_on_ray(encoder, texts, batch_size, ray, ray_workers, parts)
     else:
         vectors = encoder.encode_passages(texts, batch_size=batch_size)
     if path is not None:
         with atomic_write(path, "wb") as handle:
             np.save(handle, vectors)
-        if ray:
-            import shutil
+    if parts is not None:
+        import shutil
 
-            shutil.rmtree(path.with_suffix(".parts"), ignore_errors=True)  # whole now
+        shutil.rmtree(parts, ignore_errors=True)  # the cache file is whole now
     return vectors

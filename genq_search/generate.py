@@ -726,6 +726,7 @@ def _ensure_chunks(generator: _LazyGenerator, chunk_dir: Path, chunks: list[list
     ``generate.ray`` when set: same rows, the driver writes them). A caller that stops early leaves later chunks
     unwritten or, on Ray, written: the same rows either way."""
     missing = [n for n in range(len(chunks)) if not chunk_file(chunk_dir, n).is_file()]
+    todo = set(missing)
     if generator.cfg.ray and missing:
         from genq_search.distributed import generate_on_ray
 
@@ -733,12 +734,12 @@ def _ensure_chunks(generator: _LazyGenerator, chunk_dir: Path, chunks: list[list
                                    progress, likelihood)
         return
     for n, units in enumerate(chunks):
-        if n in missing:
+        if n in todo:
             write_jsonl(chunk_file(chunk_dir, n), chunk_rows(generator, units, per_document, chunk_seed(seed, n),
                                                               batch_size, likelihood, progress))
         else:
             progress.update(len(units))
-        yield n, n in missing
+        yield n, n in todo
 
 
 def _generate_dev_set(cfg: GenerateConfig, corpus: Corpus, stage_dir: Path, pool: list[str], per_dev: int, shaping: list[Any],

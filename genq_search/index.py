@@ -517,19 +517,13 @@ def _hashes(ids: list[str]) -> Any:
     return np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
 
 
-def _id_batches(cluster: Cluster, indices: list[str]) -> Iterator[list[str]]:
-    upto, _ = cluster.checkpoints(indices)
-    for _, _, hits in cluster.scan(indices, None, upto, 5000, source=False):
-        yield [h["_id"] for h in hits]
-
-
 def _digest(cluster: Cluster, indices: list[str], sample: int = 0, seed: int = 0) -> tuple[Any, Any, list[str]]:
     """Per bucket, the count and the sum (mod 2**64) of the ids' hashes, and the ``sample`` ids first in the seeded
     order; one streamed pass, memory independent of the number of ids."""
     counts, sums = np.zeros(ID_BUCKETS, np.int64), np.zeros(ID_BUCKETS, np.uint64)
     keys, chosen = np.zeros(0, np.uint64), np.zeros(0, object)
     mix = np.uint64(random.Random(seed).getrandbits(64))
-    for ids in _id_batches(cluster, indices):
+    for ids in cluster.id_batches(indices):
         hashes = _hashes(ids)
         buckets = (hashes[:, 0] % ID_BUCKETS).astype(np.int64)
         np.add.at(counts, buckets, 1)
@@ -546,7 +540,7 @@ def _digest(cluster: Cluster, indices: list[str], sample: int = 0, seed: int = 0
 def _ids_in(cluster: Cluster, indices: list[str], buckets: Any) -> set[str]:
     """The ids whose bucket is marked in ``buckets``."""
     found: set[str] = set()
-    for ids in _id_batches(cluster, indices):
+    for ids in cluster.id_batches(indices):
         marked = buckets[(_hashes(ids)[:, 0] % ID_BUCKETS).astype(np.int64)]
         found.update(i for i, keep in zip(ids, marked, strict=True) if keep)
     return found

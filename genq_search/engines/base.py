@@ -388,9 +388,14 @@ class Cluster(ABC):
                     cursor = int(hits[-1]["_seq_no"])
                     yield index, shard, hits
 
-    def all_ids(self, indices: Sequence[str]) -> set[str]:
+    def id_batches(self, indices: Sequence[str]) -> Iterator[list[str]]:
+        """Every id of ``indices`` up to their checkpoints, a scan batch at a time (nothing else read)."""
         upto, _ = self.checkpoints(indices)
-        return {h["_id"] for _, _, hits in self.scan(indices, None, upto, 5000, source=False) for h in hits}
+        for _, _, hits in self.scan(indices, None, upto, 5000, source=False):
+            yield [h["_id"] for h in hits]
+
+    def all_ids(self, indices: Sequence[str]) -> set[str]:
+        return {i for ids in self.id_batches(indices) for i in ids}
 
     def mget(self, index: str, ids: Sequence[str]) -> list[dict[str, Any]]:
         return self.call(f"reading documents of '{index}'", self.client.mget, index=index, body={"ids": list(ids)})["docs"]
