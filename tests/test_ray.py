@@ -35,8 +35,10 @@ def encoder(tiny_bi_encoder: Path):
     return load_encoder(str(tiny_bi_encoder), device="cpu")
 
 
-def same_documents(single: dict[str, dict[str, Any]], distributed: dict[str, dict[str, Any]]) -> None:
-    """Same ids, same sources, passage vectors equal within 1e-5."""
+def same_documents(single: dict[str, dict[str, Any]], distributed: dict[str, dict[str, Any]],
+                   min_cosine: float | None = None) -> None:
+    """Same ids, same sources, passage vectors equal within 1e-5, or, for an ONNX variant whose output depends on the
+    batch it is in and the threads it runs on (int8's dynamic quantisation), with cosine ``min_cosine`` or more."""
     assert sorted(single) == sorted(distributed)
     for doc_id, doc in single.items():
         got, expected = dict(distributed[doc_id]), dict(doc)
@@ -44,7 +46,11 @@ def same_documents(single: dict[str, dict[str, Any]], distributed: dict[str, dic
         assert got == expected, doc_id
         assert len(vectors) == len(wanted), doc_id
         for a, b in zip(vectors, wanted, strict=True):
-            np.testing.assert_allclose(a["vector"], b["vector"], atol=1e-5)
+            if min_cosine is None:
+                np.testing.assert_allclose(a["vector"], b["vector"], atol=1e-5)
+            else:
+                x, y = np.asarray(a["vector"]), np.asarray(b["vector"])
+                assert x @ y / np.linalg.norm(x) / np.linalg.norm(y) >= min_cosine, doc_id
 
 
 # -- without Ray -----------------------------------------------------------------------------------------------
@@ -301,14 +307,16 @@ def test_the_cli_copies_an_onnx_bundle_on_ray_like_one_process(cfg: BackendConfi
 
     source, single_alias, ray_alias = new_name(names, "src"), new_name(names, "one"), new_name(names, "ray")
     make_source(cfg, source, 60)
-    reindex(cfg, source, single_alias, load_encoder(f"onnx:{tiny_bundle}", device="cpu"), tmp_path / "one")
+    encoder = load_encoder(f"onnx:{tiny_bundle}", device="cpu")
+    reindex(cfg, source, single_alias, encoder, tmp_path / "one")
     done = CliRunner().invoke(app, ["reindex", source, "--alias", ray_alias, "--model", f"onnx:{tiny_bundle}", "--url", cfg.url,
                                     "--run-dir", str(tmp_path / "ray"), "--read-batch", "16", "--ray", ray_cluster,
                                     "--ray-workers", "2", "--device", "cpu"])
     assert done.exit_code == 0, done.output
     assert "60 ids verified" in done.output and f"alias '{ray_alias}' -> '{ray_alias}-v1'" in done.output
     client = client_of(cfg)
-    same_documents(target_docs(client, single_alias), target_docs(client, ray_alias))
+    threshold = encoder.manifest["variants"][encoder.variant]["parity"]["threshold"]  # the variant's parity threshold
+    same_documents(target_docs(client, single_alias), target_docs(client, ray_alias), min_cosine=threshold)
     too_many = CliRunner().invoke(app, ["reindex", source, "--alias", new_name(names, "x"), "--model", f"onnx:{tiny_bundle}",
                                         "--url", cfg.url, "--run-dir", str(tmp_path / "x"), "--ray", ray_cluster,
                                         "--ray-workers", "3"])

@@ -109,24 +109,36 @@ def test_upgrade_end_to_end_switches_the_alias(cfg: BackendConfig, names: list[s
     assert report["alias_move"]["from"] == [source] and report["reindex"]["verified_ids"] == 120
     hits = client.search(index=alias, body={"size": 200, "query": {"match_all": {}}})["hits"]["hits"]
     assert sorted(h["_id"] for h in hits) == sorted(ids) and all(h["_source"]["passages"] for h in hits)
-    assert "query" in report["query_body"]["body"] and (tmp_path / "run" / "upgrade" / "report.md").is_file()
+    # the retrieval the synthetic dev set chose (it depends on the CPU's arithmetic with these random models) is the
+    # one deployed: BM25's query where it ranks with BM25, the bundle's vector where it ranks with dense
+    printed, method = json.dumps(report["query_body"]["body"]), report["search"]["method"]
+    assert ('"<user query>"' in printed) == (method != "dense") and ("<embedding of the user query" in printed) == (method != "bm25")
+    assert (tmp_path / "run" / "upgrade" / "report.md").is_file()
     assert (tmp_path / "run" / "bundle" / "manifest.json").is_file()
-    # the deployed query body works as printed, with a query vector from the bundle
+    # the deployed query body works as printed, with a query vector from the bundle; so do the bodies of the other
+    # retrievals the dev set could have chosen (which one it chooses depends on the CPU's arithmetic with random models)
+    from genq_search.config import RunConfig
+    from genq_search.engines import connect as connect_cluster
+    from genq_search.fusion import Retrieval
     from genq_search.onnx_encoder import OnnxEncoder
+    from genq_search.upgrade import query_body
 
-    body = json.loads(json.dumps(report["query_body"]["body"]).replace('"<user query>"', '"regular expression"'))
     vector = OnnxEncoder(tmp_path / "run" / "bundle", provider="cpu").encode_queries(["regular expression"])[0].tolist()
-    _put_vector(body, vector)
-    _, _, path = report["query_body"]["path"].partition("?")
-    params = dict(p.split("=") for p in path.split("&")) if path else {}
-    assert client.search(index=alias, body=body, params=params)["hits"]["hits"]
+    run_cfg, cluster = RunConfig.load(config), connect_cluster(cfg)
+    others = [query_body(cluster, run_cfg, alias, Retrieval(m, 0.5 if m == "minmax" else None)) for m in ("bm25", "dense", "minmax")]
+    for deployable in [report["query_body"], *others]:
+        body = json.loads(json.dumps(deployable["body"]).replace('"<user query>"', '"regular expression"'))
+        _put_vector(body, vector)
+        _, _, path = deployable["path"].partition("?")
+        params = dict(p.split("=") for p in path.split("&")) if path else {}
+        assert client.search(index=alias, body=body, params=params)["hits"]["hits"], deployable
     assert client.count(index=source)["count"] == 120 and "passages" not in client.get(index=source, id=ids[0])["_source"]
 
 
 def _put_vector(node: Any, vector: list[float]) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
-            if key == "vector":
+            if key in ("vector", "query_vector"):  # OpenSearch's knn query, Elasticsearch's knn section
                 node[key] = vector
             else:
                 _put_vector(value, vector)
