@@ -351,7 +351,8 @@ def register_bundle(cfg: BackendConfig, bundle: Path, endpoint: str | None, atta
     from genq_search.onnx_encoder import OnnxEncoder
 
     health = endpoint_health(endpoint, bundle) if endpoint else None
-    encoder = OnnxEncoder(bundle, variant=health["variant"] if health else None, provider="cpu")  # the endpoint's variant
+    # compared with what the cluster runs: the endpoint's variant, or fp32 for the local zip (its graph is fp32)
+    encoder = OnnxEncoder(bundle, variant=health["variant"] if health else "fp32", provider="cpu")
     engine = connect(cfg)
     if engine.engine != "opensearch":
         raise GenqError(f"register puts the model into OpenSearch's ML Commons; {engine.label} {engine.version} at "
