@@ -539,6 +539,8 @@ def export(
         parity = entry["parity"]
         typer.echo(f"{variant:>13}: mean cosine {parity['mean_cosine']:.5f} (min {parity['min_cosine']:.5f}) "
                    f"{parity['cpu_docs_per_s']:.1f} docs/s on CPU, {entry['bytes'] / 2**20:.1f} MiB")
+    for variant, parity in manifest.get("left_out", {}).items():
+        typer.echo(f"{variant:>13}: left out, mean cosine {parity['mean_cosine']:.5f} below its threshold {parity['threshold']}")
     if "ml_commons" in manifest:
         zipped = manifest["ml_commons"]
         typer.echo(f"ML Commons zip: {out / zipped['zip']} ({zipped['bytes'] / 2**20:.1f} MiB, sha256 {zipped['sha256'][:12]}...)")

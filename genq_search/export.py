@@ -8,8 +8,9 @@ Variants: ``fp32`` (graph-optimised with ONNX Runtime's transformer fusions), ``
 checked on it at load) and ``int8`` (dynamic quantisation, per-channel weights, MatMul/Attention only), run by ONNX
 Runtime; and, with the ``openvino`` extra, OpenVINO IR of the same graph under ``openvino/``: ``openvino-fp32``,
 ``openvino-bf16`` (the fp32 IR run in bf16, built on CPUs with bf16 instructions) and ``openvino-int8`` (static int8,
-NNCF, calibrated on the sample passages: the user's own documents). The encoder runs the fastest variant that passed
-parity on this machine's runtimes.
+NNCF, calibrated on the sample passages: the user's own documents). A variant of the profile that misses its parity
+threshold stops the export; an optional one (OpenVINO's, in the ``cpu`` profile) is left out with a warning. The
+encoder runs the fastest variant that passed parity on this machine's runtimes.
 
 Besides, the transformer alone (token embeddings, pooled by the caller) is written in the layouts the ecosystem loads:
 ``sentence-transformers/`` (the model folder with ``onnx/model.onnx``, sentence-transformers' ``backend="onnx"``
@@ -117,7 +118,8 @@ def export_bundle(
     """Export ``model_name`` to an ONNX bundle in ``out_dir`` and check parity against PyTorch on ``sample_texts``;
     ``formats`` adds the sentence-transformers folder and/or the ML Commons zip.
 
-    Raises GenqError (and leaves nothing behind) when a variant misses its parity threshold.
+    Raises GenqError (and leaves nothing behind) when a required variant misses its parity threshold; an optional
+    one that misses is left out of the bundle (``left_out`` in the manifest) with a warning.
     """
     from genq_search.onnx_encoder import OnnxEncoder, require_onnx
 
@@ -191,9 +193,7 @@ def export_bundle(
                 "bytes": file.stat().st_size + (weights.stat().st_size if weights.is_file() else 0),
                 **({"weights_sha256": file_sha256(weights)} if weights.is_file() else {})}
             logger.info("%s: mean cosine %.5f (min %.5f), %.1f docs/s on CPU", variant, parity["mean_cosine"], parity["min_cosine"], parity["cpu_docs_per_s"])
-        failed = {v: m["parity"]["mean_cosine"] for v, m in manifest["variants"].items() if not m["parity"]["passed"]}
-        if failed:
-            raise GenqError(f"parity check failed for {failed} (mean cosine to PyTorch below the threshold); nothing written")
+        _drop_failed_variants(manifest, work, settings)
         manifest["parity_reference"] = _write_parity_reference(work, texts[:PARITY_REFERENCE_TEXTS], reference[:PARITY_REFERENCE_TEXTS])
         if formats:
             manifest.update(_ecosystem_formats(model, model_name, info, work, texts, reference, formats, opset or settings["opset"]))
@@ -215,6 +215,25 @@ def _runtime(variant: str) -> dict[str, str]:
     if variant in OPENVINO_VARIANTS:
         return {"runtime": "openvino", "precision": "bf16" if variant == "openvino-bf16" else "f32"}
     return {"runtime": "onnxruntime"}
+
+
+def _drop_failed_variants(manifest: dict[str, Any], work: Path, settings: dict[str, Any]) -> None:
+    """Leave out (with a warning) an optional variant that missed its parity threshold on this machine; a required one
+    that missed stops the export (nothing written), in one line naming it, its figures and what to do."""
+    missed = {v: m["parity"] for v, m in manifest["variants"].items() if not m["parity"]["passed"]}
+    figures = {v: f"{v} (mean cosine {p['mean_cosine']:.5f} to PyTorch, threshold {p['threshold']})" for v, p in missed.items()}
+    required = [v for v in missed if v in settings["variants"]]
+    if required:
+        raise GenqError(f"parity check failed for {', '.join(figures[v] for v in required)} on this machine's "
+                        f"runtime; nothing written. Export a profile without {'them' if len(required) > 1 else 'it'} "
+                        "(--profile; export/profiles.json lists each profile's variants)")
+    for variant in missed:
+        logger.warning("%s left out of the bundle: it missed its parity check on this machine's runtime", figures[variant])
+        file = work / manifest["variants"].pop(variant)["file"]
+        file.unlink()
+        file.with_suffix(".bin").unlink(missing_ok=True)  # an OpenVINO IR's weights
+    if missed:
+        manifest["left_out"] = missed
 
 
 def _openvino_variants(settings: dict[str, Any], samples: int) -> list[str]:

@@ -103,6 +103,37 @@ def test_bad_exports_fail_clearly(tmp_path: Path, bundle: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_a_variant_that_misses_parity_stops_the_export_or_is_left_out(tiny_bi_encoder: Path, tmp_path: Path, monkeypatch,
+                                                                      caplog) -> None:
+    """A required variant below its threshold: one line naming it and its figures, nothing written. An optional one
+    (OpenVINO's): the bundle is written without it, the manifest says why, and it loads."""
+    from genq_search import export
+
+    monkeypatch.setattr(export, "load_profile", lambda name: {"variants": ["fp32", "int8"], "opset": 17,
+                                                              "min_mean_cosine": {"fp32": 0.9999, "int8": 1.01}})
+    with pytest.raises(GenqError, match=r"parity check failed for int8 \(mean cosine [01]\.\d{5} to PyTorch, threshold 1\.01\) "
+                                        r"on this machine's runtime; nothing written\. Export a profile without it"):
+        export_bundle(str(tiny_bi_encoder), tmp_path / "strict", sample_texts=sample_texts(20))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the bundle nor its work directory
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(export, "load_profile", lambda name: {
+        "variants": ["fp32"], "optional_variants": ["openvino-fp32"], "opset": 17,
+        "min_mean_cosine": {"fp32": 0.9999, "openvino-fp32": 1.01}})
+    manifest = export_bundle(str(tiny_bi_encoder), tmp_path / "lenient", sample_texts=sample_texts(20), formats=())
+    assert manifest == json.loads((tmp_path / "lenient" / "manifest.json").read_text())
+    assert list(manifest["variants"]) == ["fp32"] and manifest["left_out"]["openvino-fp32"]["threshold"] == 1.01
+    assert not list((tmp_path / "lenient").rglob("*.xml")) and not list((tmp_path / "lenient").rglob("*.bin"))
+    assert "openvino-fp32 (mean cosine" in caplog.text and "left out of the bundle" in caplog.text
+    assert OnnxEncoder(tmp_path / "lenient", provider="cpu").variant == "fp32"
+    from typer.testing import CliRunner
+
+    from genq_search.cli import app
+
+    done = CliRunner().invoke(app, ["export", "--model", str(tiny_bi_encoder), "--out", str(tmp_path / "cli"), "--formats", ""])
+    assert done.exit_code == 0, done.output
+    assert "openvino-fp32: left out, mean cosine" in done.output and "below its threshold 1.01" in done.output
+
+
 def test_a_variant_is_chosen_with_the_at_suffix(bundle: Path) -> None:
     assert load_encoder(f"onnx:{bundle}@fp32", device="cpu").variant == "fp32"
     assert load_encoder(f"onnx:{bundle}@int8", device="cpu").variant == "int8"
