@@ -175,7 +175,8 @@ def main() -> None:
 
     manifest_path = args.bundle / "manifest.json"
     wanted = {v.removeprefix("ort-") for v in args.variants if v.startswith(("ort-", "openvino-"))}
-    if wanted and (not manifest_path.is_file() or wanted - set(json.loads(manifest_path.read_text())["variants"])):
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    if wanted and (manifest is None or wanted - set(manifest["variants"]) - set(manifest.get("left_out", {}))):
         corpus = load_collection(args.data).corpus
         export_bundle(MODEL, args.bundle, profile="all", overwrite=True, formats=(),
                       sample_texts=[document_text(corpus[d]) for d in list(corpus)[:256]])

@@ -9,7 +9,8 @@ checked on it at load) and ``int8`` (dynamic quantisation, per-channel weights, 
 Runtime; and, with the ``openvino`` extra, OpenVINO IR of the same graph under ``openvino/``: ``openvino-fp32``,
 ``openvino-bf16`` (the fp32 IR run in bf16, built on CPUs with bf16 instructions) and ``openvino-int8`` (static int8,
 NNCF, calibrated on the sample passages: the user's own documents). A variant of the profile that misses its parity
-threshold stops the export; an optional one (OpenVINO's, in the ``cpu`` profile) is left out with a warning. The
+threshold stops the export; an optional one (OpenVINO's, in the ``cpu`` and ``all`` profiles) is left out with a
+warning. The
 encoder runs the fastest variant that passed parity on this machine's runtimes.
 
 Besides, the transformer alone (token embeddings, pooled by the caller) is written in the layouts the ecosystem loads:
@@ -54,9 +55,14 @@ ML_COMMONS_IR_VERSION = 8  # ML Commons 2.19 runs ONNX Runtime 1.16.3 (DJL 0.31.
 PARITY_REFERENCE_TEXTS = 32
 
 
+def _profiles() -> dict[str, dict[str, Any]]:
+    data = json.loads(files("genq_search.export_profiles").joinpath("profiles.json").read_text())
+    return {name: profile for name, profile in data.items() if not name.startswith("_")}
+
+
 def load_profile(name: str) -> dict[str, Any]:
-    profiles = json.loads(files("genq_search.export_profiles").joinpath("profiles.json").read_text())
-    if name not in profiles or name.startswith("_"):
+    profiles = _profiles()
+    if name not in profiles:
         raise GenqError(f"unknown export profile '{name}' (choose from {', '.join(k for k in profiles if not k.startswith('_'))})")
     return profiles[name]
 
@@ -224,14 +230,18 @@ def _drop_failed_variants(manifest: dict[str, Any], work: Path, settings: dict[s
     figures = {v: f"{v} (mean cosine {p['mean_cosine']:.5f} to PyTorch, threshold {p['threshold']})" for v, p in missed.items()}
     required = [v for v in missed if v in settings["variants"]]
     if required:
-        raise GenqError(f"parity check failed for {', '.join(figures[v] for v in required)} on this machine's "
-                        f"runtime; nothing written. Export a profile without {'them' if len(required) > 1 else 'it'} "
-                        "(--profile; export/profiles.json lists each profile's variants)")
+        without = [name for name, profile in _profiles().items() if not set(required) & set(profile["variants"])]
+        advice = (f"export with --profile {' or '.join(without)}, which does not build {'them' if len(required) > 1 else 'it'}"
+                  if without else "the model does not export faithfully to ONNX with this machine's runtime")
+        raise GenqError(f"parity check failed for {', '.join(figures[v] for v in required)}; nothing written: {advice}")
+    dropped = {manifest["variants"].pop(variant)["file"] for variant in missed}
     for variant in missed:
         logger.warning("%s left out of the bundle: it missed its parity check on this machine's runtime", figures[variant])
-        file = work / manifest["variants"].pop(variant)["file"]
-        file.unlink()
-        file.with_suffix(".bin").unlink(missing_ok=True)  # an OpenVINO IR's weights
+    for name in dropped - {entry["file"] for entry in manifest["variants"].values()}:  # bf16 runs the fp32 IR
+        (work / name).unlink()
+        (work / name).with_suffix(".bin").unlink(missing_ok=True)  # an OpenVINO IR's weights
+    if (work / "openvino").is_dir() and not any((work / "openvino").iterdir()):
+        (work / "openvino").rmdir()
     if missed:
         manifest["left_out"] = missed
 

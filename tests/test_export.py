@@ -111,20 +111,24 @@ def test_a_variant_that_misses_parity_stops_the_export_or_is_left_out(tiny_bi_en
 
     monkeypatch.setattr(export, "load_profile", lambda name: {"variants": ["fp32", "int8"], "opset": 17,
                                                               "min_mean_cosine": {"fp32": 0.9999, "int8": 1.01}})
-    with pytest.raises(GenqError, match=r"parity check failed for int8 \(mean cosine [01]\.\d{5} to PyTorch, threshold 1\.01\) "
-                                        r"on this machine's runtime; nothing written\. Export a profile without it"):
+    with pytest.raises(GenqError, match=r"^parity check failed for int8 \(mean cosine [01]\.\d{5} to PyTorch, threshold "
+                                        r"1\.01\); nothing written: export with --profile gpu, which does not build it$"):
         export_bundle(str(tiny_bi_encoder), tmp_path / "strict", sample_texts=sample_texts(20))
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # neither the bundle nor its work directory
     pytest.importorskip("openvino")
+    bf16 = ["openvino-bf16"] if cpu_has_bf16() else []  # runs openvino-fp32's IR, which must then stay
     monkeypatch.setattr(export, "load_profile", lambda name: {
-        "variants": ["fp32"], "optional_variants": ["openvino-fp32"], "opset": 17,
-        "min_mean_cosine": {"fp32": 0.9999, "openvino-fp32": 1.01}})
+        "variants": ["fp32"], "optional_variants": ["openvino-fp32", *bf16], "opset": 17,
+        "min_mean_cosine": {"fp32": 0.9999, "openvino-fp32": 1.01, "openvino-bf16": 0.99}})
     manifest = export_bundle(str(tiny_bi_encoder), tmp_path / "lenient", sample_texts=sample_texts(20), formats=())
     assert manifest == json.loads((tmp_path / "lenient" / "manifest.json").read_text())
-    assert list(manifest["variants"]) == ["fp32"] and manifest["left_out"]["openvino-fp32"]["threshold"] == 1.01
-    assert not list((tmp_path / "lenient").rglob("*.xml")) and not list((tmp_path / "lenient").rglob("*.bin"))
+    assert list(manifest["variants"]) == ["fp32", *bf16] and manifest["left_out"]["openvino-fp32"]["threshold"] == 1.01
+    assert len(list((tmp_path / "lenient").rglob("*.xml"))) == len(list((tmp_path / "lenient").rglob("*.bin"))) == len(bf16)
+    assert (tmp_path / "lenient" / "openvino").is_dir() == bool(bf16)  # no empty folder left behind
     assert "openvino-fp32 (mean cosine" in caplog.text and "left out of the bundle" in caplog.text
-    assert OnnxEncoder(tmp_path / "lenient", provider="cpu").variant == "fp32"
+    assert OnnxEncoder(tmp_path / "lenient", provider="cpu").variant in ("fp32", *bf16)
+    for variant in ["fp32", *bf16]:  # every variant kept loads, its checksums verified
+        assert OnnxEncoder(tmp_path / "lenient", variant=variant, provider="cpu").encode_queries(["a query"]).shape == (1, 32)
     from typer.testing import CliRunner
 
     from genq_search.cli import app

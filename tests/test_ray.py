@@ -315,8 +315,8 @@ def test_the_cli_copies_an_onnx_bundle_on_ray_like_one_process(cfg: BackendConfi
     assert done.exit_code == 0, done.output
     assert "60 ids verified" in done.output and f"alias '{ray_alias}' -> '{ray_alias}-v1'" in done.output
     client = client_of(cfg)
-    threshold = encoder.manifest["variants"][encoder.variant]["parity"]["threshold"]  # the variant's parity threshold
-    same_documents(target_docs(client, single_alias), target_docs(client, ray_alias), min_cosine=threshold)
+    # one variant on both sides, batched differently: far closer than its parity threshold to PyTorch (0.99 for int8)
+    same_documents(target_docs(client, single_alias), target_docs(client, ray_alias), min_cosine=0.9999)
     too_many = CliRunner().invoke(app, ["reindex", source, "--alias", new_name(names, "x"), "--model", f"onnx:{tiny_bundle}",
                                         "--url", cfg.url, "--run-dir", str(tmp_path / "x"), "--ray", ray_cluster,
                                         "--ray-workers", "3"])
