@@ -8,10 +8,9 @@ Variants: ``fp32`` (graph-optimised with ONNX Runtime's transformer fusions), ``
 checked on it at load) and ``int8`` (dynamic quantisation, per-channel weights, MatMul/Attention only), run by ONNX
 Runtime; and, with the ``openvino`` extra, OpenVINO IR of the same graph under ``openvino/``: ``openvino-fp32``,
 ``openvino-bf16`` (the fp32 IR run in bf16, built on CPUs with bf16 instructions) and ``openvino-int8`` (static int8,
-NNCF, calibrated on the sample passages: the user's own documents). A variant of the profile that misses its parity
-threshold stops the export; an optional one (OpenVINO's, in the ``cpu`` and ``all`` profiles) is left out with a
-warning. The
-encoder runs the fastest variant that passed parity on this machine's runtimes.
+NNCF, calibrated on the sample passages: the user's own documents). A required variant (the profile's ``variants``)
+that misses its parity threshold stops the export; an optional one (OpenVINO's, in the ``cpu`` and ``all`` profiles)
+is left out with a warning. The encoder runs the fastest variant that passed parity on this machine's runtimes.
 
 Besides, the transformer alone (token embeddings, pooled by the caller) is written in the layouts the ecosystem loads:
 ``sentence-transformers/`` (the model folder with ``onnx/model.onnx``, sentence-transformers' ``backend="onnx"``
@@ -227,6 +226,8 @@ def _drop_failed_variants(manifest: dict[str, Any], work: Path, settings: dict[s
     """Leave out (with a warning) an optional variant that missed its parity threshold on this machine; a required one
     that missed stops the export (nothing written), in one line naming it, its figures and what to do."""
     missed = {v: m["parity"] for v, m in manifest["variants"].items() if not m["parity"]["passed"]}
+    if not missed:
+        return
     figures = {v: f"{v} (mean cosine {p['mean_cosine']:.5f} to PyTorch, threshold {p['threshold']})" for v, p in missed.items()}
     required = [v for v in missed if v in settings["variants"]]
     if required:
@@ -242,8 +243,7 @@ def _drop_failed_variants(manifest: dict[str, Any], work: Path, settings: dict[s
         (work / name).with_suffix(".bin").unlink(missing_ok=True)  # an OpenVINO IR's weights
     if (work / "openvino").is_dir() and not any((work / "openvino").iterdir()):
         (work / "openvino").rmdir()
-    if missed:
-        manifest["left_out"] = missed
+    manifest["left_out"] = missed
 
 
 def _openvino_variants(settings: dict[str, Any], samples: int) -> list[str]:
